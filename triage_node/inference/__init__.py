@@ -1,0 +1,1 @@
+"""Networks, the model registry and the analyzers that turn a Volume into findings."""
