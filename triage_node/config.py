@@ -1,0 +1,341 @@
+"""The one configuration model: config.yaml, overridden by ``TRIAGE_NODE__SECTION__KEY`` environment variables.
+
+Validated once at start-up into frozen pydantic models. ``load_config`` raises ``ConfigError`` carrying every problem
+with its key path (``scp.port: must be between 1 and 65535, got 70000``); ``triage-node check-config`` prints them.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "TRIAGE_NODE__"
+
+
+def _between(lo: float, hi: float) -> AfterValidator:
+    def check(v: float) -> float:
+        if not lo <= v <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g}, got {v:g}")
+        return v
+
+    return AfterValidator(check)
+
+
+def _ae_title(v: str) -> str:
+    if not 1 <= len(v.strip()) <= 16 or "\\" in v or any(ord(c) < 32 for c in v):
+        raise ValueError(f"must be 1-16 printable characters without backslash, got {v!r}")
+    return v.strip()
+
+
+def _regex(v: str | None) -> str | None:
+    if v is not None:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"is not a valid regular expression ({exc}), got {v!r}") from exc
+    return v
+
+
+Port = Annotated[int, _between(1, 65535)]
+AETitle = Annotated[str, AfterValidator(_ae_title)]
+Regex = Annotated[str | None, AfterValidator(_regex)]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Pipeline(str, Enum):
+    """The processing pipelines a routing rule can pick."""
+
+    CT_HEAD = "ct_head"
+    MR_SWI = "mr_swi"
+    MR_DWI = "mr_dwi"
+
+
+class Caller(Frozen):
+    """A calling AE allowed to associate; ``host`` (an IP address) pins it to one peer when given."""
+
+    ae_title: AETitle
+    host: str | None = None
+
+
+class TLS(Frozen):
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _files(self) -> TLS:
+        if self.enabled and (self.cert_file is None or self.key_file is None):
+            raise ValueError("tls.enabled needs cert_file and key_file")
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert needs ca_file (the CA that signs client certificates)")
+        return self
+
+
+class SCP(Frozen):
+    ae_title: AETitle = "TRIAGE_NODE"
+    host: str = "127.0.0.1"
+    port: Port = 11112
+    max_pdu: Annotated[int, _between(0, 2**32 - 1)] = 262144
+    acse_timeout_s: Annotated[float, _between(1, 3600)] = 30
+    dimse_timeout_s: Annotated[float, _between(1, 3600)] = 60
+    network_timeout_s: Annotated[float, _between(1, 3600)] = 60
+    max_associations: Annotated[int, _between(1, 1000)] = 16
+    require_called_ae: bool = True
+    allowed_callers: tuple[Caller, ...] = ()
+    tls: TLS = TLS()
+
+
+class Storage(Frozen):
+    spool_dir: Path = Path("var/spool")
+    database_url: str = "sqlite:///var/triage-node.db"
+    min_free_mb: Annotated[int, _between(0, 10**9)] = 500
+    retention_days: Annotated[float, _between(0, 36500)] | None = 30
+
+
+class Match(Frozen):
+    """Conditions on a series' attributes; every given condition must hold. Patterns are case-insensitive regexes
+    searched (not anchored) in the attribute; lists match when any item matches."""
+
+    modality: tuple[str, ...] = ()
+    body_part: Regex = None
+    study_description: Regex = None
+    series_description: Regex = None
+    protocol_name: Regex = None
+    sequence_name: Regex = None
+    image_type_contains: tuple[str, ...] = ()
+    image_type_excludes: tuple[str, ...] = ()
+    min_b_value: float | None = None
+
+
+class RoutingRule(Frozen):
+    name: str
+    pipeline: Pipeline
+    match: Match = Match()
+
+
+class CountRule(Frozen):
+    """Complete a series as soon as it holds ``count`` instances (when the series itself does not say its size)."""
+
+    match: Match = Match()
+    count: Annotated[int, _between(1, 100000)]
+
+
+def _default_rules() -> tuple[RoutingRule, ...]:
+    head = r"head|brain|skull|cran|neuro|kopf|cerebr|schadel|schaedel"
+    return (
+        RoutingRule(
+            name="ct-head",
+            pipeline=Pipeline.CT_HEAD,
+            match=Match(
+                modality=("CT",),
+                body_part=head,
+                image_type_excludes=("LOCALIZER",),
+            ),
+        ),
+        RoutingRule(
+            name="ct-head-by-description",
+            pipeline=Pipeline.CT_HEAD,
+            match=Match(modality=("CT",), study_description=head, image_type_excludes=("LOCALIZER",)),
+        ),
+        RoutingRule(
+            name="mr-swi",
+            pipeline=Pipeline.MR_SWI,
+            match=Match(modality=("MR",), series_description=r"swi|swan|t2\*|t2star|ffe|hemo|gre"),
+        ),
+        RoutingRule(
+            name="mr-dwi",
+            pipeline=Pipeline.MR_DWI,
+            match=Match(modality=("MR",), series_description=r"dwi|diff|trace|b1000", image_type_excludes=("ADC",)),
+        ),
+    )
+
+
+class Series(Frozen):
+    quiet_period_s: Annotated[float, _between(0.1, 86400)] = 30
+    rules: tuple[RoutingRule, ...] = Field(default_factory=_default_rules)
+    count_rules: tuple[CountRule, ...] = ()
+    max_job_attempts: Annotated[int, _between(1, 100)] = 3
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: tuple[RoutingRule, ...]) -> tuple[RoutingRule, ...]:
+        names = [r.name for r in rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"rule names must be unique, got duplicates {dupes}")
+        return rules
+
+
+class Filter(Frozen):
+    min_brain_pct: Annotated[float, _between(0, 100)] = 20.0
+
+
+class Models(Frozen):
+    dir: Path = Path("models")
+    threads: Annotated[int, _between(1, 256)] = 2
+    device: str = "cpu"
+    pipelines: dict[Pipeline, tuple[str, ...]] = Field(
+        default_factory=lambda: {
+            Pipeline.CT_HEAD: ("ich", "ct_segmenter"),
+            Pipeline.MR_SWI: ("cmb",),
+            Pipeline.MR_DWI: ("infarct",),
+        }
+    )
+    # Which finding makes which worklist priority; anything present and unlisted is 'routine'.
+    priority: dict[str, Literal["critical", "urgent", "routine"]] = Field(
+        default_factory=lambda: {
+            "any_hemorrhage": "critical",
+            "hemorrhage": "critical",
+            "infarct": "critical",
+            "microbleed": "routine",
+        }
+    )
+
+
+class Destination(Frozen):
+    name: str
+    ae_title: AETitle
+    host: str
+    port: Port
+    calling_ae_title: AETitle | None = None
+    tls: TLS = TLS()
+    max_attempts: Annotated[int, _between(1, 1000)] = 10
+    backoff_initial_s: Annotated[float, _between(0.01, 86400)] = 5
+    backoff_max_s: Annotated[float, _between(0.01, 86400)] = 600
+    storage_commitment: bool = False
+
+
+class User(Frozen):
+    name: str
+    password_hash: str = Field(description="argon2 hash: triage-node hash-password")
+
+
+class Web(Frozen):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    auth: Literal["password", "proxy_header"] = "password"
+    proxy_header: str = "X-Remote-User"
+    users: tuple[User, ...] = ()
+    session_timeout_min: Annotated[float, _between(1, 1440)] = 30
+    secret_key: str | None = None
+    poll_interval_s: Annotated[float, _between(1, 3600)] = 5
+
+
+class Webhook(Frozen):
+    url: str
+    format: Literal["json", "slack", "teams"] = "json"
+    include_phi: bool = False
+
+
+class Email(Frozen):
+    smtp_host: str
+    smtp_port: Port = 25
+    sender: str
+    recipients: tuple[str, ...]
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = None
+    include_phi: bool = False
+
+
+class Notifications(Frozen):
+    webhooks: tuple[Webhook, ...] = ()
+    email: Email | None = None
+    max_attempts: Annotated[int, _between(1, 100)] = 5
+    priorities: tuple[Literal["critical", "urgent", "routine"], ...] = ("critical",)
+
+
+class Logging(Frozen):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(BaseSettings):
+    """The whole configuration. Environment variables ``TRIAGE_NODE__SCP__PORT=11113`` override the file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid", nested_model_default_partial_update=True
+    )
+
+    scp: SCP = SCP()
+    storage: Storage = Storage()
+    series: Series = Series()
+    filter: Filter = Filter()
+    models: Models = Models()
+    destinations: tuple[Destination, ...] = ()
+    web: Web = Web()
+    notifications: Notifications = Notifications()
+    logging: Logging = Logging()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file, so a drop-in or a test can change one value without editing it.
+        return (env_settings, init_settings)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_destinations(cls, dests: tuple[Destination, ...]) -> tuple[Destination, ...]:
+        names = [d.name for d in dests]
+        if len(set(names)) != len(names):
+            raise ValueError(f"destination names must be unique, got {names}")
+        return dests
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``problems`` holds one ``key.path: message`` line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _format(err: dict[str, Any]) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if "got " not in msg and err.get("type") not in ("missing", "extra_forbidden") and "input" in err:
+        inp = err["input"]
+        if not isinstance(inp, dict | list):
+            msg = f"{msg}, got {inp!r}"
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown key (check the spelling against config.yaml)"
+    return f"{path}: {msg}"
+
+
+def load_config(path: Path | None) -> Config:
+    """Read ``path`` (YAML; None means built-in defaults), apply environment overrides, validate everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{path}: not valid YAML ({exc})"]) from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+        data = loaded
+    try:
+        return Config(**data)
+    except ValidationError as exc:
+        raise ConfigError([_format(dict(e)) for e in exc.errors()]) from exc

@@ -1,0 +1,1 @@
+"""The worklist database: models, engine, migrations, state transitions and queries."""
