@@ -1,0 +1,265 @@
+"""Build a job's result objects (DICOM SEG, Grad-CAM fractional SEG, TID 1500 SR) and write them atomically.
+
+The builders are pure functions of their inputs: the same sources, outputs and ``ResultIdentity`` give byte-identical
+files, so a rebuild after a crash or a resend delivers the very objects the PACS may already hold (IHE AIR; STYLE.md
+habit 6). Nothing here reads the clock: content and creation date/time come from ``ResultIdentity.created_at``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.uid import generate_uid
+
+from triage_node import __version__
+from triage_node.inference.types import ModelOutput
+from triage_node.preprocess.volume import Volume
+from triage_node.results import codes
+
+log = logging.getLogger(__name__)
+
+MANUFACTURER = "triage-node project"
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+RESULT_KINDS = ("seg", "map", "sr")
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """One model as IHE AIR identifies it: name, version, Device UID (from the model card) and manufacturer."""
+
+    name: str
+    version: str
+    device_uid: str
+    manufacturer: str = MANUFACTURER
+
+    def __post_init__(self) -> None:
+        for field in ("name", "version", "manufacturer"):
+            value = getattr(self, field)
+            if not value or len(value) > 64:
+                raise ValueError(f"AlgorithmInfo.{field} must be 1-64 characters, got {value!r}")
+        _check_uid("AlgorithmInfo.device_uid", self.device_uid)
+
+
+@dataclass(frozen=True)
+class ResultIdentity:
+    """The identities of a job's result objects, made once per job and stored on the job row.
+
+    ``series_number`` is the SEG's; the map and the SR take the next two numbers. ``created_at`` (the job's creation
+    time) becomes the objects' content and instance creation date/time; without it the source study's date/time is
+    used, never the clock, so that rebuilds stay byte-identical.
+    """
+
+    seg_series_uid: str
+    seg_sop_uid: str
+    sr_series_uid: str
+    sr_sop_uid: str
+    map_series_uid: str
+    map_sop_uid: str
+    series_number: int
+    created_at: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("seg_series_uid", "seg_sop_uid", "sr_series_uid", "sr_sop_uid", "map_series_uid", "map_sop_uid"):
+            _check_uid(f"ResultIdentity.{field}", getattr(self, field))
+        if not 1 <= self.series_number <= 2**31 - 3:
+            raise ValueError(f"ResultIdentity.series_number must be a positive integer, got {self.series_number}")
+
+    @classmethod
+    def new(cls, series_number: int = 9000, created_at: dt.datetime | None = None) -> ResultIdentity:
+        """Fresh random UIDs (the caller stores them on the job)."""
+        return cls(
+            seg_series_uid=generate_uid(),
+            seg_sop_uid=generate_uid(),
+            sr_series_uid=generate_uid(),
+            sr_sop_uid=generate_uid(),
+            map_series_uid=generate_uid(),
+            map_sop_uid=generate_uid(),
+            series_number=series_number,
+            created_at=created_at,
+        )
+
+    @classmethod
+    def from_job(cls, job: object) -> ResultIdentity:
+        """The identity stored on a ``worklist.models.Job`` row (duck-typed to keep results free of the ORM)."""
+        return cls(
+            seg_series_uid=job.seg_series_uid,  # type: ignore[attr-defined]
+            seg_sop_uid=job.seg_sop_uid,  # type: ignore[attr-defined]
+            sr_series_uid=job.sr_series_uid,  # type: ignore[attr-defined]
+            sr_sop_uid=job.sr_sop_uid,  # type: ignore[attr-defined]
+            map_series_uid=job.map_series_uid,  # type: ignore[attr-defined]
+            map_sop_uid=job.map_sop_uid,  # type: ignore[attr-defined]
+            series_number=job.result_series_number,  # type: ignore[attr-defined]
+            created_at=job.created_at,  # type: ignore[attr-defined]
+        )
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """One written result object."""
+
+    kind: str  # 'seg' | 'sr' | 'map'
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+class ResultsInputError(ValueError):
+    """The inputs to ``build_results`` do not fit together (shapes, UIDs, unknown models)."""
+
+
+def _check_uid(name: str, uid: str) -> None:
+    if not isinstance(uid, str) or not 1 <= len(uid) <= 64 or not pydicom.uid.UID(uid).is_valid:
+        raise ValueError(f"{name} must be a valid DICOM UID of at most 64 characters, got {uid!r}")
+
+
+def derived_uid(base: str, *parts: str) -> str:
+    """A UID derived deterministically from ``base`` and ``parts`` (2.25 form, from a SHA-512 of the inputs)."""
+    return str(generate_uid(prefix=None, entropy_srcs=[base, *parts]))
+
+
+def check_inputs(
+    sources: Sequence[pydicom.Dataset],
+    volume: Volume,
+    outputs: Sequence[ModelOutput],
+    algorithms: Mapping[str, AlgorithmInfo],
+) -> None:
+    """Raise ResultsInputError unless sources, volume, masks and algorithms agree."""
+    if not sources:
+        raise ResultsInputError("sources must hold the kept source slices, got none")
+    uids = tuple(str(ds.SOPInstanceUID) for ds in sources)
+    if uids != volume.sop_instance_uids:
+        raise ResultsInputError(
+            "sources must be the volume's slices in z order: "
+            f"{len(uids)} sources vs {len(volume.sop_instance_uids)} volume slices"
+            + ("" if len(uids) != len(volume.sop_instance_uids) else " (same count, different order or UIDs)")
+        )
+    studies = {str(ds.StudyInstanceUID) for ds in sources}
+    if len(studies) != 1:
+        raise ResultsInputError(f"sources must belong to one study, got {len(studies)}")
+    for out in outputs:
+        if out.model not in algorithms:
+            raise ResultsInputError(f"no AlgorithmInfo for model {out.model!r}; known: {sorted(algorithms)}")
+        for kind, arrays in (("mask", out.masks), ("heatmap", out.heatmaps)):
+            for label, arr in arrays.items():
+                if arr.shape != volume.pixels.shape:
+                    raise ResultsInputError(
+                        f"{out.model} {kind} {label!r} has shape {arr.shape}, volume has {volume.pixels.shape}"
+                    )
+
+
+def content_datetime(identity: ResultIdentity, sources: Sequence[pydicom.Dataset]) -> dt.datetime:
+    """The date/time stamped on the results: the job's creation time, else the study's (never the clock)."""
+    if identity.created_at is not None:
+        return identity.created_at.astimezone(dt.UTC).replace(tzinfo=None, microsecond=0)
+    ds = sources[0]
+    date = str(getattr(ds, "StudyDate", "") or getattr(ds, "SeriesDate", "") or "19700101")
+    time = str(getattr(ds, "StudyTime", "") or "000000").split(".")[0].ljust(6, "0")[:6]
+    return dt.datetime.strptime(date + time, "%Y%m%d%H%M%S")
+
+
+def contributing_equipment(
+    algorithms: Sequence[AlgorithmInfo], when: dt.datetime
+) -> list[hd.ContributingEquipment]:
+    """IHE AIR Contributing Equipment: one item per algorithm, purpose (109102, DCM, "Processing Equipment")."""
+    items = []
+    for algo in algorithms:
+        item = hd.ContributingEquipment(
+            manufacturer=algo.manufacturer,
+            purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+            manufacturer_model_name=algo.name,
+            software_versions=algo.version,
+            contribution_datetime=when,
+            contribution_description=f"triage-node {__version__} algorithm {algo.name} {algo.version}",
+        )
+        # IHE AIR identifies the algorithm instance by Device UID; highdicom has no parameter for it.
+        item.DeviceUID = algo.device_uid
+        items.append(item)
+    return items
+
+
+def stamp(ds: pydicom.Dataset, when: dt.datetime) -> None:
+    """Replace highdicom's clock-derived dates with ``when`` so a rebuild is byte-identical."""
+    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    if "ContentDate" in ds:
+        ds.ContentDate, ds.ContentTime = date, time
+    ds.SeriesDate, ds.SeriesTime = date, time
+
+
+def write_atomically(ds: pydicom.Dataset, path: Path) -> None:
+    """Write ``ds`` to ``path`` via a temporary file, fsync, rename, fsync of the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        ds.save_as(fh, enforce_file_format=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def used_algorithms(outputs: Sequence[ModelOutput], algorithms: Mapping[str, AlgorithmInfo]) -> list[AlgorithmInfo]:
+    seen: dict[str, AlgorithmInfo] = {}
+    for out in outputs:
+        seen.setdefault(out.model, algorithms[out.model])
+    return list(seen.values())
+
+
+def build_results(
+    sources: Sequence[pydicom.Dataset],
+    volume: Volume,
+    outputs: Sequence[ModelOutput],
+    algorithms: Mapping[str, AlgorithmInfo],
+    identity: ResultIdentity,
+    priority: str,
+    pipeline: str,
+    out_dir: Path,
+) -> list[ResultFile]:
+    """Build and write the job's results: SEG (when a mask is non-empty), Grad-CAM map (when heat maps exist), SR.
+
+    ``sources``: the kept source slices in the volume's z order (full datasets). ``outputs``: the analyzers' results,
+    masks and heat maps aligned with ``volume``. Returns the written files, SEG and map before the SR that references
+    them.
+    """
+    from triage_node.results.seg import build_map, build_seg, lesion_segments
+    from triage_node.results.sr import build_sr
+
+    check_inputs(sources, volume, outputs, algorithms)
+    codes.priority_code(priority)
+    when = content_datetime(identity, sources)
+    segments = lesion_segments(outputs)
+    files: list[ResultFile] = []
+    seg_ds: pydicom.Dataset | None = None
+    if segments:
+        seg_ds = build_seg(sources, segments, algorithms, identity, pipeline, when)
+        files.append(_save("seg", seg_ds, out_dir))
+    heatmaps = [(out, label, arr) for out in outputs for label, arr in sorted(out.heatmaps.items()) if np.any(arr > 0)]
+    if heatmaps:
+        map_ds = build_map(sources, heatmaps, algorithms, identity, pipeline, when)
+        files.append(_save("map", map_ds, out_dir))
+    sr_ds = build_sr(sources, volume, outputs, algorithms, identity, priority, pipeline, seg_ds, segments, when)
+    files.append(_save("sr", sr_ds, out_dir))
+    log.info(
+        "results built: %s (%d segments, %d heat maps) in %s",
+        ", ".join(f.kind for f in files), len(segments), len(heatmaps), out_dir,
+    )
+    return files
+
+
+def _save(kind: str, ds: pydicom.Dataset, out_dir: Path) -> ResultFile:
+    path = Path(out_dir) / f"{kind}.dcm"
+    write_atomically(ds, path)
+    return ResultFile(kind=kind, path=path, sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID))
