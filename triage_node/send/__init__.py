@@ -1,0 +1,1 @@
+"""Delivery of result objects to the PACS: the C-STORE SCU and the persistent outbox."""

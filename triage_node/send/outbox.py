@@ -1,0 +1,198 @@
+"""The persistent outbox: every result object for every destination is a row that survives restarts.
+
+Life of a row (``OutboxState``): ``pending`` -> ``sending`` (committed *before* the network call, so a crash leaves it
+``sending`` and ``states.resume_interrupted`` puts it back) -> ``delivered``, or back to ``pending`` with exponential
+backoff, or ``dead_letter`` when the status can never succeed or ``max_attempts`` is used up. ``resend`` re-queues a
+job's rows whatever their state. After every batch ``states.settle_delivery`` derives the job's state from its rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from triage_node.config import Destination
+from triage_node.send.scu import Outcome, Outgoing, SendResult, send_batch
+from triage_node.worklist import states
+from triage_node.worklist.db import transaction
+from triage_node.worklist.models import Job, JobState, OutboxItem, OutboxState
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 50
+
+
+class ResultFileLike(Protocol):
+    """``results.build.ResultFile``; a protocol so that send/ does not import the builders (and highdicom)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def path(self) -> object: ...
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def sop_instance_uid(self) -> str: ...
+
+
+class Sender(Protocol):
+    def __call__(self, dest: Destination, calling_ae: str, items: Sequence[Outgoing]) -> list[SendResult]: ...
+
+
+def backoff(dest: Destination, attempts: int) -> dt.timedelta:
+    """Delay before the next try after ``attempts`` failed ones: initial x 2^(attempts-1), capped at backoff_max_s."""
+    exponent = min(max(attempts - 1, 0), 60)
+    return dt.timedelta(seconds=min(dest.backoff_initial_s * 2.0**exponent, dest.backoff_max_s))
+
+
+def enqueue(
+    session: Session,
+    job: Job,
+    files: Sequence[ResultFileLike],
+    destinations: Sequence[Destination],
+    now: dt.datetime,
+) -> None:
+    """Queue every file for every destination, once: an existing (job, destination, kind) row is kept as it is
+    (a rerun of the job rebuilds identical objects under the same UIDs), except that its path follows the new file."""
+    if job.id is None:
+        session.flush()
+    rows = session.scalars(select(OutboxItem).where(OutboxItem.job_id == job.id))
+    existing = {(o.destination, o.kind): o for o in rows}
+    added = 0
+    for dest in destinations:
+        for f in files:
+            row = existing.get((dest.name, f.kind))
+            if row is not None:
+                row.path = str(f.path)
+                continue
+            session.add(
+                OutboxItem(
+                    job_id=job.id,
+                    destination=dest.name,
+                    kind=f.kind,
+                    sop_class_uid=f.sop_class_uid,
+                    sop_instance_uid=f.sop_instance_uid,
+                    path=str(f.path),
+                    state=OutboxState.PENDING.value,
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            added += 1
+    if added:
+        log.info("job %d: %d result object(s) queued for %d destination(s)", job.id, added, len(destinations))
+
+
+def _claim(session: Session, destinations: dict[str, Destination], now: dt.datetime, limit: int) -> list[OutboxItem]:
+    rows = list(
+        session.scalars(
+            select(OutboxItem)
+            .where(OutboxItem.state == OutboxState.PENDING.value)
+            .where(OutboxItem.next_attempt_at <= now)
+            .where(OutboxItem.destination.in_(destinations))
+            .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
+            .limit(limit)
+        )
+    )
+    for row in rows:
+        row.state = OutboxState.SENDING.value
+        row.attempts += 1
+        row.updated_at = now
+    return rows
+
+
+def _settle(session: Session, row: OutboxItem, result: SendResult, dest: Destination, now: dt.datetime) -> None:
+    row.last_status = result.status
+    row.updated_at = now
+    if result.outcome is Outcome.DELIVERED:
+        row.state = OutboxState.DELIVERED.value
+        row.delivered_at = now
+        row.last_error = None
+        return
+    row.last_error = result.error
+    if result.outcome is Outcome.PERMANENT:
+        row.state = OutboxState.DEAD_LETTER.value
+        log.warning("job %d: %s to %s dead-lettered: %s", row.job_id, row.kind, dest.name, result.error)
+    elif row.attempts >= dest.max_attempts:
+        row.state = OutboxState.DEAD_LETTER.value
+        row.last_error = f"{result.error} (gave up after {row.attempts} attempts)"
+        log.warning("job %d: %s to %s dead-lettered after %d attempts", row.job_id, row.kind, dest.name, row.attempts)
+    else:
+        row.state = OutboxState.PENDING.value
+        row.next_attempt_at = now + backoff(dest, row.attempts)
+
+
+def deliver_due(
+    sessions: sessionmaker[Session],
+    destinations: Sequence[Destination],
+    calling_ae: str,
+    now: dt.datetime,
+    *,
+    batch_size: int = BATCH_SIZE,
+    sender: Sender = send_batch,
+) -> int:
+    """Send the items whose time has come (at most ``batch_size``), one association per destination; return how many
+    were delivered. Rows for destinations no longer configured stay pending (listed by the worklist, not lost)."""
+    by_name = {d.name: d for d in destinations}
+    if not by_name:
+        return 0
+    with transaction(sessions) as s:
+        claimed = _claim(s, by_name, now, batch_size)
+        batches: dict[str, list[Outgoing]] = defaultdict(list)
+        for row in claimed:
+            batches[row.destination].append(Outgoing(row.id, Path(row.path), row.sop_class_uid, row.sop_instance_uid))
+    if not batches:
+        return 0
+    results: dict[str, list[SendResult]] = {}
+    for name, items in batches.items():
+        results[name] = sender(by_name[name], calling_ae, items)
+    delivered = 0
+    with transaction(sessions) as s:
+        jobs: set[int] = set()
+        for name, batch_results in results.items():
+            for result in batch_results:
+                item = s.get(OutboxItem, result.key)
+                if item is None or item.state != OutboxState.SENDING.value:
+                    continue  # re-queued by ``resend`` meanwhile: its new state wins
+                _settle(s, item, result, by_name[name], now)
+                delivered += result.outcome is Outcome.DELIVERED
+                jobs.add(item.job_id)
+        s.flush()
+        for job_id in sorted(jobs):
+            job = s.get(Job, job_id)
+            if job is not None:
+                s.refresh(job, ["outbox"])
+                states.settle_delivery(s, job, now)
+    log.info(
+        "outbox: %d of %d item(s) delivered to %d destination(s)",
+        delivered, sum(len(b) for b in batches.values()), len(batches),
+    )
+    return delivered
+
+
+def resend(session: Session, job_id: int, now: dt.datetime) -> int:
+    """Re-queue every outbox item of job ``job_id`` (delivered and dead-lettered ones too) with fresh attempts;
+    return how many. The job goes back to ``results_ready`` until the outbox settles again."""
+    rows = list(session.scalars(select(OutboxItem).where(OutboxItem.job_id == job_id)))
+    for row in rows:
+        row.state = OutboxState.PENDING.value
+        row.attempts = 0
+        row.next_attempt_at = now
+        row.delivered_at = None
+        row.committed_at = None
+        row.updated_at = now
+    job = session.get(Job, job_id)
+    if rows and job is not None and job.state in (JobState.DELIVERED.value, JobState.DEAD_LETTER.value):
+        states.transition(session, job, JobState.RESULTS_READY, reason=None, now=now)
+    if rows:
+        log.info("job %d: %d outbox item(s) re-queued", job_id, len(rows))
+    return len(rows)
