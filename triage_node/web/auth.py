@@ -1,0 +1,111 @@
+"""Who is asking: argon2 password checks, signed session cookies with an idle timeout, CSRF tokens.
+
+The session lives in a cookie signed with itsdangerous (nothing server-side): user, CSRF token, login time and last
+activity, all as seconds from the injected clock so tests never wait for a timeout.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from triage_node.config import User
+
+SESSION_COOKIE = "tn_session"
+LOGIN_COOKIE = "tn_login"  # carries the CSRF token of the login form before anyone is logged in
+
+_hasher = PasswordHasher()
+# Verified when the user name is unknown, so a wrong name costs as long as a wrong password.
+_DUMMY_HASH = _hasher.hash("triage-node: no such user")
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash for ``web.users[].password_hash`` (``triage-node hash-password``)."""
+    if not password:
+        raise ValueError("password must not be empty")
+    return _hasher.hash(password)
+
+
+def verify_password(users: tuple[User, ...], name: str, password: str) -> bool:
+    """True when ``name`` is a configured user and ``password`` matches its argon2 hash."""
+    user = next((u for u in users if hmac.compare_digest(u.name, name)), None)
+    try:
+        return _hasher.verify(user.password_hash if user else _DUMMY_HASH, password) and user is not None
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def tokens_match(expected: str, given: str | None) -> bool:
+    return bool(given) and hmac.compare_digest(expected.encode(), (given or "").encode())
+
+
+@dataclass(frozen=True)
+class Session:
+    """A signed-in user. ``login_at`` / ``seen_at``: POSIX seconds of the injected clock."""
+
+    user: str
+    csrf: str
+    login_at: float
+    seen_at: float
+
+
+class SessionCodec:
+    """Signs and checks session cookies; ``timeout_s`` is the idle time after which a session is refused."""
+
+    def __init__(self, secret: str, timeout_s: float, clock: Callable[[], datetime]):
+        self._serializer = URLSafeSerializer(secret, salt="triage-node-session")
+        self._login_serializer = URLSafeSerializer(secret, salt="triage-node-login")
+        self.timeout_s = timeout_s
+        self._clock = clock
+
+    def now(self) -> float:
+        return self._clock().timestamp()
+
+    def start(self, user: str) -> Session:
+        now = self.now()
+        return Session(user=user, csrf=new_token(), login_at=now, seen_at=now)
+
+    def touch(self, session: Session) -> Session:
+        return replace(session, seen_at=self.now())
+
+    def dump(self, session: Session) -> str:
+        return self._serializer.dumps([session.user, session.csrf, session.login_at, session.seen_at])
+
+    def load(self, cookie: str | None) -> Session | None:
+        """The session in ``cookie``, or None when it is missing, forged, malformed or idle for too long."""
+        if not cookie:
+            return None
+        try:
+            user, csrf, login_at, seen_at = self._serializer.loads(cookie)
+        except (BadSignature, ValueError, TypeError):
+            return None
+        if not (isinstance(user, str) and isinstance(csrf, str)):
+            return None
+        if not isinstance(seen_at, int | float) or not isinstance(login_at, int | float):
+            return None
+        if self.now() - float(seen_at) > self.timeout_s:
+            return None
+        return Session(user=user, csrf=csrf, login_at=float(login_at), seen_at=float(seen_at))
+
+    def dump_login(self, token: str) -> str:
+        return self._login_serializer.dumps(token)
+
+    def load_login(self, cookie: str | None) -> str | None:
+        if not cookie:
+            return None
+        try:
+            token = self._login_serializer.loads(cookie)
+        except BadSignature:
+            return None
+        return token if isinstance(token, str) else None
