@@ -1,0 +1,74 @@
+"""Shared fixtures. Peers and data sets that are missing skip a test locally and fail it in CI (CI=true)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers import require  # noqa: E402
+
+from triage_node.config import SCP  # noqa: E402
+from triage_node.receive.scp import ReceiveHooks, StorageSCP  # noqa: E402
+from triage_node.receive.store import Spool  # noqa: E402
+from triage_node.worklist.db import make_engine, migrate, session_factory  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def head_ct():  # type: ignore[no-untyped-def]
+    """The real head CT from Debian's invesalius-examples (HU int16, 108 x 256 x 256)."""
+    from triage_node.synth.headct import HeadCTUnavailable, load_head_ct
+
+    try:
+        return load_head_ct()
+    except HeadCTUnavailable as exc:
+        require(False, str(exc))
+
+
+@pytest.fixture(scope="session")
+def ct_series_100(tmp_path_factory: pytest.TempPathFactory, head_ct) -> list[Path]:  # type: ignore[no-untyped-def]
+    """A 100-slice synthetic head CT series (real anatomy, synthetic identity), written once per session."""
+    from triage_node.synth.dicom import resample_slices, write_ct_series
+
+    hu, spacing = resample_slices(head_ct.hu.astype(np.float32), head_ct.spacing, 100)
+    return write_ct_series(tmp_path_factory.mktemp("ct100"), hu, spacing, seed=100)
+
+
+@dataclass
+class SCPEnv:
+    scp: StorageSCP
+    sessions: object
+    spool: Spool
+    engine: object
+
+    @property
+    def port(self) -> int:
+        return self.scp.port
+
+
+@pytest.fixture
+def scp_env(tmp_path: Path) -> Iterator[SCPEnv]:
+    """An in-process Storage SCP on a free loopback port with its own SQLite database and spool."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    sessions = session_factory(engine)
+    spool = Spool(tmp_path / "spool")
+    scp = StorageSCP(SCP(host="127.0.0.1", port=0 or _free_port()), spool, sessions, ReceiveHooks())
+    scp.start()
+    try:
+        yield SCPEnv(scp, sessions, spool, engine)
+    finally:
+        scp.stop()
+        engine.dispose()
+
+
+def _free_port() -> int:
+    from peers import free_port
+
+    return free_port()

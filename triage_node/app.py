@@ -1,0 +1,296 @@
+"""Builds and connects the stages: database, spool, models, SCP, scheduler, job worker, web server; runs the main loop.
+
+Signal handlers only set flags; the main loop acts on them (stop, reload) and pets the systemd watchdog, so a hung
+loop stops the pets and systemd restarts the service.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import func, select
+
+from triage_node import __version__
+from triage_node.config import Config, ConfigError, load_config
+from triage_node.inference.registry import load_analyzers
+from triage_node.inference.types import Analyzer
+from triage_node.notify import notify_due
+from triage_node.ops.disk import DiskGuard
+from triage_node.ops.metrics import Metrics
+from triage_node.ops.retention import purge_spool
+from triage_node.ops.sdnotify import SdNotifier
+from triage_node.pipeline import PipelineContext, fail_job, run_job
+from triage_node.receive.scp import ReceiveHooks, StorageSCP
+from triage_node.receive.store import Spool
+from triage_node.send.outbox import deliver_due
+from triage_node.series.completion import complete_due
+from triage_node.worklist import states
+from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
+from triage_node.worklist.models import Job, JobState
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class App:
+    """One daemon: ``start()`` brings every stage up (READY=1 at the end), ``run()`` loops until a stop signal."""
+
+    def __init__(self, config: Config, config_path: Path | None = None, clock: Callable[[], dt.datetime] = utcnow):
+        self.config = config
+        self.config_path = config_path
+        self.clock = clock
+        self.engine = make_engine(config.storage.database_url)
+        self.sessions = session_factory(self.engine)
+        self.spool = Spool(config.storage.spool_dir)
+        self.results_dir = config.storage.spool_dir.parent / "results"
+        self.metrics = Metrics(self.sessions, config.storage.spool_dir)
+        self.notifier = SdNotifier()
+        self.analyzers: dict[str, Analyzer] = {}
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.scp: StorageSCP | None = None
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._work = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._web_server: object | None = None
+        self._web_thread: threading.Thread | None = None
+        self._loop_tick = 0.0
+
+    # -- start-up -------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        self.notifier.status("migrating database")
+        migrate(self.engine)
+        removed = self.spool.remove_temporaries()
+        with transaction(self.sessions) as s:
+            resumed = states.resume_interrupted(s, self.clock())
+        if resumed or removed:
+            log.info("resumed %d interrupted job(s); removed %d partial spool file(s)", len(resumed), removed)
+
+        names = sorted({n for names in cfg.models.pipelines.values() for n in names})
+        self.notifier.status(f"loading models {', '.join(names) or '(none)'}")
+        self.analyzers = load_analyzers(cfg.models.dir, names, threads=cfg.models.threads, device=cfg.models.device)
+
+        self.pipeline = PipelineContext(
+            config=cfg,
+            sessions=self.sessions,
+            spool_dir=cfg.storage.spool_dir,
+            results_dir=self.results_dir,
+            analyzers=self.analyzers,
+            observe_inference=lambda m, s: self.metrics.inference_seconds.labels(model=m).observe(s),
+            observe_stage=lambda st, s: self.metrics.job_stage_seconds.labels(stage=st).observe(s),
+            observe_flag=self.metrics.time_to_flag_seconds.observe,
+            clock=self.clock,
+        )
+        guard = DiskGuard(cfg.storage.spool_dir, cfg.storage.min_free_mb)
+        hooks = ReceiveHooks(
+            disk_ok=guard.ok,
+            on_stored=self._on_stored,
+            on_complete=self._on_complete,
+            on_refused=lambda status: self.metrics.c_store_failures.labels(status=f"0x{status:04X}").inc(),
+            on_association=lambda ok: self.metrics.associations.labels(result="accepted" if ok else "rejected").inc(),
+            clock=self.clock,
+        )
+        self.scp = StorageSCP(cfg.scp, self.spool, self.sessions, hooks)
+        self.scp.start()
+
+        tick = min(1.0, cfg.series.quiet_period_s / 4)
+        self.scheduler.add_job(self._complete_due, "interval", seconds=tick, id="complete", max_instances=1,
+                               coalesce=True)
+        self.scheduler.add_job(self._deliver, "interval", seconds=1.0, id="deliver", max_instances=1, coalesce=True)
+        self.scheduler.add_job(self._notify, "interval", seconds=2.0, id="notify", max_instances=1, coalesce=True)
+        if cfg.storage.retention_days is not None:
+            self.scheduler.add_job(self._retention, "interval", seconds=3600, id="retention", max_instances=1,
+                                   coalesce=True, next_run_time=self.clock() + dt.timedelta(seconds=60))
+        self.scheduler.start()
+        self._worker = threading.Thread(target=self._work_loop, name="job-worker", daemon=True)
+        self._worker.start()
+        self._start_web()
+        self._work.set()
+        self.notifier.ready()
+        self.notifier.status(self._status_line())
+        log.info("triage-node %s ready: DICOM %s@%s:%d", __version__, cfg.scp.ae_title, cfg.scp.host, self.scp.port)
+
+    def _start_web(self) -> None:
+        if not self.config.web.enabled:
+            return
+        import uvicorn
+
+        from triage_node.web.app import WebContext, create_app
+
+        ctx = WebContext(
+            config=self.config, sessions=self.sessions, spool_dir=self.config.storage.spool_dir,
+            metrics_registry=self.metrics.registry, clock=self.clock,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(ctx), host=self.config.web.host, port=self.config.web.port,
+                           log_level="warning", access_log=False, lifespan="off")
+        )
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the main loop owns signals
+        self._web_server = server
+        self._web_thread = threading.Thread(target=server.run, name="web", daemon=True)
+        self._web_thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline and self._web_thread.is_alive():
+            time.sleep(0.02)
+        if not server.started:
+            raise RuntimeError(f"web server could not start on {self.config.web.host}:{self.config.web.port}")
+        log.info("web worklist on http://%s:%d/", self.config.web.host, self.config.web.port)
+
+    # -- scheduled work -------------------------------------------------------------------------------------------
+
+    def _on_stored(self, nbytes: int, series_id: int) -> None:
+        self.metrics.instances_received.inc()
+        self.metrics.bytes_received.inc(nbytes)
+
+    def _on_complete(self) -> None:
+        self.metrics.series_completed.inc()
+        self._work.set()
+
+    def _complete_due(self) -> None:
+        with transaction(self.sessions) as s:
+            jobs = complete_due(s, self.clock(), self.config.series.quiet_period_s, self.config.series.count_rules)
+        if jobs:
+            self.metrics.series_completed.inc(len(jobs))
+            self._work.set()
+
+    def _work_loop(self) -> None:
+        while not self._stop.is_set():
+            self._work.wait(timeout=1.0)
+            self._work.clear()
+            while not self._stop.is_set() and self._process_one():
+                pass
+
+    def _process_one(self) -> bool:
+        with transaction(self.sessions) as s:
+            job = states.claim_next_job(s, self.clock())
+            job_id = job.id if job else None
+        if job_id is None:
+            return False
+        try:
+            run_job(self.pipeline, job_id)
+        except Exception as exc:  # noqa: BLE001 - the worker's edge: any error becomes a failed, retryable job
+            log.exception("job %d raised", job_id)
+            fail_job(self.pipeline, job_id, exc)
+        return True
+
+    def _deliver(self) -> None:
+        if self.config.destinations:
+            deliver_due(self.sessions, self.config.destinations, self.config.scp.ae_title, self.clock())
+
+    def _notify(self) -> None:
+        notify_due(self.sessions, self.config.notifications, self.clock())
+
+    def _retention(self) -> None:
+        days = self.config.storage.retention_days
+        if days is not None:
+            n = purge_spool(self.sessions, self.config.storage.spool_dir, days, self.clock())
+            if n:
+                log.info("retention removed %d spooled instance file(s) older than %g days", n, days)
+
+    # -- main loop, reload, stop ----------------------------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        with self.sessions() as s:
+            counts = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+        queued = counts.get(JobState.COMPLETE.value, 0) + counts.get(JobState.PROCESSING.value, 0)
+        return (
+            f"listening on {self.config.scp.port}; {queued} job(s) queued, "
+            f"{counts.get(JobState.RESULTS_READY.value, 0)} awaiting delivery, "
+            f"{counts.get(JobState.DEAD_LETTER.value, 0)} dead-lettered"
+        )
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            self._stop.set()
+
+        def reload(signum: int, _frame: FrameType | None) -> None:
+            self._reload.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def run(self) -> None:
+        """The main loop: pet the watchdog, refresh STATUS=, act on reload and stop flags."""
+        interval = self.notifier.watchdog_interval_s()
+        pet = max(0.2, min(2.0, (interval or 4.0) / 3))
+        last_status = 0.0
+        while not self._stop.wait(timeout=pet):
+            self.notifier.watchdog()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            if time.monotonic() - last_status > 10:
+                last_status = time.monotonic()
+                self.notifier.status(self._status_line())
+        self.shutdown()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; apply routing rules, destinations and the allow-list; name what needs a restart."""
+        if self.config_path is None:
+            log.warning("reload requested but the daemon runs on built-in defaults: nothing to reload")
+            return
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, the config is invalid (keeping the running one):\n%s", exc)
+            self.notifier.ready()
+            return
+        live = {"series", "destinations", "scp.allowed_callers", "notifications", "filter"}
+        restart = []
+        for section in ("storage", "models", "web", "logging"):
+            if getattr(new, section) != getattr(self.config, section):
+                restart.append(section)
+        scp_other = new.scp.model_copy(update={"allowed_callers": self.config.scp.allowed_callers})
+        if scp_other != self.config.scp:
+            restart.append("scp (other than allowed_callers)")
+        applied = new.model_copy(
+            update={k: getattr(self.config, k) for k in ("storage", "models", "web", "logging")}
+            | {"scp": self.config.scp.model_copy(update={"allowed_callers": new.scp.allowed_callers})}
+        )
+        self.config = applied
+        self.pipeline.config = applied
+        if self.scp is not None:
+            self.scp.reload_policy(applied.scp)
+        log.info("reloaded %s", ", ".join(sorted(live)))
+        if restart:
+            log.warning("changed settings that need a restart to take effect: %s", ", ".join(restart))
+        self.notifier.ready()
+
+    def shutdown(self, timeout_s: float = 60.0) -> None:
+        """Stop accepting associations, let in-flight C-STOREs and the running job finish, stop the scheduler."""
+        log.info("stopping: no new associations; waiting for in-flight transfers and the running job")
+        self.notifier.stopping()
+        self._stop.set()
+        if self.scp is not None:
+            self.scp.stop(timeout_s=timeout_s / 2)
+        self._work.set()
+        if self._worker is not None:
+            self._worker.join(timeout=timeout_s / 2)
+            if self._worker.is_alive():
+                log.warning("the running job did not finish in time; it resumes at the next start")
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        if self._web_server is not None:
+            self._web_server.should_exit = True  # type: ignore[attr-defined]
+            if self._web_thread is not None:
+                self._web_thread.join(timeout=5)
+        self.engine.dispose()
+        log.info("stopped")

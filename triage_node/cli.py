@@ -1,0 +1,175 @@
+"""``triage-node``: serve | check-config | worklist | resend | synth | conformance | hash-password | models | train | ..."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from pathlib import Path
+
+from triage_node import __version__
+from triage_node.config import Config, ConfigError, load_config
+
+log = logging.getLogger("triage_node.cli")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(Path(args.config) if args.config else None)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from triage_node.app import App
+    from triage_node.inference.registry import ModelLoadError
+    from triage_node.ops.logs import setup_logging
+
+    cfg = _config(args)
+    setup_logging(cfg.logging)
+    app = App(cfg, Path(args.config) if args.config else None)
+    app.install_signal_handlers()
+    try:
+        app.start()
+    except ModelLoadError as exc:
+        log.error("cannot start: %s", exc)
+        app.shutdown(timeout_s=5)
+        return 3
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        app.shutdown(timeout_s=5)
+        return 4
+    app.run()
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = _config(args)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"configuration is valid: AE {cfg.scp.ae_title} on {cfg.scp.host}:{cfg.scp.port}, "
+          f"{len(cfg.series.rules)} routing rule(s), {len(cfg.destinations)} destination(s)")
+    return 0
+
+
+def _sessions(cfg: Config):  # type: ignore[no-untyped-def]
+    from triage_node.worklist.db import make_engine, migrate, session_factory
+
+    engine = make_engine(cfg.storage.database_url)
+    migrate(engine)
+    return session_factory(engine)
+
+
+def cmd_worklist(args: argparse.Namespace) -> int:
+    from triage_node.worklist.queries import format_table, worklist
+
+    cfg = _config(args)
+    with _sessions(cfg)() as s:
+        rows = worklist(s, priority=args.priority, modality=args.modality, state=args.state)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    from triage_node.send.outbox import resend
+    from triage_node.worklist.db import transaction
+
+    cfg = _config(args)
+    with transaction(_sessions(cfg)) as s:
+        n = resend(s, args.job, dt.datetime.now(dt.UTC))
+    if n == 0:
+        print(f"job {args.job}: nothing to resend (no such job or no result objects)", file=sys.stderr)
+        return 1
+    print(f"job {args.job}: {n} object(s) queued for delivery; the running daemon sends them within seconds")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from triage_node.synth.cli import run as synth_run
+
+    return synth_run(args)
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from triage_node.ops.conformance import render
+
+    text = render()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from argon2 import PasswordHasher
+
+    pw = args.password if args.password is not None else getpass.getpass("password: ")
+    print(PasswordHasher().hash(pw))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="triage-node", description=__doc__)
+    p.add_argument("--version", action="version", version=f"triage-node {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", "-c", default=None, help="config.yaml (default: built-in defaults)")
+        return sp
+
+    sp = with_config(sub.add_parser("serve", help="run the daemon in the foreground (logs to stderr)"))
+    sp.set_defaults(func=cmd_serve)
+    sp = with_config(sub.add_parser("check-config", help="validate the configuration, print every problem"))
+    sp.set_defaults(func=cmd_check_config)
+    sp = with_config(sub.add_parser("worklist", help="print the worklist as a table or JSON"))
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--priority", choices=["critical", "urgent", "routine", "none"])
+    sp.add_argument("--modality")
+    sp.add_argument("--state")
+    sp.set_defaults(func=cmd_worklist)
+    sp = with_config(sub.add_parser("resend", help="queue a job's SEG/SR for delivery again (dead letters too)"))
+    sp.add_argument("job", type=int)
+    sp.set_defaults(func=cmd_resend)
+    sp = sub.add_parser("conformance", help="print the DICOM conformance statement (markdown)")
+    sp.add_argument("--output", "-o")
+    sp.set_defaults(func=cmd_conformance)
+    sp = sub.add_parser("hash-password", help="print an argon2 hash for web.users[].password_hash")
+    sp.add_argument("--password", help="read from the terminal when omitted")
+    sp.set_defaults(func=cmd_hash_password)
+
+    from triage_node.synth.cli import register as register_synth
+
+    register_synth(sub)
+    try:
+        from triage_node.training.cli import register as register_training
+    except ImportError as exc:  # training extras are part of the package; a broken install should say so
+        log.debug("training commands unavailable: %s", exc)
+    else:
+        register_training(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

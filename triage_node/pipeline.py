@@ -1,0 +1,295 @@
+"""Process one job: route the series, build its volume, drop blank slices, run the models, store findings, build the
+SEG/SR results and queue them for delivery.
+
+Reading and computing happen outside any transaction; everything the job decides is committed in one transaction at
+the end, so a crash at any point leaves the job ``processing`` and the restart runs it again from the start. Result
+files are rebuilt with the UIDs stored on the job, so a rerun writes identical objects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from triage_node.config import Config
+from triage_node.inference.types import Analyzer, ModelOutput
+from triage_node.notify import queue_for_job
+from triage_node.preprocess.filter import keep_slices
+from triage_node.results.build import AlgorithmInfo, ResultFile, ResultIdentity, build_results
+from triage_node.send.outbox import enqueue
+from triage_node.series.geometry import GeometryError, build_volume, pixels, plan
+from triage_node.series.routing import SeriesAttributes, describe, route
+from triage_node.worklist import states
+from triage_node.worklist.db import transaction
+from triage_node.worklist.models import FindingRow, Instance, Job, JobState, Priority, Series, Study
+
+log = logging.getLogger(__name__)
+
+
+class Rejected(Exception):
+    """The series cannot be processed as sent; the message is the stored, PHI-free reason."""
+
+
+@dataclass
+class PipelineContext:
+    config: Config
+    sessions: sessionmaker[Session]
+    spool_dir: Path
+    results_dir: Path
+    analyzers: Mapping[str, Analyzer]
+    observe_inference: Callable[[str, float], None] = lambda model, seconds: None
+    observe_stage: Callable[[str, float], None] = lambda stage, seconds: None
+    observe_flag: Callable[[float], None] = lambda seconds: None
+    clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass(frozen=True)
+class Loaded:
+    job_id: int
+    paths: tuple[Path, ...]
+    study_uid: str
+
+
+def _load(ctx: PipelineContext, job_id: int) -> Loaded:
+    with transaction(ctx.sessions) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        series = s.get(Series, job.series_id)
+        assert series is not None
+        rows = s.scalars(
+            select(Instance).where(
+                Instance.series_id == series.id, Instance.superseded.is_(False), Instance.deleted_at.is_(None)
+            )
+        ).all()
+        return Loaded(job_id, tuple(ctx.spool_dir / r.path for r in rows), series.study.study_instance_uid)
+
+
+def _read(paths: Sequence[Path]) -> list[Dataset]:
+    out = []
+    for p in paths:
+        try:
+            out.append(dcmread(p))
+        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+            raise Rejected(f"stored instance {p.name} cannot be read ({type(exc).__name__})") from exc
+    return out
+
+
+def _priority(outputs: Sequence[ModelOutput], table: Mapping[str, str]) -> Priority:
+    best = Priority.NONE
+    for out in outputs:
+        for f in out.findings:
+            if f.present:
+                p = Priority(table.get(f.label, Priority.ROUTINE.value))
+                if p.rank < best.rank:
+                    best = p
+    return best
+
+
+def _save_masks(path: Path, uids: Sequence[str], outputs: Sequence[ModelOutput]) -> None:
+    arrays: dict[str, Any] = {"sop_instance_uids": np.asarray(uids)}
+    for out in outputs:
+        for label, mask in out.masks.items():
+            arrays[f"mask__{label}"] = np.asarray(mask, dtype=bool)
+        for label, heat in out.heatmaps.items():
+            arrays[f"heatmap__{label}"] = np.clip(np.asarray(heat) * 255.0, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _algorithm_info(analyzer: Analyzer) -> AlgorithmInfo:
+    return AlgorithmInfo(name=analyzer.name, version=analyzer.version, device_uid=analyzer.device_uid)
+
+
+def run_job(ctx: PipelineContext, job_id: int) -> JobState:
+    """Process a claimed (``processing``) job to its next state and return that state."""
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    try:
+        return _run(ctx, job_id, timings, t0)
+    except Rejected as exc:
+        return _finish_without_results(ctx, job_id, JobState.REJECTED, str(exc), timings)
+    except GeometryError as exc:
+        return _finish_without_results(ctx, job_id, JobState.REJECTED, str(exc), timings)
+
+
+def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float) -> JobState:
+    cfg = ctx.config
+    loaded = _load(ctx, job_id)
+    datasets = _read(loaded.paths)
+    if not datasets:
+        raise Rejected("series has no readable instances")
+    attrs = SeriesAttributes.from_datasets(datasets)
+    rule = route(cfg.series.rules, attrs)
+    if rule is None:
+        return _finish_without_results(
+            ctx, job_id, JobState.SKIPPED, f"no routing rule matched ({describe(attrs)})", timings
+        )
+    pipeline = rule.pipeline.value
+    with transaction(ctx.sessions) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.pipeline, job.rule = pipeline, rule.name
+
+    slices = plan(datasets)
+    planes = np.stack([pixels(sl) for sl in slices])
+    timings["load"] = time.perf_counter() - t0
+    ctx.observe_stage("load", timings["load"])
+
+    t = time.perf_counter()
+    keep = keep_slices(planes, attrs.modality, cfg.filter.min_brain_pct)
+    kept, dropped = int(keep.sum()), int((~keep).sum())
+    timings["filter"] = time.perf_counter() - t
+    ctx.observe_stage("filter", timings["filter"])
+    if kept == 0:
+        raise Rejected(f"all {dropped} slices are below {cfg.filter.min_brain_pct:g}% brain pixels")
+    volume = build_volume(slices, planes, keep)
+    del planes
+    sources = [slices[i].dataset for i in np.flatnonzero(keep)]
+
+    names = cfg.models.pipelines.get(rule.pipeline, ())
+    analyzers = [ctx.analyzers[n] for n in names if n in ctx.analyzers]
+    outputs: list[ModelOutput] = []
+    for analyzer in analyzers:
+        t = time.perf_counter()
+        outputs.append(analyzer.analyze(volume))
+        timings[f"model:{analyzer.name}"] = time.perf_counter() - t
+        ctx.observe_inference(analyzer.name, timings[f"model:{analyzer.name}"])
+    priority = _priority(outputs, cfg.models.priority)
+
+    t = time.perf_counter()
+    with transaction(ctx.sessions) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        identity = ResultIdentity(
+            seg_series_uid=job.seg_series_uid, seg_sop_uid=job.seg_sop_uid,
+            sr_series_uid=job.sr_series_uid, sr_sop_uid=job.sr_sop_uid,
+            map_series_uid=job.map_series_uid, map_sop_uid=job.map_sop_uid,
+            series_number=job.result_series_number,
+        )
+    out_dir = ctx.results_dir / f"job-{job_id:08d}"
+    _save_masks(out_dir / "masks.npz", volume.sop_instance_uids, outputs)
+    files: list[ResultFile] = []
+    if analyzers:
+        files = build_results(
+            sources, volume, outputs, {a.name: _algorithm_info(a) for a in analyzers}, identity, priority.value,
+            pipeline, out_dir,
+        )
+    timings["results"] = time.perf_counter() - t
+    ctx.observe_stage("results", timings["results"])
+    timings["total"] = time.perf_counter() - t0
+    return _commit(ctx, job_id, outputs, files, priority, kept, dropped, out_dir, timings)
+
+
+def _commit(
+    ctx: PipelineContext, job_id: int, outputs: Sequence[ModelOutput], files: Sequence[ResultFile],
+    priority: Priority, kept: int, dropped: int, out_dir: Path, timings: dict[str, float],
+) -> JobState:
+    now = ctx.clock()
+    with transaction(ctx.sessions) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        study = job.series.study
+        for old in list(job.findings):  # a rerun after a crash replaces, never duplicates
+            s.delete(old)
+        uids = None
+        for out in outputs:
+            for f in out.findings:
+                if uids is None:
+                    uids = _kept_uids(out_dir)
+                s.add(
+                    FindingRow(
+                        job_id=job.id, label=f.label, present=f.present, probability=float(f.probability),
+                        volume_ml=f.volume_ml, location=f.location, laterality=f.laterality, count=f.count,
+                        model=f.model, model_version=f.model_version, key_slices=list(f.key_slices),
+                        key_sop_uids=[uids[i] for i in f.key_slices if 0 <= i < len(uids)],
+                        positions=[list(p) for p in f.positions],
+                    )
+                )
+        job.slices_kept, job.slices_dropped = kept, dropped
+        job.priority = priority.value
+        job.results_dir = str(out_dir)
+        job.timings = timings
+        job.flagged_at = now
+        _update_study(study, priority, now)
+        if job.last_instance_at is not None:
+            ctx.observe_flag((now - job.last_instance_at).total_seconds())
+        enqueue(s, job, files, ctx.config.destinations, now)
+        s.flush()
+        if job.outbox:
+            states.transition(s, job, JobState.RESULTS_READY, reason=None, now=now)
+        else:
+            states.transition(s, job, JobState.DELIVERED, reason="no destination configured" if files else None, now=now)
+        if Priority(job.priority) != Priority.NONE:
+            queue_for_job(s, job, study, ctx.config.notifications)
+        state = JobState(job.state)
+    log.info(
+        "job %d done: pipeline %s, %d kept / %d dropped slices, priority %s, %d result object(s), %.2f s",
+        job_id, job.pipeline, kept, dropped, priority.value, len(files), timings.get("total", 0.0),
+    )
+    return state
+
+
+def _kept_uids(out_dir: Path) -> list[str]:
+    with np.load(out_dir / "masks.npz") as z:
+        return [str(u) for u in z["sop_instance_uids"]]
+
+
+def _update_study(study: Study, priority: Priority, now: dt.datetime) -> None:
+    """The study shows the highest priority of its jobs; a new flag clears an earlier acknowledgement."""
+    current = Priority(study.priority)
+    if priority.rank < current.rank:
+        study.priority = priority.value
+        study.flagged_at = now
+        study.acknowledged_at = None
+        study.acknowledged_by = None
+    elif study.flagged_at is None:
+        study.flagged_at = now
+
+
+def _finish_without_results(
+    ctx: PipelineContext, job_id: int, state: JobState, reason: str, timings: dict[str, float]
+) -> JobState:
+    now = ctx.clock()
+    with transaction(ctx.sessions) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.timings = timings
+        states.transition(s, job, state, reason=reason, now=now)
+        series_uid = job.series.series_instance_uid
+    level = logging.WARNING if state == JobState.REJECTED else logging.INFO
+    log.log(level, "job %d (series %s) %s: %s", job_id, series_uid, state.value, reason)
+    return state
+
+
+def fail_job(ctx: PipelineContext, job_id: int, error: BaseException) -> JobState:
+    """Record an unexpected error; the job is queued again after a delay until its attempts are used up."""
+    now = ctx.clock()
+    reason = f"{type(error).__name__}: {error}"[:2000]
+    with transaction(ctx.sessions) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        states.transition(s, job, JobState.FAILED, reason=reason, now=now)
+        if job.attempts < ctx.config.series.max_job_attempts:
+            states.transition(s, job, JobState.COMPLETE, now=now)
+            job.next_attempt_at = now + dt.timedelta(seconds=min(300.0, 5.0 * 2 ** (job.attempts - 1)))
+        state = JobState(job.state)
+    log.error("job %d failed (attempt %d): %s; now %s", job_id, job.attempts if job else 0, reason, state.value)
+    return state

@@ -1,0 +1,1 @@
+"""Series records: completion rules, routing rules and geometry checks."""
