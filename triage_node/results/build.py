@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,14 +117,17 @@ class ResultsInputError(ValueError):
     """The inputs to ``build_results`` do not fit together (shapes, UIDs, unknown models)."""
 
 
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
+
+
 def _check_uid(name: str, uid: str) -> None:
-    if not isinstance(uid, str) or not 1 <= len(uid) <= 64 or not pydicom.uid.UID(uid).is_valid:
+    if not isinstance(uid, str) or len(uid) > 64 or not _UID.fullmatch(uid):
         raise ValueError(f"{name} must be a valid DICOM UID of at most 64 characters, got {uid!r}")
 
 
 def derived_uid(base: str, *parts: str) -> str:
-    """A UID derived deterministically from ``base`` and ``parts`` (2.25 form, from a SHA-512 of the inputs)."""
-    return str(generate_uid(prefix=None, entropy_srcs=[base, *parts]))
+    """A UID derived deterministically from ``base`` and ``parts`` (pydicom root + a SHA-512 of the inputs)."""
+    return str(generate_uid(entropy_srcs=[base, *parts]))
 
 
 def check_inputs(
@@ -193,6 +197,10 @@ def stamp(ds: pydicom.Dataset, when: dt.datetime) -> None:
     if "ContentDate" in ds:
         ds.ContentDate, ds.ContentTime = date, time
     ds.SeriesDate, ds.SeriesTime = date, time
+    for item in ds.get("ContributingEquipmentSequence", []):
+        # highdicom adds an item for itself stamped with the clock.
+        if item.get("ManufacturerModelName") == "highdicom":
+            item.ContributionDateTime = date + time
 
 
 def write_atomically(ds: pydicom.Dataset, path: Path) -> None:
