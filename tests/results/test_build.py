@@ -49,7 +49,9 @@ def test_negative_case_writes_only_an_sr(negative: dict[str, ResultFile]) -> Non
     assert list(negative) == ["sr"]
 
 
-def test_rebuild_gives_byte_identical_objects(case: phantom.Case, positive: dict[str, ResultFile], tmp_path: Path) -> None:
+def test_rebuild_gives_byte_identical_objects(
+    case: phantom.Case, positive: dict[str, ResultFile], tmp_path: Path
+) -> None:
     again = build_results(
         case.sources, case.volume, phantom.positive_outputs(case.volume), phantom.ALGORITHMS, phantom.identity(),
         "critical", "ct_head", tmp_path,

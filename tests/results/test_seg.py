@@ -71,7 +71,8 @@ def test_contributing_equipment_identifies_each_algorithm(positive: dict[str, Re
 
 def test_gradcam_map_is_a_fractional_saliency_seg(case: phantom.Case, positive: dict[str, ResultFile]) -> None:
     m = pydicom.dcmread(positive["map"].path)
-    assert (m.SegmentationType, m.SegmentationFractionalType, m.MaximumFractionalValue) == ("FRACTIONAL", "PROBABILITY", 255)
+    assert m.SegmentationType == "FRACTIONAL"
+    assert (m.SegmentationFractionalType, m.MaximumFractionalValue) == ("PROBABILITY", 255)
     (segment,) = m.SegmentSequence
     typ = segment.SegmentedPropertyTypeCodeSequence[0]
     assert (typ.CodeValue, typ.CodingSchemeDesignator) == ("130404", "DCM")
