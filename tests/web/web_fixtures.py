@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -250,7 +251,7 @@ def seed(tmp_path: Path) -> Seeded:
         s.flush()
         job_id = job.id
         routine_uid = routine.study_instance_uid
-    return Seeded(
+    seeded = Seeded(
         sessions=sessions,
         spool_dir=spool,
         critical_uid=study_uid,
@@ -259,6 +260,16 @@ def seed(tmp_path: Path) -> Seeded:
         key_sop_uid=sops[1],
         rejected_series_uid=scout_uid,
     )
+    ids = {f.name: getattr(seeded, f.name) for f in fields(seeded) if f.name not in ("sessions", "spool_dir")}
+    (tmp_path / "seeded.json").write_text(json.dumps(ids))
+    return seeded
+
+
+def reopen(folder: Path) -> Seeded:
+    """The Seeded of a copied seed folder."""
+    ids = json.loads((folder / "seeded.json").read_text())
+    engine = make_engine(f"sqlite:///{folder / 'web.db'}")
+    return Seeded(sessions=session_factory(engine), spool_dir=folder / "spool", **ids)
 
 
 def login(client: TestClient, user: str = USER, password: str = PASSWORD) -> str:

@@ -62,9 +62,10 @@ def outline(mask: np.ndarray) -> np.ndarray:
 
 
 def heat_colors(heat: np.ndarray) -> np.ndarray:
-    """A black-red-yellow-white ramp: float (y, x) in [0, 1] -> float32 (y, x, 3) in [0, 1]."""
-    h = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)[..., None]
-    return np.clip(np.concatenate([3 * h, 3 * h - 1, 3 * h - 2], axis=-1), 0.0, 1.0)
+    """The 'jet' ramp Grad-CAM maps are usually shown in (blue, cyan, yellow, red):
+    float (y, x) in [0, 1] -> float32 (y, x, 3) in [0, 1]."""
+    h = 4.0 * np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)[..., None]
+    return np.clip(1.5 - np.abs(np.concatenate([h - 3.0, h - 2.0, h - 1.0], axis=-1)), 0.0, 1.0)
 
 
 def _fit(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
