@@ -71,11 +71,15 @@ class Orthanc:
         except httpx.HTTPError:
             return False
 
-    def stop(self, timeout: float = 30) -> None:
+    def stop(self, timeout: float = 30, graceful: bool = True) -> None:
+        """SIGTERM and wait (Orthanc takes about 3 s), or SIGKILL with ``graceful=False`` (a PACS crash; fast)."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.terminate()
+            if graceful:
+                self.proc.terminate()
+            else:
+                self.proc.kill()
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -125,7 +129,7 @@ class Orthanc:
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
+        self.stop(graceful=False)
 
 
 def start_orthanc(
