@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
 from triage_node.worklist.models import FindingRow, Instance, Job, OutboxItem, Series, Study
 
+RESULTS = Path("results") / "job-critical"
 T0 = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.UTC)
 SIZE = 64
 SLICES = 4
@@ -120,7 +121,7 @@ def seed(tmp_path: Path) -> Seeded:
     for z, sop in enumerate(sops):
         write_slice(spool / study_uid / series_uid / f"{sop}.dcm", study_uid, series_uid, sop, z)
 
-    results = Path("results") / "job-critical"
+    results = RESULTS
     (spool / results).mkdir(parents=True)
     mask = np.zeros((SLICES, SIZE, SIZE), dtype=bool)
     mask[1] = mask[2] = lesion_mask()
@@ -197,7 +198,7 @@ def seed(tmp_path: Path) -> Seeded:
             priority="critical",
             flagged_at=study.flagged_at,
             last_instance_at=T0 + dt.timedelta(seconds=30),
-            results_dir=str(results),
+            results_dir=str(spool / results),
         )
         job.findings.append(
             FindingRow(
@@ -269,7 +270,11 @@ def reopen(folder: Path) -> Seeded:
     """The Seeded of a copied seed folder."""
     ids = json.loads((folder / "seeded.json").read_text())
     engine = make_engine(f"sqlite:///{folder / 'web.db'}")
-    return Seeded(sessions=session_factory(engine), spool_dir=folder / "spool", **ids)
+    sessions = session_factory(engine)
+    with transaction(sessions) as s:  # the pipeline stores results_dir as an absolute path
+        job = s.get_one(Job, ids["critical_job_id"])
+        job.results_dir = str(folder / "spool" / RESULTS)
+    return Seeded(sessions=sessions, spool_dir=folder / "spool", **ids)
 
 
 def login(client: TestClient, user: str = USER, password: str = PASSWORD) -> str:

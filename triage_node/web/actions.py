@@ -90,7 +90,7 @@ def key_image_files(
     sessions: sessionmaker[Session], spool_dir: Path, study_uid: str, job_id: int, sop_uid: str
 ) -> KeyImageFiles | None:
     """The stored slice and the job's masks file, when the job belongs to the study and the slice to the job's
-    series; None otherwise. ``Job.results_dir`` is used as is when absolute, else relative to the spool."""
+    series; None otherwise."""
     with transaction(sessions) as s:
         found = s.execute(
             select(Job.results_dir, Instance.path)
@@ -110,8 +110,6 @@ def key_image_files(
     except RenderError:
         log.warning("job %s: stored instance path leaves the spool; not served", job_id)
         return None
-    masks_file = None
-    if results_dir:
-        base = Path(results_dir)
-        masks_file = (base if base.is_absolute() else spool_dir / base) / MASKS_FILE
+    # The pipeline stores results_dir as it wrote it: absolute, or relative to the daemon's working directory.
+    masks_file = Path(results_dir) / MASKS_FILE if results_dir else None
     return KeyImageFiles(instance_file=instance_file, masks_file=masks_file)

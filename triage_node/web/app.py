@@ -29,6 +29,8 @@ from triage_node.web.schemas import Health
 from triage_node.web.security import Guard, NotAuthenticated, csrf_session, not_authenticated_response, safe_next
 from triage_node.web.templating import add_filters
 
+__all__ = ["WebContext", "create_app"]
+
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
