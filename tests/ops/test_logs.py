@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import faulthandler
 import io
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +22,12 @@ def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    faults = faulthandler.is_enabled()
     yield
+    if faults:  # setup_logging pointed faulthandler at the test's stream, which is closed now
+        faulthandler.enable(file=sys.__stderr__)
+    else:
+        faulthandler.disable()
     for h in list(root.handlers):
         if h not in handlers:
             root.removeHandler(h)
@@ -105,3 +114,19 @@ def test_other_streams_are_not_the_journal(tmp_path: Path) -> None:
         assert not stream_is_journal(f, {"JOURNAL_STREAM": "1:2"})
         assert not stream_is_journal(f, {"JOURNAL_STREAM": "garbage"})
         assert not stream_is_journal(f, {})
+
+
+def test_sigabrt_from_the_watchdog_dumps_every_thread(tmp_path: Path) -> None:
+    # systemd's watchdog kills a hung daemon with SIGABRT; the stacks must reach the journal (stderr).
+    script = (
+        "import os, signal, threading, time\n"
+        "from triage_node.config import Logging\n"
+        "from triage_node.ops.logs import setup_logging\n"
+        "setup_logging(Logging())\n"
+        "threading.Thread(target=time.sleep, args=(60,), name='job-worker', daemon=True).start()\n"
+        "os.kill(os.getpid(), signal.SIGABRT)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == -signal.SIGABRT
+    assert "Fatal Python error: Aborted" in proc.stderr
+    assert proc.stderr.lower().count("thread 0x") >= 2  # the main thread and the worker

@@ -5,13 +5,19 @@ Text: ``WARNING triage_node.receive.scp: message``. When stderr is connected to 
 records, so ``journalctl -u triage-node -p warning`` works; timestamps are left to journald then. JSON: one object per
 line with ``ts``, ``level``, ``logger``, ``message``, ``extra={...}`` fields (``job_id``, ``series_id``) and ``exc``.
 
+``faulthandler`` writes every thread's stack to the same stream on SIGABRT, SIGSEGV and friends: when systemd's watchdog
+kills a hung daemon (SIGABRT) the journal shows where each thread was stuck.
+
 Our code logs study/series/job ids, never patient names or ids, at INFO and above. Third-party libraries that dump whole
 datasets or requests at INFO/DEBUG (pynetdicom logs identifiers at DEBUG) are held at WARNING unless the level is DEBUG.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import faulthandler
+import io
 import json
 import logging
 import os
@@ -130,4 +136,7 @@ def setup_logging(
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if config.level == "DEBUG" else logging.WARNING)
     logging.captureWarnings(True)
+    # A stream without a file descriptor (a test's StringIO) leaves faulthandler nothing to write to.
+    with contextlib.suppress(io.UnsupportedOperation, AttributeError, ValueError):
+        faulthandler.enable(file=stream, all_threads=True)
     return handler
