@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from triage_node.config import Destination
+from triage_node.send.commitment import STORAGE_COMMITMENT_PUSH, request_commitment
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class SendResult:
     outcome: Outcome
     status: int | None
     error: str | None
+    commitment_requested: bool = False
 
 
 def classify(status: int) -> Outcome:
@@ -106,6 +108,24 @@ def _association_error(assoc: Association) -> str:
     return "no association (connection refused, dropped or aborted by the peer)"
 
 
+def _request_commitment(
+    assoc: Association, dest: Destination, sent: Sequence[tuple[Outgoing, pydicom.Dataset]], results: list[SendResult]
+) -> list[SendResult]:
+    """Ask for Storage Commitment of the delivered items; a refusal only costs the confirmation, not the delivery."""
+    delivered = {r.key for r in results if r.outcome is Outcome.DELIVERED}
+    instances = [(item.sop_class_uid, item.sop_instance_uid) for item, _ in sent if item.key in delivered]
+    if not instances:
+        return results
+    if STORAGE_COMMITMENT_PUSH not in {cx.abstract_syntax for cx in assoc.accepted_contexts}:
+        log.warning("destination %s: storage commitment not accepted by the peer", dest.name)
+        return results
+    status = request_commitment(assoc, instances)
+    if status != 0x0000:
+        log.warning("destination %s: storage commitment request answered %s", dest.name, status)
+        return results
+    return [replace(r, commitment_requested=True) if r.key in delivered else r for r in results]
+
+
 def send_batch(
     dest: Destination, calling_ae: str, items: Sequence[Outgoing], timeout_s: float = TIMEOUT_S
 ) -> list[SendResult]:
@@ -118,6 +138,8 @@ def send_batch(
     ae.connection_timeout = timeout_s
     for sop_class in dict.fromkeys(item.sop_class_uid for item, _ in ready):
         ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
+    if dest.storage_commitment:
+        ae.add_requested_context(STORAGE_COMMITMENT_PUSH, TRANSFER_SYNTAXES)
     pending = list(ready)
     try:
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=_tls_args(dest))
@@ -146,6 +168,8 @@ def send_batch(
                     error = f"{error}: {status.ErrorComment}"
                 results.append(SendResult(item.key, outcome, code, error))
                 pending.pop(0)
+            if dest.storage_commitment:
+                results = _request_commitment(assoc, dest, ready, results)
         finally:
             if assoc.is_established:
                 assoc.release()
