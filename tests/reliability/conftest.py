@@ -1,0 +1,61 @@
+"""The reliability suite's session state: one Figures object, printed and written to test-output/reliability.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from support import ROOT, Figures  # noqa: E402
+
+FIGURES = pytest.StashKey[Figures]()
+
+
+def _figures(config: pytest.Config) -> Figures:
+    if FIGURES not in config.stash:
+        config.stash[FIGURES] = Figures()
+    return config.stash[FIGURES]
+
+
+@pytest.fixture(scope="session")
+def figures(request: pytest.FixtureRequest) -> Figures:
+    return _figures(request.config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The log scan covers every daemon the suite started, so it runs after the rest of the suite.
+    last = [i for i in items if i.nodeid.endswith("test_no_patient_identity_in_any_daemon_log")]
+    for item in last:
+        items.remove(item)
+        items.append(item)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if FIGURES not in session.config.stash:
+        return
+    out = ROOT / "test-output"
+    out.mkdir(exist_ok=True)
+    (out / "reliability.json").write_text(json.dumps(session.config.stash[FIGURES].as_json(), indent=2) + "\n")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    if FIGURES not in config.stash:
+        return
+    f = config.stash[FIGURES]
+    tr = terminalreporter
+    tr.section("reliability figures")
+    tr.write_line(f"kills survived: {f.kills} {dict(f.kills_by_phase)}")
+    tr.write_line(f"instances acknowledged: {f.instances_acked}, stored: {f.instances_stored}, "
+                  f"lost: {f.instances_lost}")
+    tr.write_line(f"result sets delivered: {f.result_sets_delivered}, duplicates in the PACS: {f.duplicate_results}")
+    tr.write_line(f"hostile inputs tried: {f.hostile_inputs}")
+    if f.load:
+        tr.write_line(f"load: {f.load}")
+    if f.outage:
+        tr.write_line(f"outage: {f.outage}")
+    tr.write_line(f"daemon logs scanned: {f.logs_scanned}, patient names/IDs found: {f.phi_hits}")
+    tr.write_line(f"written to {ROOT / 'test-output' / 'reliability.json'}")
