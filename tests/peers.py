@@ -95,6 +95,7 @@ class Daemon:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     _log: object = field(default=None, repr=False)
+    _log_offset: int = 0
 
     @property
     def database_url(self) -> str:
@@ -105,6 +106,7 @@ class Daemon:
         return Path(self.env["TRIAGE_NODE__STORAGE__SPOOL_DIR"])
 
     def start(self, wait: bool = True, timeout: float = 120) -> Daemon:
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "triage_node.cli", "serve", "--config", str(ROOT / "config.yaml")],
@@ -117,7 +119,7 @@ class Daemon:
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-        return " ready: DICOM " in self.log()
+        return " ready: DICOM " in self.log()[self._log_offset:]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

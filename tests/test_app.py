@@ -16,7 +16,7 @@ from pydicom import dcmread
 from triage_node.synth.cli import phantom_head
 from triage_node.synth.dicom import write_series
 
-NO_MODELS = {"TRIAGE_NODE__MODELS__PIPELINES": "{}"}
+NO_MODELS = {"TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": [], "mr_swi": [], "mr_dwi": []})}
 
 
 def job_states(d) -> list[tuple]:  # type: ignore[no-untyped-def]

@@ -58,6 +58,8 @@ class App:
         self.notifier = SdNotifier()
         self.analyzers: dict[str, Analyzer] = {}
         self.scheduler = BackgroundScheduler(timezone="UTC")
+        # A periodic job that overlaps its next run is skipped by design; APScheduler would warn about each one.
+        logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
         self.scp: StorageSCP | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -161,7 +163,10 @@ class App:
 
     def _complete_due(self) -> None:
         with transaction(self.sessions) as s:
-            jobs = complete_due(s, self.clock(), self.config.series.quiet_period_s, self.config.series.count_rules)
+            jobs = complete_due(
+                s, self.clock(), self.config.series.quiet_period_s, self.config.series.count_rules,
+                self.config.series.incomplete_grace_s,
+            )
         if jobs:
             self.metrics.series_completed.inc(len(jobs))
             self._work.set()

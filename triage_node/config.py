@@ -163,6 +163,9 @@ def _default_rules() -> tuple[RoutingRule, ...]:
 
 class Series(Frozen):
     quiet_period_s: Annotated[float, _between(0.1, 86400)] = 30
+    # A series that declares its size (ImagesInAcquisition) but has not reached it waits this long after its last
+    # instance before it completes anyway (a sender that was interrupted usually resends within minutes).
+    incomplete_grace_s: Annotated[float, _between(0.1, 86400)] = 300
     rules: tuple[RoutingRule, ...] = Field(default_factory=_default_rules)
     count_rules: tuple[CountRule, ...] = ()
     max_job_attempts: Annotated[int, _between(1, 100)] = 3

@@ -237,7 +237,7 @@ class StorageSCP:
     @staticmethod
     def _log_stored(rec: Recorded, sop_uid: str, series_uid: str) -> None:
         if rec.duplicate:
-            log.info("instance %s received again with identical bytes: kept the stored copy", sop_uid)
+            log.debug("instance %s received again with identical bytes: kept the stored copy", sop_uid)
         elif rec.new_version:
             log.warning("instance %s received again with different bytes: stored as a new version (newest wins)", sop_uid)
         elif rec.reopened:

@@ -65,11 +65,17 @@ def _count_rule_fits(series: Series, rules: tuple[CountRule, ...]) -> bool:
 
 
 def complete_due(
-    session: Session, now: dt.datetime, quiet_period_s: float, count_rules: tuple[CountRule, ...] = ()
+    session: Session,
+    now: dt.datetime,
+    quiet_period_s: float,
+    count_rules: tuple[CountRule, ...] = (),
+    incomplete_grace_s: float = 300.0,
 ) -> list[Job]:
     """Complete every receiving series whose declared size or a count rule is reached, or that has been quiet long
-    enough. Returns the jobs made."""
+    enough: ``quiet_period_s``, or ``incomplete_grace_s`` when it declares a size it has not reached. Returns the
+    jobs made."""
     cutoff = now - dt.timedelta(seconds=quiet_period_s)
+    incomplete_cutoff = now - dt.timedelta(seconds=max(quiet_period_s, incomplete_grace_s))
     jobs = []
     receiving = session.scalars(select(Series).where(Series.state == SeriesState.RECEIVING.value)).all()
     for series in receiving:
@@ -77,6 +83,10 @@ def complete_due(
             jobs.append(complete_series(session, series, now, "declared size reached"))
         elif _count_rule_fits(series, count_rules):
             jobs.append(complete_series(session, series, now, "count rule"))
+        elif series.expected_instances:
+            if series.last_received_at <= incomplete_cutoff:
+                why = f"incomplete ({series.received_instances} of {series.expected_instances}) after the grace period"
+                jobs.append(complete_series(session, series, now, why))
         elif series.last_received_at <= cutoff:
             jobs.append(complete_series(session, series, now, f"quiet for {quiet_period_s:g} s"))
     return jobs
