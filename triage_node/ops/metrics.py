@@ -204,7 +204,7 @@ class Metrics:
         )
         self.job_stage_seconds = Histogram(
             "job_stage_seconds",
-            "Wall time of each stage of a job (load, filter, inference, results, ...).",
+            "Wall time of each stage of a job (load, filter, results); model time is inference_seconds.",
             ["stage"],
             namespace=NAMESPACE,
             registry=r,
