@@ -251,3 +251,17 @@ def test_rows_of_an_unconfigured_destination_stay_pending(
 def test_backoff_doubles_up_to_the_cap() -> None:
     dest = _pacs(104, backoff_initial_s=5, backoff_max_s=60)
     assert [backoff(dest, n).total_seconds() for n in (1, 2, 3, 4, 5, 50)] == [5, 10, 20, 40, 60, 60]
+
+
+def test_an_unexpected_sender_error_becomes_a_retry(
+    sessions: sessionmaker[Session], new_job: Callable[..., int], files: list[ResultFile]
+) -> None:
+    def broken(d: Destination, calling: str, items: list[Outgoing]) -> list[SendResult]:
+        raise ValueError("bug in the sender")
+
+    _queue(sessions, new_job(), files, _pacs(1))
+    assert deliver_due(sessions, [_pacs(1)], CALLING, NOW, sender=broken) == 0
+    rows = _rows(sessions)
+    assert {(r.state, r.attempts, r.last_error) for r in rows} == {
+        (OutboxState.PENDING.value, 1, "ValueError: bug in the sender")
+    }

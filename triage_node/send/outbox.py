@@ -154,7 +154,11 @@ def deliver_due(
         return 0
     results: dict[str, list[SendResult]] = {}
     for name, items in batches.items():
-        results[name] = sender(by_name[name], calling_ae, items)
+        try:
+            results[name] = sender(by_name[name], calling_ae, items)
+        except Exception as exc:  # noqa: BLE001 - a bug below the network edge must not strand rows in 'sending'
+            log.exception("destination %s: sending failed unexpectedly", name)
+            results[name] = [SendResult(i.key, Outcome.RETRY, None, f"{type(exc).__name__}: {exc}") for i in items]
     delivered = 0
     with transaction(sessions) as s:
         jobs: set[int] = set()
