@@ -1,0 +1,38 @@
+"""A stand-in analyzer for the web end-to-end test: every voxel between 60 and 90 HU is hemorrhage, with a Grad-CAM-
+like map on the same voxels. Loaded by the real daemon through a model card, like a trained model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from triage_node.inference.card import ModelCard
+from triage_node.inference.types import Finding, ModelOutput
+from triage_node.preprocess.volume import Volume
+
+
+class ThresholdHemorrhage:
+    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu"):
+        self.name, self.version, self.device_uid = card.name, card.version, card.device_uid
+
+    def analyze(self, volume: Volume) -> ModelOutput:
+        mask = (volume.pixels > 60) & (volume.pixels < 90)
+        per_slice = mask.sum(axis=(1, 2))
+        present = bool(mask.any())
+        key = tuple(int(z) for z in np.argsort(-per_slice)[:2] if per_slice[z] > 0)
+        finding = Finding(
+            "any_hemorrhage",
+            present,
+            0.93 if present else 0.02,
+            self.name,
+            self.version,
+            volume_ml=float(mask.sum()) * volume.voxel_volume_ml,
+            location="right frontal lobe",
+            key_slices=key,
+        )
+        return ModelOutput(
+            self.name,
+            self.version,
+            (finding,),
+            masks={"any_hemorrhage": mask},
+            heatmaps={"any_hemorrhage": mask.astype(np.float32) * 0.9},
+        )
