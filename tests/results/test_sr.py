@@ -3,13 +3,18 @@ reference (single-segment SEG, built without ReferencedSegment.from_segmentation
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
+from peers import find_tool
 from results import phantom
 
-from triage_node.results.build import ResultFile
+from triage_node.inference.types import Finding, ModelOutput
+from triage_node.results.build import AlgorithmInfo, ResultFile, build_results
 
 
 def _walk(items: pydicom.Sequence) -> Iterator[pydicom.Dataset]:
@@ -124,3 +129,29 @@ def test_highdicom_reads_the_report_back(positive: dict[str, ResultFile]) -> Non
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert len(groups) == 1 and groups[0].reference_type == hd.sr.CodedConcept("121191", "DCM", "Referenced Segment")
     assert len(sr.content.get_image_measurement_groups()) == 3
+
+
+def test_microbleeds_report_count_and_declare_the_local_code(case: phantom.Case, tmp_path: Path) -> None:
+    mask = np.zeros(case.volume.pixels.shape, bool)
+    mask[7, 30:32, 30:32] = mask[9, 20:22, 40:42] = True
+    out = ModelOutput(
+        "cmb", "0.3",
+        (Finding("microbleed", True, 0.8, "cmb", "0.3", count=2, key_slices=(7, 9), location="left frontal lobe"),),
+        masks={"microbleed": mask},
+    )
+    algos = {"cmb": AlgorithmInfo("cmb", "0.3", "2.25.55")}
+    files = {f.kind: f for f in build_results(
+        case.sources, case.volume, [out], algos, phantom.identity("cmb"), "routine", "mr_swi", tmp_path
+    )}
+    sr = pydicom.dcmread(files["sr"].path)
+    group = _groups(sr)["cmb:microbleed"]
+    assert _code(_child(group, "Finding")) == ("CMB", "99TRN")
+    assert _num(group, "Number of lesions (observable entity)") == 2
+    site = _child(group, "Finding Site")
+    assert (_code(site), _code(_child(site, "Laterality"))) == (("83251001", "SCT"), ("7771000", "SCT"))
+    (scheme,) = sr.CodingSchemeIdentificationSequence
+    assert scheme.CodingSchemeDesignator == "99TRN"
+    assert "CodingSchemeIdentificationSequence" not in pydicom.dcmread(files["seg"].path)  # SEG uses SNOMED only
+    proc = subprocess.run([find_tool("dciodvfy"), str(files["sr"].path)], capture_output=True, text=True, timeout=60)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert not [line for line in lines if line.startswith("Error")], lines

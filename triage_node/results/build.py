@@ -203,6 +203,20 @@ def stamp(ds: pydicom.Dataset, when: dt.datetime) -> None:
             item.ContributionDateTime = date + time
 
 
+def declare_local_codes(ds: pydicom.Dataset) -> None:
+    """Add the Coding Scheme Identification Sequence when ``ds`` uses the private ``99TRN`` scheme (PS3.3
+    C.12.1.1.7: required for coding schemes PS3.16 does not define)."""
+    used = any(
+        el.keyword == "CodingSchemeDesignator" and el.value == codes.LOCAL_SCHEME for el in ds.iterall()
+    )
+    if used and "CodingSchemeIdentificationSequence" not in ds:
+        item = pydicom.Dataset()
+        item.CodingSchemeDesignator = codes.LOCAL_SCHEME
+        item.CodingSchemeName = "triage-node local codes"
+        item.CodingSchemeResponsibleOrganization = MANUFACTURER
+        ds.CodingSchemeIdentificationSequence = [item]
+
+
 def write_atomically(ds: pydicom.Dataset, path: Path) -> None:
     """Write ``ds`` to ``path`` via a temporary file, fsync, rename, fsync of the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,5 +283,6 @@ def build_results(
 
 def _save(kind: str, ds: pydicom.Dataset, out_dir: Path) -> ResultFile:
     path = Path(out_dir) / f"{kind}.dcm"
+    declare_local_codes(ds)
     write_atomically(ds, path)
     return ResultFile(kind=kind, path=path, sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID))
