@@ -123,8 +123,11 @@ def send_files(port: int, paths: Sequence[Path], log: SendLog | None = None, cal
                called: str = "TRIAGE_NODE", sop_class: str = CTImageStorage,
                transfer_syntaxes: Sequence[str] = ("1.2.840.10008.1.2.1",)) -> SendLog:
     """Send files over one association with pynetdicom (raw bytes, as stored); record every status."""
-    from pydicom import dcmread
+    from pydicom.filereader import read_file_meta_info
+    from pynetdicom import _config
 
+    # Send each file's bytes as they are (no decode and re-encode), so a broken body reaches the daemon broken.
+    _config.STORE_SEND_CHUNKED_DATASET = True
     log = log if log is not None else SendLog()
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
@@ -134,7 +137,7 @@ def send_files(port: int, paths: Sequence[Path], log: SendLog | None = None, cal
         return log
     try:
         for p in paths:
-            uid = str(dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+            uid = str(read_file_meta_info(p).MediaStorageSOPInstanceUID)  # survives a broken body
             if not assoc.is_established:
                 log.statuses.setdefault(uid, None)
                 continue

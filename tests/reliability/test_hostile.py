@@ -1,0 +1,113 @@
+"""Hostile input: every malformed or unusual object gets the right C-STORE status at receive time or a rejected /
+skipped job with its reason; raw garbage on the port does no harm; a normal study sent alongside is processed."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+from corpus import Case, build_corpus
+from peers import wait_for
+from pydicom import dcmread
+from pynetdicom import AE
+from support import Figures, echo, job_rows, new_daemon, phantom_series, send_files, stub_models
+
+pytestmark = pytest.mark.reliability
+
+TERMINAL = {"delivered", "rejected", "skipped", "dead_letter", "failed"}
+
+
+def _garbage_association(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)) * 8)
+        s.settimeout(10)
+        try:
+            while s.recv(4096):
+                pass
+        except (ConnectionResetError, TimeoutError):
+            pass
+
+
+def _half_association(port: int) -> None:
+    # An A-ASSOCIATE-RQ header that promises 4096 bytes, 20 of them sent, then the peer vanishes.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(struct.pack(">BBL", 0x01, 0x00, 4096) + b"\x00\x01\x00\x00" + b"TRIAGE_NODE     ")
+
+
+def _context_rejected(port: int, case: Case) -> bool:
+    ae = AE(ae_title="HOSTILE")
+    ae.add_requested_context(case.sop_class, [case.transfer_syntax])
+    assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE_NODE")
+    if not assoc.is_established:
+        return True
+    try:
+        return not assoc.accepted_contexts
+    finally:
+        assoc.release()
+
+
+def test_hostile_corpus_gets_the_right_answers_and_a_normal_study_still_goes_through(
+    tmp_path: Path, figures: Figures
+) -> None:
+    cases = build_corpus(tmp_path / "corpus")
+    assert len(cases) >= 25
+    normal = phantom_series(tmp_path / "normal", seed=9100, slices=8)
+    env = {**stub_models(tmp_path / "models"), "TRIAGE_NODE__SERIES__QUIET_PERIOD_S": "2",
+           "TRIAGE_NODE__WEB__ENABLED": "false"}
+    outcomes: dict[str, str] = {}
+    with_job: dict[str, Case] = {}
+    d = new_daemon(figures, tmp_path / "d", **env).start()
+    try:
+        for i, case in enumerate(cases):
+            if i == len(cases) // 2:  # the normal study arrives in the middle of the hostile traffic
+                _garbage_association(d.port)
+                _half_association(d.port)
+                assert send_files(d.port, normal).acked == {str(dcmread(p).SOPInstanceUID) for p in normal}
+            if case.expect == "context":
+                assert _context_rejected(d.port, case), case.name
+                outcomes[case.name] = "presentation context rejected"
+                continue
+            sent = send_files(d.port, case.paths, calling="HOSTILE", sop_class=case.sop_class,
+                              transfer_syntaxes=[case.transfer_syntax])
+            got = sorted({st for st in sent.statuses.values()}, key=lambda s: -1 if s is None else s)
+            if case.expect == "refused":
+                assert got and set(got) <= case.statuses, f"{case.name}: statuses {got}"
+                outcomes[case.name] = "refused " + ",".join(f"0x{s:04X}" for s in got if s is not None)
+            else:
+                assert got == [0], f"{case.name}: statuses {got}"
+                with_job[str(dcmread(case.paths[0], stop_before_pixels=True).SeriesInstanceUID)] = case
+            assert echo(d.port), f"the daemon stopped answering after {case.name}"
+
+        def settled() -> bool:
+            jobs = {r[1]: r for r in job_rows(d)}
+            return all(uid in jobs and jobs[uid][3] in TERMINAL for uid in [*with_job, normal_uid])
+
+        normal_uid = str(dcmread(normal[0], stop_before_pixels=True).SeriesInstanceUID)
+        wait_for(settled, timeout=120, what="every accepted series to settle")
+        jobs = {r[1]: r for r in job_rows(d)}
+        wrong = []
+        for uid, case in with_job.items():
+            _, _, _, state, reason = jobs[uid]
+            outcomes[case.name] = f"{state}: {reason}" if reason else str(state)
+            ok = state == case.expect and (case.reason in str(reason or "")) or state in case.accepted
+            if not ok:
+                wrong.append(f"{case.name}: expected {case.expect} ({case.reason!r}), got {state} ({reason!r})")
+        assert wrong == []
+        # the normal study went through the whole pipeline: routed, stub model run, SEG and SR built
+        job_id, _, _, state, _ = jobs[normal_uid]
+        assert state == "delivered"
+        assert d.sql(f"select pipeline, slices_kept > 0 from jobs where id = {job_id}") == [("ct_head", 1)]
+        assert (d.workdir / "results" / f"job-{job_id:08d}" / "sr.dcm").is_file()
+        assert (d.workdir / "results" / f"job-{job_id:08d}" / "seg.dcm").is_file()
+        # nothing escaped the spool, whatever the UIDs said
+        for (path,) in d.sql("select path from instances"):
+            assert (d.spool / str(path)).resolve().is_relative_to(d.spool.resolve())
+        assert d.proc is not None and d.proc.poll() is None
+    finally:
+        figures.hostile_inputs += len(outcomes) + 2  # + the raw-socket garbage and the abandoned association
+        figures.hostile_outcomes.update(outcomes)
+        d.stop()
+    for name, outcome in outcomes.items():
+        print(f"{name:50s} {outcome}")
