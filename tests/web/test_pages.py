@@ -10,8 +10,10 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
-from web_fixtures import PATIENT_ID, T0, USER, Clock, Seeded
+from web_fixtures import PATIENT_ID, T0, USER, Clock, Seeded, login
 
+from triage_node.config import Config
+from triage_node.web import WebContext, create_app
 from triage_node.worklist.db import transaction
 from triage_node.worklist.models import AuditEntry, Study
 
@@ -135,3 +137,13 @@ def test_key_image_of_another_study_or_missing_file_is_404(client: TestClient, s
 def test_times_render_in_the_page(client: TestClient, seeded: Seeded, csrf: str) -> None:
     html = client.get(f"/studies/{seeded.critical_uid}").text
     assert T0.astimezone().strftime("%Y-%m-%d") in html
+
+
+def test_a_long_list_says_that_it_is_cut(seeded: Seeded, config: Config, clock: Clock) -> None:
+    ctx = WebContext(config=config, sessions=seeded.sessions, spool_dir=seeded.spool_dir, clock=clock, page_rows=1)
+    with TestClient(create_app(ctx), follow_redirects=False) as client:
+        login(client)
+        html = client.get("/").text
+        assert row_uids(html) == [seeded.critical_uid]
+        assert "More studies match than are shown here" in html
+        assert "More studies match" not in client.get("/", params={"priority": "critical"}).text

@@ -27,3 +27,5 @@ class WebContext:
     spool_dir: Path
     metrics_registry: CollectorRegistry | None = None
     clock: Callable[[], dt.datetime] = field(default=utc_now)
+    # The worklist page shows at most this many studies (highest priority, oldest first) and says when there are more.
+    page_rows: int = 500

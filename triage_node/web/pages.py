@@ -38,12 +38,17 @@ def _filters(priority: str | None, modality: str | None, state: str | None) -> d
 def add_routes(app: FastAPI, ctx: WebContext, templates: Jinja2Templates) -> None:
     poll_ms = int(ctx.config.web.poll_interval_s * 1000)
 
-    def rows_and_count(filters: dict[str, str]) -> tuple[list[dict[str, Any]], int]:
+    def rows_and_count(filters: dict[str, str]) -> tuple[list[dict[str, Any]], bool, int]:
+        """The rows to show, whether more matched than the page shows, and the unread critical count."""
         with transaction(ctx.sessions) as s:
             rows = worklist(
-                s, priority=filters.get("priority"), modality=filters.get("modality"), state=filters.get("state")
+                s,
+                priority=filters.get("priority"),
+                modality=filters.get("modality"),
+                state=filters.get("state"),
+                limit=ctx.page_rows + 1,
             )
-            return rows, count_unread(s, Priority.CRITICAL)
+            return rows[: ctx.page_rows], len(rows) > ctx.page_rows, count_unread(s, Priority.CRITICAL)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def worklist_page(
@@ -54,7 +59,7 @@ def add_routes(app: FastAPI, ctx: WebContext, templates: Jinja2Templates) -> Non
         state: str | None = None,
     ) -> Response:
         filters = _filters(priority, modality, state)
-        rows, unread = rows_and_count(filters)
+        rows, truncated, unread = rows_and_count(filters)
         with transaction(ctx.sessions) as s:
             modalities = sorted({m for m in s.scalars(select(Series.modality).distinct()) if m} | {"CT", "MR"})
         return templates.TemplateResponse(
@@ -64,6 +69,7 @@ def add_routes(app: FastAPI, ctx: WebContext, templates: Jinja2Templates) -> Non
                 "user": session.user,
                 "csrf": session.csrf,
                 "rows": rows,
+                "truncated": truncated,
                 "filters": filters,
                 "priorities": [p.value for p in Priority],
                 "modalities": modalities,
@@ -83,8 +89,8 @@ def add_routes(app: FastAPI, ctx: WebContext, templates: Jinja2Templates) -> Non
         state: str | None = None,
     ) -> Response:
         """The table body the page polls for; does not extend the session."""
-        rows, unread = rows_and_count(_filters(priority, modality, state))
-        response = templates.TemplateResponse(request, "_rows.html", {"rows": rows})
+        rows, truncated, unread = rows_and_count(_filters(priority, modality, state))
+        response = templates.TemplateResponse(request, "_rows.html", {"rows": rows, "truncated": truncated})
         response.headers[UNREAD_CRITICAL_HEADER] = str(unread)
         return response
 
