@@ -27,10 +27,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from triage_node.config import Config
 from triage_node.inference.types import Analyzer, ModelOutput
 from triage_node.notify import queue_for_job
-from triage_node.preprocess.filter import keep_slices
+from triage_node.preprocess.filter import brain_pct_ct, keep_slices
 from triage_node.results.build import AlgorithmInfo, ResultFile, ResultIdentity, build_results
 from triage_node.send.outbox import enqueue
-from triage_node.series.geometry import GeometryError, build_volume, pixels, plan
+from triage_node.series.geometry import GeometryError, Slice, build_volume, pixels, plan
 from triage_node.series.routing import SeriesAttributes, describe, route
 from triage_node.worklist import states
 from triage_node.worklist.db import transaction
@@ -78,13 +78,53 @@ def _load(ctx: PipelineContext, job_id: int) -> Loaded:
 
 
 def _read(paths: Sequence[Path]) -> list[Dataset]:
+    """Headers only; pixel data is decoded later, slice by slice, from the files."""
     out = []
     for p in paths:
         try:
-            out.append(dcmread(p))
+            out.append(dcmread(p, stop_before_pixels=True))
         except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
             raise Rejected(f"stored instance {p.name} cannot be read ({type(exc).__name__})") from exc
     return out
+
+
+def _load_filtered(
+    slices: Sequence[Slice], modality: str, min_brain_pct: float, timings: dict[str, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the slices and apply the blank-slice filter. -> (kept planes float32 (k, y, x), keep mask bool (n,)).
+
+    CT is filtered slice by slice as it is decoded, so dropped slices never occupy the volume buffer; MR needs the
+    whole volume for its tissue threshold.
+    """
+    t_load = t_filter = 0.0
+    n = len(slices)
+    rows, cols = int(slices[0].dataset.Rows), int(slices[0].dataset.Columns)
+    buf = np.empty((n, rows, cols), dtype=np.float32)
+    keep = np.zeros(n, dtype=bool)
+    if modality.upper() == "CT":
+        k = 0
+        for i, sl in enumerate(slices):
+            t = time.perf_counter()
+            plane = pixels(sl)
+            t_load += time.perf_counter() - t
+            t = time.perf_counter()
+            keep[i] = brain_pct_ct(plane) >= min_brain_pct
+            t_filter += time.perf_counter() - t
+            if keep[i]:
+                buf[k] = plane
+                k += 1
+        buf.resize((k, rows, cols), refcheck=False)  # gives the unused tail back
+    else:
+        t = time.perf_counter()
+        for i, sl in enumerate(slices):
+            buf[i] = pixels(sl)
+        t_load = time.perf_counter() - t
+        t = time.perf_counter()
+        keep = keep_slices(buf, modality, min_brain_pct)
+        buf = buf[keep]
+        t_filter = time.perf_counter() - t
+    timings["load"], timings["filter"] = t_load, t_filter
+    return buf, keep
 
 
 def _priority(outputs: Sequence[ModelOutput], table: Mapping[str, str]) -> Priority:
@@ -149,18 +189,13 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
         job.pipeline, job.rule = pipeline, rule.name
 
     slices = plan(datasets)
-    planes = np.stack([pixels(sl) for sl in slices])
-    timings["load"] = time.perf_counter() - t0
+    planes, keep = _load_filtered(slices, attrs.modality, cfg.filter.min_brain_pct, timings)
     ctx.observe_stage("load", timings["load"])
-
-    t = time.perf_counter()
-    keep = keep_slices(planes, attrs.modality, cfg.filter.min_brain_pct)
-    kept, dropped = int(keep.sum()), int((~keep).sum())
-    timings["filter"] = time.perf_counter() - t
     ctx.observe_stage("filter", timings["filter"])
+    kept, dropped = int(keep.sum()), int((~keep).sum())
     if kept == 0:
         raise Rejected(f"all {dropped} slices are below {cfg.filter.min_brain_pct:g}% brain pixels")
-    volume = build_volume(slices, planes, keep)
+    volume = build_volume(slices, planes, keep, planes_are_kept=True)
     del planes
     sources = [slices[i].dataset for i in np.flatnonzero(keep)]
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels import pixel_array
 
 from triage_node.preprocess.volume import Volume
 
@@ -150,12 +151,16 @@ def slice_spacing(slices: Sequence[Slice]) -> float:
 
 
 def pixels(s: Slice) -> np.ndarray:
-    """The slice's rescaled values: float32 (y, x). Raises GeometryError when the pixel data cannot be decoded."""
+    """The slice's rescaled values: float32 (y, x). Raises GeometryError when the pixel data cannot be decoded.
+
+    A header-only dataset (read with ``stop_before_pixels``) is decoded from its file, one frame at a time, so a long
+    series never holds all its encoded pixel data in memory at once.
+    """
     try:
-        if s.frame is None:
-            arr = s.dataset.pixel_array
+        if "PixelData" in s.dataset:
+            arr = s.dataset.pixel_array if s.frame is None else s.dataset.pixel_array[s.frame]
         else:
-            arr = s.dataset.pixel_array[s.frame]
+            arr = pixel_array(s.dataset.filename, index=s.frame)
     except Exception as exc:  # noqa: BLE001 - every decoder failure means the same thing here: undecodable pixels
         raise GeometryError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})"[:300]) from exc
     arr = np.asarray(arr, dtype=np.float32)
@@ -171,16 +176,22 @@ def pixels(s: Slice) -> np.ndarray:
     return arr
 
 
-def build_volume(slices: Sequence[Slice], planes: np.ndarray, keep: np.ndarray | None = None) -> Volume:
-    """A Volume from sorted ``slices`` and their ``planes`` (z, y, x) float32, optionally only the ``keep`` ones."""
+def build_volume(
+    slices: Sequence[Slice], planes: np.ndarray, keep: np.ndarray | None = None, planes_are_kept: bool = False
+) -> Volume:
+    """A Volume from sorted ``slices`` and their ``planes`` (z, y, x) float32, optionally only the ``keep`` ones.
+
+    ``planes_are_kept``: ``planes`` already holds only the kept slices (in order), so no copy is made.
+    """
     idx = np.arange(len(slices)) if keep is None else np.flatnonzero(keep)
     chosen = [slices[i] for i in idx]
+    data = planes if planes_are_kept else planes[idx]
     ori = chosen[0].orientation if chosen else slices[0].orientation
     dz = slice_spacing(slices)
     row_spacing, col_spacing = slices[0].spacing
     first = chosen[0] if chosen else slices[0]
     return Volume(
-        pixels=np.ascontiguousarray(planes[idx], dtype=np.float32),
+        pixels=np.ascontiguousarray(data, dtype=np.float32),
         spacing=(dz, row_spacing, col_spacing),
         origin=first.position,
         row_direction=(ori[0], ori[1], ori[2]),
