@@ -154,3 +154,15 @@ def test_dsrdump_parses_the_sr(positive: dict[str, ResultFile], negative: dict[s
         assert '"Imaging Measurement Report"' in proc.stdout
         assert '"Presence of property")=(' in proc.stdout
         assert "E:" not in proc.stderr, proc.stderr
+
+
+def test_header_only_sources_give_the_same_objects(
+    case: phantom.Case, positive: dict[str, ResultFile], tmp_path: Path
+) -> None:
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in case.paths]
+    again = build_results(
+        headers, case.volume, phantom.positive_outputs(case.volume), phantom.ALGORITHMS, phantom.identity(),
+        "critical", "ct_head", tmp_path,
+    )
+    for f in again:
+        assert f.path.read_bytes() == positive[f.kind].path.read_bytes(), f.kind

@@ -252,9 +252,9 @@ def build_results(
 ) -> list[ResultFile]:
     """Build and write the job's results: SEG (when a mask is non-empty), Grad-CAM map (when heat maps exist), SR.
 
-    ``sources``: the kept source slices in the volume's z order (full datasets). ``outputs``: the analyzers' results,
-    masks and heat maps aligned with ``volume``. Returns the written files, SEG and map before the SR that references
-    them.
+    ``sources``: the kept source slices in the volume's z order (headers suffice; pixel data is not read).
+    ``outputs``: the analyzers' results, masks and heat maps aligned with ``volume``. Returns the written files, SEG
+    and map before the SR that references them.
     """
     from triage_node.results.seg import build_map, build_seg, lesion_segments
     from triage_node.results.sr import build_sr
