@@ -130,7 +130,7 @@ class App:
             return
         import uvicorn
 
-        from triage_node.web.app import WebContext, create_app
+        from triage_node.web import WebContext, create_app
 
         ctx = WebContext(
             config=self.config, sessions=self.sessions, spool_dir=self.config.storage.spool_dir,

@@ -110,10 +110,10 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     import getpass
 
-    from argon2 import PasswordHasher
+    from triage_node.web import hash_password
 
     pw = args.password if args.password is not None else getpass.getpass("password: ")
-    print(PasswordHasher().hash(pw))
+    print(hash_password(pw))
     return 0
 
 

@@ -219,7 +219,7 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
             map_series_uid=job.map_series_uid, map_sop_uid=job.map_sop_uid,
             series_number=job.result_series_number,
         )
-    out_dir = ctx.results_dir / f"job-{job_id:08d}"
+    out_dir = (ctx.results_dir / f"job-{job_id:08d}").resolve()
     _save_masks(out_dir / "masks.npz", volume.sop_instance_uids, outputs)
     files: list[ResultFile] = []
     if analyzers:
