@@ -145,7 +145,7 @@ def ct_series(n_slices: int, size: int = 512, seed: int = 9000, declare_count: b
 
 def split_into_folders(paths: Sequence[Path], parts: int) -> list[Path]:
     """Hard-link ``paths`` into ``parts`` sibling folders (round robin) so parallel ``storescu +sd`` runs share them."""
-    base = paths[0].parent.with_name(paths[0].parent.name + f"_split{parts}")
+    base = paths[0].parent.with_name(f"{paths[0].parent.name}_first{len(paths)}_split{parts}")
     dirs = [base / f"part{i}" for i in range(parts)]
     done = base.with_name(base.name + ".complete")
     if done.exists():

@@ -8,18 +8,21 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from triage_node.receive.contexts import ENHANCED_SOP_CLASSES, NATIVE_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
-from triage_node.worklist.models import Instance, Series, SeriesState, Study
+from triage_node.worklist.models import Instance, Priority, Series, SeriesState, Study
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,8 @@ STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_PROCESSING_FAILURE = 0x0110
 
 MAX_FRAMES = 5000
+PIXEL_DATA = 0x7FE00010
+DEFER_SIZE = 64 * 1024
 
 
 class Refused(Exception):
@@ -84,11 +89,11 @@ class Header:
     referring_physician: str | None
 
 
-def _check_pixels(ds: Dataset, transfer_syntax: str) -> None:
+def _check_pixels(ds: Dataset, transfer_syntax: str, data_length: int) -> None:
     for kw in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PixelRepresentation"):
         if _int(ds, kw) is None:
             raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"image attribute {kw} is missing")
-    if "PixelData" not in ds:
+    if PIXEL_DATA not in ds:
         raise Refused(STATUS_DATASET_DOES_NOT_MATCH, "PixelData is missing")
     rows, cols = int(ds.Rows), int(ds.Columns)
     bits, spp = int(ds.BitsAllocated), int(ds.SamplesPerPixel)
@@ -97,21 +102,28 @@ def _check_pixels(ds: Dataset, transfer_syntax: str) -> None:
         raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"image size {rows}x{cols}x{frames} frames is not plausible")
     if bits not in (1, 8, 16, 32) or spp not in (1, 3):
         raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"BitsAllocated {bits} / SamplesPerPixel {spp} is not valid")
+    # The pixel bytes are not read (deferred): their declared length is checked against the bytes that arrived.
+    raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    if isinstance(raw, RawDataElement) and raw.value is None:
+        actual = max(0, min(raw.length, data_length - raw.value_tell))
+    else:
+        actual = len(ds.PixelData)
     if transfer_syntax in NATIVE_TRANSFER_SYNTAXES:
         expected = (rows * cols * frames * spp * bits + 7) // 8
-        actual = len(ds.PixelData)
         if actual < expected:
             raise Refused(
                 STATUS_DATASET_DOES_NOT_MATCH,
                 f"PixelData holds {actual} bytes, the header declares {expected} ({rows}x{cols}x{frames}x{bits} bit)",
             )
+    elif isinstance(raw, RawDataElement) and raw.value is None and actual < raw.length:
+        raise Refused(STATUS_CANNOT_UNDERSTAND, f"PixelData is cut short: {actual} of {raw.length} bytes arrived")
 
 
 def parse_header(data: bytes, context_sop_class: str, affected_sop_instance: str | None) -> Header:
     """Parse an encoded dataset (with file meta) and check what storing it requires; raise Refused otherwise."""
     try:
-        ds = dcmread(BytesIO(data), force=False)
-        ds.get("PixelData")  # touch the last element so a truncated stream fails here, not later
+        # Values above DEFER_SIZE (the pixels) are skipped, not copied: only their length and offset are kept.
+        ds = dcmread(BytesIO(data), force=False, defer_size=DEFER_SIZE)
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError, AttributeError) as exc:
         raise Refused(STATUS_CANNOT_UNDERSTAND, f"dataset cannot be parsed ({type(exc).__name__}: {exc})") from exc
     meta = ds.file_meta
@@ -130,8 +142,10 @@ def parse_header(data: bytes, context_sop_class: str, affected_sop_instance: str
     if uids["SOPClassUID"] not in STORAGE_SOP_CLASSES:
         raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"SOP class {uids['SOPClassUID']} is not an accepted image class")
     if affected_sop_instance and affected_sop_instance != uids["SOPInstanceUID"]:
-        raise Refused(STATUS_DATASET_DOES_NOT_MATCH, "SOPInstanceUID differs from the request's Affected SOP Instance UID")
-    _check_pixels(ds, transfer_syntax)
+        raise Refused(
+            STATUS_DATASET_DOES_NOT_MATCH, "SOPInstanceUID differs from the request's Affected SOP Instance UID"
+        )
+    _check_pixels(ds, transfer_syntax, len(data))
     expected = _int(ds, "ImagesInAcquisition")
     if uids["SOPClassUID"] in ENHANCED_SOP_CLASSES:
         expected = None  # counts frames of one acquisition, not instances of the series
@@ -189,21 +203,24 @@ class Spool:
             return
         created = []
         for p in reversed([folder, *folder.parents]):
-            if p == self.root or self.root in p.parents:
-                if not p.exists():
-                    p.mkdir(exist_ok=True)
-                    created.append(p)
+            if (p == self.root or self.root in p.parents) and not p.exists():
+                p.mkdir(exist_ok=True)
+                created.append(p)
         for p in created:  # make each new folder's entry durable in its parent
             _fsync_dir(p.parent)
         self._known_dirs.add(folder)
 
-    def write(self, rel: str, data: bytes) -> Path:
-        """Write ``data`` durably at ``rel`` (idempotent: an existing file of that name holds the same bytes)."""
+    def write(self, rel: str, data: bytes, sync_dir: bool = True) -> Path:
+        """Write ``data`` durably at ``rel`` (idempotent: an existing file of that name holds the same bytes).
+
+        ``sync_dir=False`` leaves the folder's fsync (which makes the rename durable) to the caller, so a group of
+        writes to one folder shares it (``sync_dirs``); the file must not be recorded as stored before that.
+        """
         final = self.root / rel
         if final.exists():
             return final
         self._ensure_dir(final.parent)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.{id(data)}.tmp")
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)
@@ -214,8 +231,14 @@ class Spool:
         finally:
             os.close(fd)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        if sync_dir:
+            _fsync_dir(final.parent)
         return final
+
+    def sync_dirs(self, rels: Iterable[str]) -> None:
+        """fsync each distinct folder of ``rels`` once: makes their renames durable."""
+        for folder in {(self.root / rel).parent for rel in rels}:
+            _fsync_dir(folder)
 
     def remove_temporaries(self) -> int:
         """Delete ``*.tmp`` files left by a crash mid-write (their senders never got a success status)."""
@@ -235,84 +258,184 @@ class Recorded:
     complete_by_count: bool  # the series now holds as many instances as it declares
 
 
-def record_instance(
-    session: Session, header: Header, rel_path: str, size: int, sha: str, calling_ae: str, now: dt.datetime
-) -> Recorded:
-    """Insert the instance row and update its study and series, inside the caller's transaction."""
-    existing = session.scalars(select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid)).all()
-    if any(i.sha256 == sha for i in existing):
-        same = next(i for i in existing if i.sha256 == sha)
-        return Recorded(same.series_id, duplicate=True, new_version=False, reopened=False, complete_by_count=False)
+class StudyIds:
+    """Study UID -> row id, remembered across instances so the hot path skips a lookup per instance.
 
-    study = session.scalar(select(Study).where(Study.study_instance_uid == header.study_uid))
-    if study is None:
-        study = Study(
-            study_instance_uid=header.study_uid,
-            patient_name=header.patient_name,
-            patient_id=header.patient_id,
-            patient_birth_date=header.patient_birth_date,
-            patient_sex=header.patient_sex,
-            accession_number=header.accession_number,
-            study_id=header.study_id,
-            study_description=header.study_description,
-            study_date=header.study_date,
-            study_time=header.study_time,
-            referring_physician=header.referring_physician,
-            first_received_at=now,
-            last_received_at=now,
-        )
-        session.add(study)
-        session.flush()
-    study.last_received_at = now
+    An entry is only a hint: the caller's UPDATE of the row must touch exactly one row, else the entry is dropped and
+    the study looked up again. Bounded: cleared when it grows past ``limit``.
+    """
 
-    series = session.scalar(select(Series).where(Series.series_instance_uid == header.series_uid))
-    if series is None:
-        series = Series(
-            study_id=study.id,
-            series_instance_uid=header.series_uid,
-            modality=header.modality,
-            series_number=header.series_number,
-            series_description=header.series_description,
-            body_part=header.body_part,
-            calling_ae=calling_ae,
-            expected_instances=header.expected_instances,
-            received_instances=0,
-            first_received_at=now,
-            last_received_at=now,
-            state=SeriesState.RECEIVING.value,
-            version=1,
-        )
-        session.add(series)
-        session.flush()
-    reopened = False
-    if series.state == SeriesState.COMPLETE.value:
-        series.state = SeriesState.RECEIVING.value
-        series.version += 1
-        series.completed_at = None
-        reopened = True
-    series.last_received_at = now
-    if header.expected_instances and not series.expected_instances:
-        series.expected_instances = header.expected_instances
+    def __init__(self, limit: int = 4096):
+        self.limit = limit
+        self._ids: dict[str, int] = {}
+        self._lock = threading.Lock()
 
-    for old in existing:
-        old.superseded = True
-    if not existing:
-        series.received_instances += 1
-    session.add(
-        Instance(
-            series_id=series.id,
-            sop_instance_uid=header.sop_instance_uid,
-            sop_class_uid=header.sop_class_uid,
-            transfer_syntax_uid=header.transfer_syntax_uid,
-            instance_number=header.instance_number,
-            path=rel_path,
-            size=size,
-            sha256=sha,
-            received_at=now,
-        )
+    def get(self, uid: str) -> int | None:
+        return self._ids.get(uid)
+
+    def put(self, uid: str, row_id: int) -> None:
+        with self._lock:
+            if len(self._ids) >= self.limit:
+                self._ids.clear()
+            self._ids[uid] = row_id
+
+    def drop(self, uid: str) -> None:
+        with self._lock:
+            self._ids.pop(uid, None)
+
+
+_instances = Instance.__table__
+_series = Series.__table__
+_studies = Study.__table__
+
+# Built once: statements with bound parameters compile once and hit SQLAlchemy's cache on every later instance.
+_SELECT_VERSIONS = select(_instances.c.id, _instances.c.series_id, _instances.c.sha256).where(
+    _instances.c.sop_instance_uid == bindparam("p_sop")
+)
+_SUPERSEDE = update(_instances).where(_instances.c.id == bindparam("p_id")).values(superseded=True)
+_INSERT_INSTANCE = insert(_instances)
+_SELECT_STUDY = select(_studies.c.id).where(_studies.c.study_instance_uid == bindparam("p_uid"))
+_TOUCH_STUDY = update(_studies).where(_studies.c.id == bindparam("p_id")).values(last_received_at=bindparam("p_now"))
+_INSERT_STUDY = insert(_studies)
+_SELECT_SERIES = select(
+    _series.c.id, _series.c.state, _series.c.expected_instances, _series.c.received_instances
+).where(_series.c.series_instance_uid == bindparam("p_uid"))
+_INSERT_SERIES = insert(_series)
+_UPDATE_SERIES = (
+    update(_series)
+    .where(_series.c.id == bindparam("p_id"))
+    .values(
+        last_received_at=bindparam("p_now"),
+        received_instances=bindparam("p_received"),
+        expected_instances=bindparam("p_expected"),
     )
-    complete = bool(series.expected_instances) and series.received_instances >= (series.expected_instances or 0)
-    return Recorded(series.id, duplicate=False, new_version=bool(existing), reopened=reopened, complete_by_count=complete)
+)
+_REOPEN_SERIES = (
+    update(_series)
+    .where(_series.c.id == bindparam("p_id"))
+    .values(
+        last_received_at=bindparam("p_now"),
+        received_instances=bindparam("p_received"),
+        expected_instances=bindparam("p_expected"),
+        state=SeriesState.RECEIVING.value,
+        version=_series.c.version + 1,
+        completed_at=None,
+    )
+)
+
+
+def _study_id(conn: Connection, header: Header, now: dt.datetime, cache: StudyIds | None) -> int:
+    cached = cache.get(header.study_uid) if cache else None
+    if cached is not None:
+        if conn.execute(_TOUCH_STUDY, {"p_id": cached, "p_now": now}).rowcount == 1:
+            return cached
+        assert cache is not None
+        cache.drop(header.study_uid)
+    row_id = conn.execute(_SELECT_STUDY, {"p_uid": header.study_uid}).scalar_one_or_none()
+    if row_id is None:
+        row_id = conn.execute(
+            _INSERT_STUDY,
+            {
+                "study_instance_uid": header.study_uid,
+                "patient_name": header.patient_name,
+                "patient_id": header.patient_id,
+                "patient_birth_date": header.patient_birth_date,
+                "patient_sex": header.patient_sex,
+                "accession_number": header.accession_number,
+                "study_id": header.study_id,
+                "study_description": header.study_description,
+                "study_date": header.study_date,
+                "study_time": header.study_time,
+                "referring_physician": header.referring_physician,
+                "first_received_at": now,
+                "last_received_at": now,
+                "priority": Priority.NONE.value,
+            },
+        ).inserted_primary_key[0]  # type: ignore[index]
+    else:
+        conn.execute(_TOUCH_STUDY, {"p_id": row_id, "p_now": now})
+    if cache is not None:
+        cache.put(header.study_uid, int(row_id))
+    return int(row_id)
+
+
+def record_instance(
+    session: Session,
+    header: Header,
+    rel_path: str,
+    size: int,
+    sha: str,
+    calling_ae: str,
+    now: dt.datetime,
+    studies: StudyIds | None = None,
+) -> Recorded:
+    """Insert the instance row and update its study and series, inside the caller's transaction.
+
+    Prebuilt SQLAlchemy Core statements on the session's connection, not ORM objects: this runs once per received
+    instance, and the ORM's unit of work cost more CPU than the rest of the receive path. ``studies`` caches study
+    row ids between calls.
+    """
+    conn = session.connection()
+    existing = conn.execute(_SELECT_VERSIONS, {"p_sop": header.sop_instance_uid}).all()
+    for row in existing:
+        if row.sha256 == sha:
+            return Recorded(row.series_id, duplicate=True, new_version=False, reopened=False, complete_by_count=False)
+
+    study_id = _study_id(conn, header, now, studies)
+    found = conn.execute(_SELECT_SERIES, {"p_uid": header.series_uid}).one_or_none()
+    reopened = False
+    increment = 0 if existing else 1
+    if found is None:
+        expected, received = header.expected_instances, increment
+        series_id = int(conn.execute(
+            _INSERT_SERIES,
+            {
+                "study_id": study_id,
+                "series_instance_uid": header.series_uid,
+                "modality": header.modality,
+                "series_number": header.series_number,
+                "series_description": header.series_description,
+                "body_part": header.body_part,
+                "calling_ae": calling_ae,
+                "expected_instances": expected,
+                "received_instances": received,
+                "first_received_at": now,
+                "last_received_at": now,
+                "state": SeriesState.RECEIVING.value,
+                "version": 1,
+            },
+        ).inserted_primary_key[0])  # type: ignore[index]
+    else:
+        series_id = int(found.id)
+        expected = found.expected_instances or header.expected_instances
+        received = found.received_instances + increment
+        reopened = found.state == SeriesState.COMPLETE.value
+        conn.execute(
+            _REOPEN_SERIES if reopened else _UPDATE_SERIES,
+            {"p_id": series_id, "p_now": now, "p_received": received, "p_expected": expected},
+        )
+
+    if existing:
+        conn.execute(_SUPERSEDE, [{"p_id": r.id} for r in existing])
+    conn.execute(
+        _INSERT_INSTANCE,
+        {
+            "series_id": series_id,
+            "sop_instance_uid": header.sop_instance_uid,
+            "sop_class_uid": header.sop_class_uid,
+            "transfer_syntax_uid": header.transfer_syntax_uid,
+            "instance_number": header.instance_number,
+            "path": rel_path,
+            "size": size,
+            "sha256": sha,
+            "received_at": now,
+            "superseded": False,
+        },
+    )
+    complete = bool(expected) and received >= (expected or 0)
+    return Recorded(
+        series_id, duplicate=False, new_version=bool(existing), reopened=reopened, complete_by_count=complete
+    )
 
 
 def sha256(data: bytes) -> str:
