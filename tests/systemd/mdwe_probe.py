@@ -2,7 +2,7 @@
 
 systemd (src/shared/seccomp-util.c, seccomp_memory_deny_write_execute) makes these fail with EPERM:
 mmap/mmap2 with PROT_WRITE|PROT_EXEC, mprotect/pkey_mprotect adding PROT_EXEC, shmat with SHM_EXEC. This script loads
-the same rules through libseccomp, then tries a 2-D and a 3-D convolution network with torch's oneDNN (MKL-DNN) on and
+the same rules through libseccomp, then tries 2-D and 3-D convolutions with torch's oneDNN (MKL-DNN) on and
 off, and prints one JSON object with the outcomes. Used by tests/systemd/test_mdwe.py; run by hand to re-check a new
 torch: ``.venv/bin/python tests/systemd/mdwe_probe.py``.
 """
@@ -68,15 +68,22 @@ def wx_mmap_denied() -> bool:
 
 
 def inference() -> dict[str, str]:
+    """2-D and 3-D convolution stacks, as in the project's classifiers and segmenter (plain torch: monai's nets fail
+    the same way, they only take longer to import)."""
     import torch
-    from monai.networks.nets import DenseNet121, UNet
+    from torch import nn
 
     torch.set_num_threads(1)
     out: dict[str, str] = {}
     nets = {
-        "densenet2d": (DenseNet121(spatial_dims=2, in_channels=1, out_channels=2), torch.randn(2, 1, 96, 96)),
-        "unet3d": (
-            UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(8, 16, 32), strides=(2, 2)),
+        "conv2d": (
+            nn.Sequential(
+                nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)
+            ),
+            torch.randn(2, 1, 96, 96),
+        ),
+        "conv3d": (
+            nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 8, 3, padding=1)),
             torch.randn(1, 1, 16, 48, 48),
         ),
     }
