@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from pynetdicom import evt
 from sqlalchemy import func, select
 
 from triage_node import __version__
@@ -30,6 +31,7 @@ from triage_node.ops.sdnotify import SdNotifier
 from triage_node.pipeline import PipelineContext, fail_job, run_job
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
 from triage_node.receive.store import Spool
+from triage_node.send.commitment import add_commitment_context, handle_commitment_report
 from triage_node.send.outbox import deliver_due
 from triage_node.series.completion import complete_due
 from triage_node.worklist import states
@@ -60,6 +62,8 @@ class App:
         self.scheduler = BackgroundScheduler(timezone="UTC")
         # A periodic job that overlaps its next run is skipped by design; APScheduler would warn about each one.
         logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+        # highdicom narrates every attribute it copies at INFO; only its warnings matter to ops.
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
         self.scp: StorageSCP | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -106,7 +110,12 @@ class App:
             clock=self.clock,
         )
         self.scp = StorageSCP(cfg.scp, self.spool, self.sessions, hooks)
-        self.scp.start()
+        extra: list[tuple[object, ...]] = []
+        if any(d.storage_commitment for d in cfg.destinations):
+            # The PACS answers a commitment request on an association of its own, with an N-EVENT-REPORT.
+            add_commitment_context(self.scp.ae)
+            extra.append((evt.EVT_N_EVENT_REPORT, handle_commitment_report, [self.sessions, cfg.destinations, self.clock]))
+        self.scp.start(extra_handlers=extra)
 
         tick = min(1.0, cfg.series.quiet_period_s / 4)
         self.scheduler.add_job(self._complete_due, "interval", seconds=tick, id="complete", max_instances=1,

@@ -213,12 +213,7 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
     with transaction(ctx.sessions) as s:
         job = s.get(Job, job_id)
         assert job is not None
-        identity = ResultIdentity(
-            seg_series_uid=job.seg_series_uid, seg_sop_uid=job.seg_sop_uid,
-            sr_series_uid=job.sr_series_uid, sr_sop_uid=job.sr_sop_uid,
-            map_series_uid=job.map_series_uid, map_sop_uid=job.map_sop_uid,
-            series_number=job.result_series_number,
-        )
+        identity = ResultIdentity.from_job(job)
     out_dir = (ctx.results_dir / f"job-{job_id:08d}").resolve()
     _save_masks(out_dir / "masks.npz", volume.sop_instance_uids, outputs)
     files: list[ResultFile] = []

@@ -11,7 +11,7 @@ import queue
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,8 +251,9 @@ class StorageSCP:
         self.ae.callers = cfg.allowed_callers
         self.cfg = cfg
 
-    def start(self) -> None:
-        handlers = [
+    def start(self, extra_handlers: Sequence[tuple[Any, ...]] = ()) -> None:
+        """Bind and listen. ``extra_handlers``: more pynetdicom event bindings (e.g. Storage Commitment reports)."""
+        handlers = [*extra_handlers,
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_ACCEPTED, self._on_accepted),
