@@ -1,0 +1,152 @@
+"""Model cards: ``models/<name>/model.yaml`` parsed once into a frozen dataclass.
+
+The card names the weights file and its sha256, the analyzer class (an import path, so new analyzers need no registry
+change), the architecture, input spec, classes, thresholds, training data and evaluation figures. The Device UID is
+derived from the weights hash, so it changes exactly when the model is retrained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from pydicom.uid import generate_uid
+
+MANUFACTURER = "triage-node project"
+NOT_FOR_CLINICAL_USE = (
+    "Trained on synthetic lesions only. Not validated on patients. Not for clinical use: research and testing of the "
+    "triage pipeline only."
+)
+
+
+class CardError(ValueError):
+    """A model card is missing a field or has one of the wrong type."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def device_uid_for(sha256: str) -> str:
+    """A DICOM UID (2.25 root) determined by the weights hash."""
+    return str(generate_uid(prefix=None, entropy_srcs=[sha256]))
+
+
+def _frozen(d: Any) -> Any:
+    if isinstance(d, dict):
+        return MappingProxyType({k: _frozen(v) for k, v in d.items()})
+    if isinstance(d, list):
+        return tuple(_frozen(v) for v in d)
+    return d
+
+
+def _thaw(d: Any) -> Any:
+    if isinstance(d, MappingProxyType | dict):
+        return {k: _thaw(v) for k, v in d.items()}
+    if isinstance(d, tuple | list):
+        return [_thaw(v) for v in d]
+    return d
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The parsed ``model.yaml``. ``directory`` is where it was read from (weights are relative to it)."""
+
+    name: str
+    version: str
+    analyzer: str
+    weights: str
+    sha256: str
+    device_uid: str
+    architecture: MappingProxyType[str, Any]
+    input: MappingProxyType[str, Any]
+    classes: tuple[str, ...]
+    thresholds: MappingProxyType[str, float]
+    intended_use: str
+    manufacturer: str = MANUFACTURER
+    postprocess: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    training: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    metrics: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    limitations: str = NOT_FOR_CLINICAL_USE
+    directory: Path = Path(".")
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / self.weights
+
+    @classmethod
+    def load(cls, path: Path) -> ModelCard:
+        """Read and validate ``path`` (a model.yaml)."""
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise CardError(f"cannot read model card {path}: {e}") from e
+        if not isinstance(raw, dict):
+            raise CardError(f"model card {path} must be a mapping, got {type(raw).__name__}")
+        required = ("name", "version", "analyzer", "weights", "sha256", "architecture", "input", "classes",
+                    "thresholds", "intended_use")
+        missing = [k for k in required if k not in raw]
+        if missing:
+            raise CardError(f"model card {path} lacks required field(s): {', '.join(missing)}")
+        if ":" not in str(raw["analyzer"]):
+            raise CardError(f"model card {path}: analyzer must be 'module.path:ClassName', got {raw['analyzer']!r}")
+        sha = str(raw["sha256"])
+        if len(sha) != 64:
+            raise CardError(f"model card {path}: sha256 must be 64 hex digits, got {sha!r}")
+        thresholds = {str(k): float(v) for k, v in dict(raw["thresholds"]).items()}
+        for k, v in thresholds.items():
+            if not 0.0 <= v <= 1.0:
+                raise CardError(f"model card {path}: threshold {k} must be in [0, 1], got {v}")
+        return cls(
+            name=str(raw["name"]),
+            version=str(raw["version"]),
+            analyzer=str(raw["analyzer"]),
+            weights=str(raw["weights"]),
+            sha256=sha,
+            device_uid=str(raw.get("device_uid") or device_uid_for(sha)),
+            architecture=_frozen(dict(raw["architecture"])),
+            input=_frozen(dict(raw["input"])),
+            classes=tuple(str(c) for c in raw["classes"]),
+            thresholds=MappingProxyType(thresholds),
+            intended_use=str(raw["intended_use"]),
+            manufacturer=str(raw.get("manufacturer", MANUFACTURER)),
+            postprocess=_frozen(dict(raw.get("postprocess") or {})),
+            training=_frozen(dict(raw.get("training") or {})),
+            metrics=_frozen(dict(raw.get("metrics") or {})),
+            limitations=str(raw.get("limitations", NOT_FOR_CLINICAL_USE)),
+            directory=path.parent,
+        )
+
+    def to_yaml(self) -> str:
+        d = {
+            "name": self.name,
+            "version": self.version,
+            "manufacturer": self.manufacturer,
+            "device_uid": self.device_uid,
+            "analyzer": self.analyzer,
+            "weights": self.weights,
+            "sha256": self.sha256,
+            "intended_use": self.intended_use,
+            "limitations": self.limitations,
+            "architecture": _thaw(self.architecture),
+            "input": _thaw(self.input),
+            "classes": list(self.classes),
+            "thresholds": dict(self.thresholds),
+            "postprocess": _thaw(self.postprocess),
+            "training": _thaw(self.training),
+            "metrics": _thaw(self.metrics),
+        }
+        return yaml.safe_dump(d, sort_keys=False, width=110)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(self.to_yaml())
+        tmp.replace(path)

@@ -1,0 +1,60 @@
+"""Crop-grid cutting and reassembly and the segmentation post-processing (pure numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def pad_to_multiple(img: np.ndarray, n: int, value: float = 0.0) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pad the last two axes at the bottom/right to multiples of ``n``; returns (padded, original (h, w))."""
+    h, w = img.shape[-2:]
+    ph, pw = (-h) % n, (-w) % n
+    if ph or pw:
+        pad = [(0, 0)] * (img.ndim - 2) + [(0, ph), (0, pw)]
+        img = np.pad(img, pad, constant_values=value)
+    return img, (h, w)
+
+
+def cut_grid(img: np.ndarray, n: int = 4) -> np.ndarray:
+    """Cut (..., H, W) into an n x n grid: -> (..., n*n, H/n, W/n), row-major. H and W must be divisible by n."""
+    h, w = img.shape[-2:]
+    if h % n or w % n:
+        raise ValueError(f"image height and width must be divisible by the grid size {n}, got {h}x{w}")
+    lead = img.shape[:-2]
+    t = img.reshape(*lead, n, h // n, n, w // n)
+    t = np.moveaxis(t, -3, -2)  # (..., n, n, h/n, w/n)
+    return t.reshape(*lead, n * n, h // n, w // n)
+
+
+def reassemble_grid(crops: np.ndarray, n: int = 4) -> np.ndarray:
+    """Inverse of :func:`cut_grid`: (..., n*n, h, w) -> (..., n*h, n*w)."""
+    lead = crops.shape[:-3]
+    h, w = crops.shape[-2:]
+    t = crops.reshape(*lead, n, n, h, w)
+    t = np.moveaxis(t, -2, -3)  # (..., n, h, n, w)
+    return t.reshape(*lead, n * h, n * w)
+
+
+def keep_components(
+    mask: np.ndarray, spacing: tuple[float, float, float], min_area_mm2: float, max_components: int = 1
+) -> np.ndarray:
+    """Keep the ``max_components`` largest 3-D connected components of ``mask`` (bool (z, y, x)), then drop any kept
+    component whose largest in-plane cross-section is under ``min_area_mm2`` (the source study's minimum size, made
+    independent of resolution). ``max_components=0`` keeps all. Returns bool (z, y, x)."""
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    order = np.argsort(sizes)[::-1]
+    order = order[sizes[order] > 0]
+    if max_components > 0:
+        order = order[:max_components]
+    px_mm2 = spacing[1] * spacing[2]
+    keep = []
+    for label_id in order:
+        comp = lab == label_id
+        if comp.sum(axis=(1, 2)).max() * px_mm2 >= min_area_mm2:
+            keep.append(label_id)
+    return np.isin(lab, keep)

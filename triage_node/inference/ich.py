@@ -1,0 +1,120 @@
+"""The ich analyzer: per-slice hemorrhage probabilities (any + five subtypes), series aggregation, Grad-CAM maps."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from triage_node.inference.card import ModelCard
+from triage_node.inference.nets import build_classifier, gradcam_layer
+from triage_node.inference.slices import window_resize, with_context
+from triage_node.inference.types import Finding, ModelOutput
+from triage_node.preprocess.volume import Volume
+
+log = logging.getLogger(__name__)
+
+
+def aggregate(p: np.ndarray, how: str = "top2_mean") -> np.ndarray:
+    """Series-level probability per class from slice probabilities (z, C) -> (C,).
+
+    ``max``: the most confident slice. ``top2_mean``: the mean of the two most confident slices, less sensitive to
+    one noisy slice in a long negative series while a real bleed usually spans several slices.
+    """
+    if p.shape[0] == 0:
+        return np.zeros(p.shape[1], np.float32)
+    if how == "max":
+        return p.max(axis=0)
+    if how.startswith("top") and how.endswith("_mean"):
+        k = min(int(how[3:-5]), p.shape[0])
+        return np.sort(p, axis=0)[-k:].mean(axis=0)
+    raise ValueError(f"aggregation must be 'max' or 'topK_mean', got {how!r}")
+
+
+def key_slices(p: np.ndarray, threshold: float) -> tuple[int, ...]:
+    """Slices whose probability reaches ``threshold``, most confident first. ``p``: (z,)."""
+    idx = np.flatnonzero(p >= threshold)
+    return tuple(int(i) for i in idx[np.argsort(-p[idx], kind="stable")])
+
+
+class IchAnalyzer:
+    """Runs the ich classifier on a head CT Volume (HU)."""
+
+    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu") -> None:
+        self.card = card
+        self.name = card.name
+        self.version = card.version
+        self.device_uid = card.device_uid
+        arch = dict(card.architecture)
+        self.arch = str(arch["net"])
+        self.size = int(card.input["size"])
+        self.context = int(card.input.get("context", 0))
+        self.classes = card.classes
+        self.thresholds = np.array([card.thresholds.get(c, 0.5) for c in self.classes], np.float32)
+        self.aggregation = str(card.postprocess.get("aggregation", "top2_mean"))
+        self.gradcam_max_slices = int(card.postprocess.get("gradcam_max_slices", 12))
+        self.batch = 32
+        self.device = torch.device(device)
+        torch.set_num_threads(threads)
+        net = build_classifier(self.arch, int(arch["in_channels"]), int(arch["num_classes"]), float(arch["width"]))
+        net.load_state_dict(load_file(str(card.weights_path)))
+        self.net = net.eval().to(self.device)
+
+    def inputs(self, hu: np.ndarray) -> torch.Tensor:
+        """HU (z, y, x) -> network input (z, C, size, size)."""
+        return with_context(window_resize(hu, self.size), self.context)
+
+    def slice_probabilities(self, hu: np.ndarray) -> np.ndarray:
+        """Sigmoid probabilities float32 (z, 6) for each slice of ``hu`` (z, y, x)."""
+        x = self.inputs(hu)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], self.batch):
+                out.append(torch.sigmoid(self.net(x[i : i + self.batch].to(self.device))).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def gradcam(self, hu: np.ndarray, slices: tuple[int, ...]) -> np.ndarray:
+        """Grad-CAM of ``any_hemorrhage`` on ``slices``: float32 (z, y, x) in [0, 1], zero on other slices."""
+        from monai.visualize import GradCAM
+
+        z, h, w = hu.shape
+        heat = np.zeros((z, h, w), np.float32)
+        if not slices:
+            return heat
+        idx = list(slices)
+        x = self.inputs(hu)[idx].clone().to(self.device)
+        cam = GradCAM(nn_module=self.net, target_layers=gradcam_layer(self.arch))
+        with torch.enable_grad():
+            maps = cam(x=x, class_idx=0)  # (n, 1, size, size), each scaled to [0, 1]
+        s = max(h, w)
+        maps = F.interpolate(maps.detach().float().cpu(), size=(s, s), mode="bilinear", align_corners=False)
+        y0, x0 = (s - h) // 2, (s - w) // 2
+        heat[idx] = maps[:, 0, y0 : y0 + h, x0 : x0 + w].clamp(0, 1).numpy()
+        return heat
+
+    def analyze(self, volume: Volume) -> ModelOutput:
+        t0 = time.monotonic()
+        p = self.slice_probabilities(volume.pixels)
+        series = aggregate(p, self.aggregation)
+        findings = []
+        for i, label in enumerate(self.classes):
+            present = bool(series[i] >= self.thresholds[i])
+            findings.append(
+                Finding(
+                    label=label,
+                    present=present,
+                    probability=float(np.clip(series[i], 0.0, 1.0)),
+                    model=self.name,
+                    model_version=self.version,
+                    key_slices=key_slices(p[:, i], float(self.thresholds[i])) if present else (),
+                )
+            )
+        heatmaps: dict[str, np.ndarray] = {}
+        if findings[0].present:
+            heatmaps["any_hemorrhage"] = self.gradcam(volume.pixels, findings[0].key_slices[: self.gradcam_max_slices])
+        log.debug("ich: %d slices in %.2fs", p.shape[0], time.monotonic() - t0)
+        return ModelOutput(self.name, self.version, tuple(findings), heatmaps=heatmaps, seconds=time.monotonic() - t0)

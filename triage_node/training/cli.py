@@ -1,0 +1,192 @@
+"""``triage-node train | evaluate | lr-find | models``: registered into the main CLI by :func:`register`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from triage_node.training.synthdata import DEFAULT_CACHE
+
+log = logging.getLogger(__name__)
+
+MODELS = ("ich", "ct_segmenter")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", choices=MODELS, help="which model")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="synthetic case cache (generated when missing)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--out", type=Path, required=True, help="model directory to write (weights, model.yaml, plots)")
+    p.add_argument("--n-train", type=int, default=360, help="synthetic training cases (seeds 0..n-1)")
+    p.add_argument("--n-val", type=int, default=40, help="synthetic validation cases (seeds 500000..)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-one-cycle", action="store_true", help="constant learning rate instead of one-cycle")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision (bf16 on CPU, fp16 on CUDA)")
+    p.add_argument("--sizes", default="", help="progressive resizing, e.g. 96,128 (ich: last must equal --size)")
+    p.add_argument("--init-from", type=Path, default=None, help="initialise from a checkpoint (transfer learning)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--no-progress", action="store_true")
+    # ich
+    p.add_argument("--arch", default="resnet18", help="ich: resnet18 | resnet50 | densenet121")
+    p.add_argument("--width", type=float, default=0.5, help="ich: ResNet width factor")
+    p.add_argument("--size", type=int, default=128, help="ich: input size in pixels")
+    p.add_argument("--context", type=int, default=0, help="ich: neighbouring slices each side (2.5-D input)")
+    # segmenter
+    p.add_argument("--base", type=int, default=16, help="segmenter: base channel count")
+    p.add_argument("--rsna-csv", type=Path, default=None, help="ich: RSNA 2019 label CSV (with --dicom-dir)")
+    p.add_argument("--dicom-dir", type=Path, default=None, help="ich: folder of RSNA DICOM slices")
+    p.add_argument("--nifti-dir", type=Path, default=None, help="segmenter: folder of *_image.nii.gz/*_mask.nii.gz")
+
+
+def _train_config(a: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from triage_node.training.loop import TrainConfig
+
+    return TrainConfig(
+        epochs=a.epochs,
+        lr=a.lr,
+        weight_decay=a.weight_decay,
+        one_cycle=not a.no_one_cycle,
+        amp=not a.no_amp,
+        device=a.device,
+        seed=a.seed,
+        threads=a.threads,
+        sizes=tuple(int(s) for s in a.sizes.split(",") if s),
+        checkpoint_dir=a.out / "checkpoints",
+        init_from=a.init_from,
+        progress=not a.no_progress,
+        max_steps_per_epoch=a.max_steps_per_epoch,
+    )
+
+
+def _ensure_cache(a: argparse.Namespace, splits: dict[str, int]) -> None:
+    from triage_node.training.synthdata import generate, split_seeds
+
+    for split, n in splits.items():
+        generate(a.cache, split_seeds(split, n), progress=not getattr(a, "no_progress", False))
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from triage_node.training.augment import AugmentConfig
+
+    aug = AugmentConfig.off() if a.no_augment else AugmentConfig()
+    cfg = _train_config(a)
+    if a.model == "ich":
+        from triage_node.training.ich_train import IchRecipe, train_ich
+
+        recipe = IchRecipe(a.arch, a.width, a.size, a.context, a.batch_size, a.n_train, a.n_val)
+        if a.rsna_csv is not None:
+            from triage_node.training.rsna import train_ich_rsna
+
+            card = train_ich_rsna(a.rsna_csv, a.dicom_dir, a.out, recipe, cfg, aug, a.version)
+        else:
+            _ensure_cache(a, {"train": a.n_train, "val": a.n_val})
+            card = train_ich(a.cache, a.out, recipe, cfg, aug, a.version)
+    else:
+        from triage_node.training.seg_train import SegRecipe, train_segmenter
+
+        recipe_s = SegRecipe(base=a.base, batch_size=a.batch_size, n_train=a.n_train, n_val=a.n_val)
+        if a.nifti_dir is None:
+            _ensure_cache(a, {"train": a.n_train, "val": a.n_val})
+        card = train_segmenter(a.cache, a.out, recipe_s, cfg, a.version, nifti_dir=a.nifti_dir)
+    print(f"wrote {card.directory} (sha256 {card.sha256[:12]}, device UID {card.device_uid})")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from triage_node.training.synthdata import split_seeds
+
+    _ensure_cache(a, {"test": a.n_test})
+    seeds = split_seeds("test", a.n_test)
+    if a.model == "ich":
+        from triage_node.training.evaluate import evaluate_ich
+
+        report = evaluate_ich(a.model_dir, a.cache, seeds, a.out)
+    else:
+        from triage_node.training.evaluate import evaluate_segmenter
+
+        report = evaluate_segmenter(a.model_dir, a.cache, seeds, a.out)
+    if a.update_card:
+        from triage_node.training.evaluate import write_metrics_to_card
+
+        write_metrics_to_card(a.model_dir, report)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_lr_find(a: argparse.Namespace) -> int:
+    from triage_node.training.lrfind import lr_find_cli
+
+    return lr_find_cli(a)
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from triage_node.inference.registry import list_models
+
+    rows = list_models(a.models_dir)
+    if not rows:
+        print(f"no models in {a.models_dir}")
+        return 1
+    bad = 0
+    for r in rows:
+        print(f"{r.name:16s} {r.version:8s} {r.status:10s} {r.device_uid}  {r.detail}")
+        bad += r.status != "ok"
+    return 1 if bad else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``train``, ``evaluate``, ``lr-find`` and ``models`` to the main CLI; each sets ``func``."""
+    p = subparsers.add_parser("train", help="train a CT model on synthetic (or RSNA / NIfTI) data")
+    _train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("evaluate", help="evaluate a model on held-out synthetic cases; JSON + PNG plots")
+    _common(p)
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None, help="where to write eval.json and plots (default: model dir)")
+    p.add_argument("--n-test", type=int, default=80, help="held-out cases (seeds 900000..)")
+    p.add_argument("--update-card", action="store_true", help="write the figures into model.yaml's metrics")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("lr-find", help="learning-rate range test (Leslie Smith); prints and plots a suggestion")
+    _common(p)
+    p.add_argument("--out", type=Path, default=Path("lr_find.png"))
+    p.add_argument("--n-train", type=int, default=40)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--start-lr", type=float, default=1e-6)
+    p.add_argument("--end-lr", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--base", type=int, default=16)
+    p.set_defaults(func=cmd_lr_find)
+
+    p = subparsers.add_parser("models", help="list installed models with version and sha256 check")
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.set_defaults(func=cmd_models)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m triage_node.training.cli``) until the main CLI registers us."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="triage-node")
+    register(parser.add_subparsers(dest="command", required=True))
+    a = parser.parse_args(argv)
+    return int(a.func(a))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
