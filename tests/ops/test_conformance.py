@@ -9,6 +9,7 @@ from triage_node.config import SCP
 from triage_node.ops import conformance
 from triage_node.receive.contexts import PREFERENCE, STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 from triage_node.receive.scp import StorageSCP
+from triage_node.send.commitment import STORAGE_COMMITMENT_PUSH, add_commitment_context
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "conformance.md"
 
@@ -30,8 +31,13 @@ def test_the_statement_lists_what_the_running_scp_negotiates() -> None:
     assert supported[VERIFICATION_SOP_CLASS] == list(conformance.VERIFICATION_TRANSFER_SYNTAXES)
     text = conformance.render()
     assert f"`{ae.implementation_class_uid}`" in text
-    for uid in (*STORAGE_SOP_CLASSES, *PREFERENCE, *conformance.SENT_SOP_CLASSES):
+    for uid in (*STORAGE_SOP_CLASSES, *PREFERENCE, *conformance.SENT_SOP_CLASSES, STORAGE_COMMITMENT_PUSH):
         assert f"`{uid}`" in text
+    # With a commitment destination the SCP also takes the PACS's N-EVENT-REPORT, in the syntaxes stated.
+    add_commitment_context(ae)
+    [cx] = [cx for cx in ae.supported_contexts if cx.abstract_syntax == STORAGE_COMMITMENT_PUSH]
+    names = ", ".join(conformance.TRANSFER_SYNTAXES[str(ts)] for ts in cx.transfer_syntax)
+    assert f"| Storage Commitment Push Model | `{STORAGE_COMMITMENT_PUSH}` | {names} |" in text
 
 
 def test_main_writes_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
