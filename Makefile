@@ -44,7 +44,7 @@ lint: $(STAMP)
 bench: $(STAMP) peers
 	$(BIN)/python bench/run_all.py
 
-install: $(STAMP)
+install:
 	$(SUDO) bash systemd/install.sh
 
 clean:

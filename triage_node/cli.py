@@ -97,14 +97,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
-    from triage_node.ops.conformance import render
+    from triage_node.ops.conformance import main as conformance_main
 
-    text = render()
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
-    return 0
+    argv = ["--output", args.output] if args.output else ["--check", args.check] if args.check else []
+    return conformance_main(argv)
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
@@ -139,8 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config(sub.add_parser("resend", help="queue a job's SEG/SR for delivery again (dead letters too)"))
     sp.add_argument("job", type=int)
     sp.set_defaults(func=cmd_resend)
-    sp = sub.add_parser("conformance", help="print the DICOM conformance statement (markdown)")
-    sp.add_argument("--output", "-o")
+    sp = sub.add_parser("conformance", help="print (--output FILE: write, --check FILE: verify) the DICOM conformance "
+                        "statement, rendered from the code's own lists")
+    group = sp.add_mutually_exclusive_group()
+    group.add_argument("--output", help="write the statement to FILE (atomically)")
+    group.add_argument("--check", help="exit 1 when FILE differs from the rendered statement")
     sp.set_defaults(func=cmd_conformance)
     sp = sub.add_parser("hash-password", help="print an argon2 hash for web.users[].password_hash")
     sp.add_argument("--password", help="read from the terminal when omitted")

@@ -46,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
             hu, spacing = resample_slices(hu, spacing, args.slices)
         paths = write_series(out, hu, spacing, seed, **common)
     elif kind == "ct-hemorrhage":
-        from triage_node.synth.hemorrhage import make_ct_case
+        from triage_node.synth.cases import make_ct_case
 
-        case = make_ct_case(seed, subtypes=args.subtypes or None, n_slices=args.slices)
+        case = make_ct_case(seed, subtypes=args.subtypes if args.subtypes is not None else None, n_slices=args.slices)
         paths = write_series(out, np.asarray(case.hu, dtype=np.float32), case.spacing, seed, **common)
     elif kind == "swi":
         from triage_node.synth.mr import make_swi_case
