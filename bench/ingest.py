@@ -61,6 +61,52 @@ def _run_orthanc(folders: list[Path], n: int, tag: str) -> float:
     return seconds
 
 
+def durability_floor(sample: Path, n: int = 200) -> dict[str, float]:
+    """What one association cannot beat while every instance is durable before its response: per instance, write the
+    file and fsync it, rename it and fsync the folder, commit one small row in SQLite (WAL, synchronous=FULL).
+    -> milliseconds per step (median) and the images/s bound they make together."""
+    import os
+    import sqlite3
+    import time
+
+    from common import fresh
+
+    data = sample.read_bytes()
+    work = fresh(WORK / "ingest" / "floor")
+    db = sqlite3.connect(work / "floor.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t (path TEXT)")
+    dir_fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+    steps: dict[str, list[float]] = {"write_fsync_ms": [], "rename_dir_fsync_ms": [], "sqlite_commit_ms": []}
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            fd = os.open(work / f".{i}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, data)
+            os.fsync(fd)
+            os.close(fd)
+            t1 = time.perf_counter()
+            os.replace(work / f".{i}.tmp", work / f"{i}.dcm")
+            os.fsync(dir_fd)
+            t2 = time.perf_counter()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO t VALUES (?)", (f"{i}.dcm",))
+            db.execute("COMMIT")
+            t3 = time.perf_counter()
+            steps["write_fsync_ms"].append((t1 - t0) * 1e3)
+            steps["rename_dir_fsync_ms"].append((t2 - t1) * 1e3)
+            steps["sqlite_commit_ms"].append((t3 - t2) * 1e3)
+    finally:
+        os.close(dir_fd)
+        db.close()
+    out = {k: round(median(v), 2) for k, v in steps.items()}
+    total = sum(out.values())
+    out["total_ms"] = round(total, 2)
+    out["images_per_s_bound_one_association"] = round(1000 / total, 1)
+    return out
+
+
 RUNNERS: dict[str, Callable[[list[Path], int, str], float]] = {
     "triage-node": _run_triage_node,
     "dcmtk": _run_dcmtk,
@@ -83,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     n = len(paths)
     total_mb = sum(p.stat().st_size for p in paths) / 1e6
     receivers = [r for r in args.only.split(",") if r]
+    floor = durability_floor(paths[0])
+    print(f"durability floor, one association: {floor}", flush=True)
     rows: list[dict[str, Any]] = []
     for par in (int(p) for p in args.parallel.split(",")):
         folders = [paths[0].parent] if par == 1 else split_into_folders(paths, par)
@@ -120,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{row['receiver']:12s} {row['associations']:5d} {row['images_per_s']:9.1f} {row['mb_per_s']:7.1f}"
                   f" {row['ratio_to_dcmtk'] or float('nan'):8.2f}")
+    print(f"durability floor (fsync file + fsync folder + SQLite commit, serial): {floor['total_ms']} ms per image "
+          f"= at most {floor['images_per_s_bound_one_association']} images/s on one association")
     if not args.no_write:
         path = write_result("ingest", {
             "slices": n, "matrix": args.size, "megabytes": round(total_mb, 1), "repeats": args.repeats,
@@ -129,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 "dcmtk": "TCP_NODELAY=1 storescp +B -pdu 131072 (no fsync)",
                 "orthanc": "Orthanc (Debian), default storage, DicomThreadsCount 4, MaximumPduLength 131072",
             },
+            "durability_floor": floor,
             "rows": rows,
         })
         print(f"wrote {path}")

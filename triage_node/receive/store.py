@@ -10,11 +10,13 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -64,29 +66,103 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 @dataclass(frozen=True)
 class Header:
-    """What the receive path needs from an instance. Patient fields are PHI: never log them."""
+    """What the receive path needs from an instance. Patient fields are PHI: never log them.
+
+    The descriptive attributes (patient, study, series) are converted from ``dataset`` only when first read, which is
+    when a new study or series row is made: pydicom's conversion and validation of text values cost more CPU than
+    the rest of parsing, and every later instance of the series only needs the UIDs and numbers.
+    """
 
     sop_instance_uid: str
     sop_class_uid: str
     study_uid: str
     series_uid: str
     transfer_syntax_uid: str
-    modality: str | None
     instance_number: int | None
-    series_number: int | None
-    series_description: str | None
-    body_part: str | None
     expected_instances: int | None
-    patient_name: str | None
-    patient_id: str | None
-    patient_birth_date: str | None
-    patient_sex: str | None
-    accession_number: str | None
-    study_id: str | None
-    study_description: str | None
-    study_date: str | None
-    study_time: str | None
-    referring_physician: str | None
+    dataset: Dataset = field(repr=False, compare=False)
+
+    @cached_property
+    def modality(self) -> str | None:
+        return _text(self.dataset, "Modality", 16)
+
+    @cached_property
+    def series_number(self) -> int | None:
+        return _int(self.dataset, "SeriesNumber")
+
+    @cached_property
+    def series_description(self) -> str | None:
+        return _text(self.dataset, "SeriesDescription", 128)
+
+    @cached_property
+    def body_part(self) -> str | None:
+        return _text(self.dataset, "BodyPartExamined", 64)
+
+    @cached_property
+    def patient_name(self) -> str | None:
+        return _text(self.dataset, "PatientName", 324)
+
+    @cached_property
+    def patient_id(self) -> str | None:
+        return _text(self.dataset, "PatientID")
+
+    @cached_property
+    def patient_birth_date(self) -> str | None:
+        return _text(self.dataset, "PatientBirthDate", 8)
+
+    @cached_property
+    def patient_sex(self) -> str | None:
+        return _text(self.dataset, "PatientSex", 16)
+
+    @cached_property
+    def accession_number(self) -> str | None:
+        return _text(self.dataset, "AccessionNumber")
+
+    @cached_property
+    def study_id(self) -> str | None:
+        return _text(self.dataset, "StudyID", 16)
+
+    @cached_property
+    def study_description(self) -> str | None:
+        return _text(self.dataset, "StudyDescription", 128)
+
+    @cached_property
+    def study_date(self) -> str | None:
+        return _text(self.dataset, "StudyDate", 8)
+
+    @cached_property
+    def study_time(self) -> str | None:
+        return _text(self.dataset, "StudyTime", 16)
+
+    @cached_property
+    def referring_physician(self) -> str | None:
+        return _text(self.dataset, "ReferringPhysicianName", 324)
+
+
+# Value representations whose values are ASCII whatever the character set: read straight from the raw bytes.
+_ASCII_VRS = frozenset({"UI", "IS", "CS", "DA", "TM", "AS"})
+
+
+def _raw_ascii(ds: Dataset, keyword: str) -> str | None:
+    """The value of a UI / IS / CS element as stripped text without pydicom's conversion and validation (the hot
+    path reads a few of these per instance); falls back to the converted value for anything else."""
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in ds:
+        return None
+    elem = ds.get_item(tag, keep_deferred=True)
+    if isinstance(elem, RawDataElement) and elem.VR in _ASCII_VRS and isinstance(elem.value, bytes):
+        text = elem.value.decode("ascii", errors="replace").strip(" \x00")
+        return text or None
+    value = ds.get(keyword)
+    return None if value is None or value == "" else str(value).strip()
+
+
+def _raw_int(ds: Dataset, keyword: str) -> int | None:
+    text = _raw_ascii(ds, keyword)
+    try:
+        return int(text.split("\\")[0]) if text else None
+    except ValueError:
+        return None
 
 
 def _check_pixels(ds: Dataset, transfer_syntax: str, data_length: int) -> None:
@@ -130,10 +206,10 @@ def parse_header(data: bytes, context_sop_class: str, affected_sop_instance: str
     transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
     uids = {}
     for kw in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        value = _text(ds, kw)
+        value = _raw_ascii(ds, kw)
         if value is None:
             raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"{kw} is missing")
-        uids[kw] = value.strip()
+        uids[kw] = value[:64]
     if uids["SOPClassUID"] != context_sop_class:
         raise Refused(
             STATUS_DATASET_DOES_NOT_MATCH,
@@ -146,7 +222,7 @@ def parse_header(data: bytes, context_sop_class: str, affected_sop_instance: str
             STATUS_DATASET_DOES_NOT_MATCH, "SOPInstanceUID differs from the request's Affected SOP Instance UID"
         )
     _check_pixels(ds, transfer_syntax, len(data))
-    expected = _int(ds, "ImagesInAcquisition")
+    expected = _raw_int(ds, "ImagesInAcquisition")
     if uids["SOPClassUID"] in ENHANCED_SOP_CLASSES:
         expected = None  # counts frames of one acquisition, not instances of the series
     return Header(
@@ -155,22 +231,9 @@ def parse_header(data: bytes, context_sop_class: str, affected_sop_instance: str
         study_uid=uids["StudyInstanceUID"],
         series_uid=uids["SeriesInstanceUID"],
         transfer_syntax_uid=transfer_syntax,
-        modality=_text(ds, "Modality", 16),
-        instance_number=_int(ds, "InstanceNumber"),
-        series_number=_int(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription", 128),
-        body_part=_text(ds, "BodyPartExamined", 64),
+        instance_number=_raw_int(ds, "InstanceNumber"),
         expected_instances=expected if expected and expected > 0 else None,
-        patient_name=_text(ds, "PatientName", 324),
-        patient_id=_text(ds, "PatientID"),
-        patient_birth_date=_text(ds, "PatientBirthDate", 8),
-        patient_sex=_text(ds, "PatientSex", 16),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_id=_text(ds, "StudyID", 16),
-        study_description=_text(ds, "StudyDescription", 128),
-        study_date=_text(ds, "StudyDate", 8),
-        study_time=_text(ds, "StudyTime", 16),
-        referring_physician=_text(ds, "ReferringPhysicianName", 324),
+        dataset=ds,
     )
 
 

@@ -1,0 +1,148 @@
+"""The receive hot path in process: header parsing, the Core row recording with its study-id cache, group commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from peers import storescu
+from pydicom import dcmread
+from sqlalchemy import func, select
+
+from triage_node.receive.scp import GroupCommitter, _Pending
+from triage_node.receive.store import Refused, Spool, StudyIds, parse_header, record_instance, sha256
+from triage_node.synth.cli import phantom_head
+from triage_node.synth.dicom import write_series
+from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
+from triage_node.worklist.models import Instance, Job, Series, Study
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+NOW = dt.datetime(2026, 1, 1, 8, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def series4(tmp_path: Path) -> list[bytes]:
+    hu, spacing = phantom_head(4, 32)
+    return [p.read_bytes() for p in write_series(tmp_path / "s", hu, spacing, seed=21)]
+
+
+@pytest.fixture
+def sessions(tmp_path: Path):  # type: ignore[no-untyped-def]
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    migrate(engine)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def test_header_fields_match_pydicom_and_descriptive_ones_are_read_on_demand(series4) -> None:  # type: ignore[no-untyped-def]
+    header = parse_header(series4[1], CT, None)
+    ds = dcmread(BytesIO(series4[1]))
+    assert (header.sop_instance_uid, header.study_uid, header.series_uid) == (
+        ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID
+    )
+    assert (header.instance_number, header.expected_instances) == (2, 4)
+    assert "patient_name" not in vars(header)  # not converted yet
+    assert header.patient_name == str(ds.PatientName)
+    assert (header.modality, header.body_part, header.series_number) == ("CT", "HEAD", 2)
+
+
+def test_pixel_bytes_cut_short_in_the_stream_are_refused(series4) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(Refused, match="PixelData holds") as info:
+        parse_header(series4[0][:-100], CT, None)
+    assert info.value.status == 0xA900
+
+
+def test_record_instance_counts_dedups_versions_and_reopens(sessions, series4) -> None:  # type: ignore[no-untyped-def]
+    cache = StudyIds()
+    headers = [parse_header(d, CT, None) for d in series4]
+
+    def record(i: int, sha: str | None = None):  # type: ignore[no-untyped-def]
+        with transaction(sessions) as s:
+            return record_instance(s, headers[i], f"p{i}", len(series4[i]), sha or sha256(series4[i]), "AE", NOW,
+                                   cache)
+
+    assert [record(i).complete_by_count for i in range(4)] == [False, False, False, True]
+    assert record(0).duplicate
+    changed = record(1, sha="f" * 64)
+    assert changed.new_version and not changed.duplicate
+    with transaction(sessions) as s:
+        series = s.scalars(select(Series)).one()
+        assert (series.received_instances, series.expected_instances) == (4, 4)
+        series.state = "complete"
+    reopened = record(2, sha="e" * 64)
+    assert reopened.reopened
+    with sessions() as s:
+        series = s.scalars(select(Series)).one()
+        assert (series.state, series.version, series.received_instances) == ("receiving", 2, 4)
+        assert s.scalar(select(func.count()).select_from(Instance).where(Instance.superseded)) == 2
+        assert s.scalar(select(func.count()).select_from(Study)) == 1
+
+
+def test_a_stale_study_id_in_the_cache_is_looked_up_again(sessions, series4) -> None:  # type: ignore[no-untyped-def]
+    header = parse_header(series4[0], CT, None)
+    cache = StudyIds()
+    cache.put(header.study_uid, 999)  # no such row
+    with transaction(sessions) as s:
+        record_instance(s, header, "p0", 1, "a" * 64, "AE", NOW, cache)
+    with sessions() as s:
+        study_id = s.scalars(select(Study.id)).one()
+    assert cache.get(header.study_uid) == study_id
+
+
+def test_group_commit_records_a_group_in_one_transaction(tmp_path, sessions, series4) -> None:  # type: ignore[no-untyped-def]
+    spool = Spool(tmp_path / "spool")
+    committer = GroupCommitter(spool, sessions, lambda: NOW)
+    group = []
+    for data in series4:
+        header = parse_header(data, CT, None)
+        digest = sha256(data)
+        rel = spool.relative_path(header, digest)
+        spool.write(rel, data, sync_dir=False)
+        group.append(_Pending(header, rel, len(data), digest, "AE"))
+    committer._commit_group(group)
+    assert (committer.groups, committer.committed) == (1, 4)
+    assert all(p.done.is_set() and p.error is None for p in group)
+    assert group[-1].result is not None and group[-1].result.complete_by_count
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Instance)) == 4
+        assert s.scalars(select(Job.state)).one() == "complete"
+
+
+def test_a_failed_folder_fsync_fails_the_whole_group_and_records_nothing(tmp_path, sessions, series4) -> None:  # type: ignore[no-untyped-def]
+    spool = Spool(tmp_path / "spool")
+    committer = GroupCommitter(spool, sessions, lambda: NOW)
+    header = parse_header(series4[0], CT, None)
+    pending = _Pending(header, "no/such/folder/x.dcm", 1, "a" * 64, "AE")
+    committer._commit_group([pending])
+    assert isinstance(pending.error, OSError) and pending.done.is_set()
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Instance)) == 0
+
+
+def test_four_parallel_senders_are_all_stored_once(scp_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    hu, spacing = phantom_head(24, 64)
+    paths = write_series(tmp_path / "par", hu, spacing, seed=22)
+    errors: list[BaseException] = []
+
+    def send(part: list[Path]) -> None:
+        try:
+            storescu(scp_env.port, part)
+        except AssertionError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(paths[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    with scp_env.sessions() as s:
+        assert s.scalar(select(func.count(func.distinct(Instance.sop_instance_uid)))) == 24
+        assert s.scalars(select(Series.received_instances)).one() == 24
+        assert s.scalars(select(Job.state)).one() == "complete"
+    committer = scp_env.scp.committer
+    assert committer.committed == 24 and 1 <= committer.groups <= 24
