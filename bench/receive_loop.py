@@ -25,7 +25,8 @@ def run(n_slices: int, parallel: int) -> float:
     work = fresh(WORK / "receive_loop")
     engine = make_engine(f"sqlite:///{work / 'db.sqlite'}")
     migrate(engine)
-    scp = StorageSCP(SCP(host="127.0.0.1", port=free_port()), Spool(work / "spool"), session_factory(engine), ReceiveHooks())
+    cfg = SCP(host="127.0.0.1", port=free_port())
+    scp = StorageSCP(cfg, Spool(work / "spool"), session_factory(engine), ReceiveHooks())
     scp.start()
     try:
         seconds = storescu_folders(scp.port, folders, "TRIAGE_NODE")

@@ -1,0 +1,71 @@
+"""Inference: slices/s per model on a synthetic head CT, torch threads 1 and 2, through the same ``Analyzer`` the
+daemon loads (card, sha256, weights). An exported or quantized path is measured when a model card names one
+(``analyzer`` variants); until the model engineers provide one only eager torch is measured, and the JSON says so.
+
+    .venv/bin/python bench/inference.py [--slices 40] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from common import ROOT, median, write_result
+
+
+def volume_for(n_slices: int) -> Any:
+    """A Volume built the way the pipeline builds it, from a synthetic hemorrhage case written as DICOM."""
+    from pydicom import dcmread
+    from time_to_flag import hemorrhage_series
+
+    from triage_node.series.geometry import build_volume, pixels, plan
+
+    folder = hemorrhage_series(n_slices, 256, 1)[0]
+    slices = plan([dcmread(p) for p in sorted(folder.glob("*.dcm"))])
+    planes = np.stack([pixels(s) for s in slices])
+    return build_volume(slices, planes, np.ones(len(slices), bool), planes_are_kept=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--slices", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    from triage_node.inference.registry import list_models, load_analyzer, read_card
+
+    models = list_models(ROOT / "models")
+    usable = [m for m in models if m.status == "ok"]
+    rows: list[dict[str, Any]] = []
+    if not usable:
+        print("no usable model in models/ (cards with verified weights): nothing to measure")
+    volume = volume_for(args.slices) if usable else None
+    for m in usable:
+        for threads in (1, 2):
+            analyzer = load_analyzer(read_card(ROOT / "models", m.name), threads=threads)
+            analyzer.analyze(volume)  # warm-up: first call allocates and picks kernels
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                analyzer.analyze(volume)
+                times.append(time.perf_counter() - t0)
+            s = median(times)
+            rows.append({"model": m.name, "version": m.version, "path": "torch eager", "threads": threads,
+                         "slices": args.slices, "seconds_median": round(s, 3),
+                         "slices_per_s": round(args.slices / s, 1)})
+            print(f"{m.name:14s} eager  {threads} thread(s): {args.slices / s:7.1f} slices/s ({s:.2f} s)", flush=True)
+    if not args.no_write:
+        path = write_result("inference", {
+            "models_found": [{"name": m.name, "status": m.status, "detail": m.detail} for m in models],
+            "note": "" if usable else "no model weights in models/ when this ran; exported/quantized paths: none yet",
+            "rows": rows,
+        })
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""``make bench``: run every benchmark (each writes bench/results/<name>.json), then rewrite the table between the
+``<!-- bench-table -->`` markers of README.md from those files.
+
+    .venv/bin/python bench/run_all.py [--only ingest,time_to_flag,inference,memory] [--table-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- bench-table -->", "<!-- /bench-table -->"
+SCRIPTS = ("ingest", "time_to_flag", "inference", "memory")
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "–"
+    return f"{v:g}{unit}" if isinstance(v, int | float) else str(v)
+
+
+def table() -> str:
+    """The README section: one block per benchmark found in bench/results, with the machine it ran on."""
+    lines: list[str] = []
+    ingest = _load("ingest")
+    machine = next((r["machine"] for r in (ingest, _load("time_to_flag"), _load("memory")) if r), None)
+    if machine:
+        lines.append(
+            f"Measured {ingest['when'][:10] if ingest else ''} on {machine['cpu']}, {machine['cores']} cores, "
+            f"{machine['memory_gb']} GB, {machine['filesystem']}, Linux {machine['kernel']}, Python "
+            f"{machine['python']}, DCMTK {machine['dcmtk'].split()[1] if ' ' in machine['dcmtk'] else '?'}, "
+            f"{machine['orthanc'].replace('/usr/sbin/', '')}. The cores were shared with model trainings: "
+            "figures are noisy, each peer was measured in the same run."
+        )
+        lines.append("")
+    if ingest:
+        floor = ingest.get("durability_floor", {})
+        lines += [
+            f"**Ingest** ({ingest['slices']} CT slices {ingest['matrix']}x{ingest['matrix']}, "
+            f"{ingest['megabytes']:g} MB, `TCP_NODELAY=1 storescu +sd`, median of {ingest['repeats']}):",
+            "",
+            "| receiver | associations | images/s | MB/s | x tuned DCMTK |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in ingest["rows"]:
+            if "skipped" in r:
+                lines.append(f"| {r['receiver']} | {r['associations']} | skipped: {r['skipped']} | | |")
+            else:
+                lines.append(f"| {r['receiver']} | {r['associations']} | {_fmt(r['images_per_s'])} | "
+                             f"{_fmt(r['mb_per_s'])} | {_fmt(r['ratio_to_dcmtk'])} |")
+        if floor:
+            lines += ["", f"triage-node fsyncs every instance and commits its row before answering; DCMTK and Orthanc "
+                      f"(as configured here) do not fsync. The durability floor on this disk is "
+                      f"{floor['total_ms']:g} ms per image (write+fsync {floor['write_fsync_ms']:g}, folder fsync "
+                      f"{floor['rename_dir_fsync_ms']:g}, SQLite commit {floor['sqlite_commit_ms']:g}): at most "
+                      f"{floor['images_per_s_bound_one_association']:g} images/s on one association."]
+        lines.append("")
+    ttf = _load("time_to_flag")
+    if ttf:
+        lines += [
+            "**Time to flag** (seconds from the last instance stored; median; "
+            f"models: {', '.join(ttf['models']) or 'none available yet, so no SEG/SR'}):",
+            "",
+            "| series | completion | queue | load | filter | models | results | flag | SEG+SR in Orthanc |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for c in ttf["cases"].values():
+            m = c["median"]
+            model_s = sum(v for k, v in m.items() if k.startswith("model:"))
+            lines.append(
+                f"| {c['slices']} slices {c['matrix']}² | {_fmt(m.get('completion_s'))} | {_fmt(m.get('queue_s'))} | "
+                f"{_fmt(m.get('load_s'))} | {_fmt(m.get('filter_s'))} | {_fmt(round(model_s, 3) if model_s else None)}"
+                f" | {_fmt(m.get('results_s'))} | {_fmt(m.get('flag_s'))} | {_fmt(m.get('delivered_s'))} |"
+            )
+        lines.append("")
+    inf = _load("inference")
+    if inf:
+        if inf["rows"]:
+            lines += ["**Inference**:", "", "| model | path | threads | slices/s |", "|---|---|---:|---:|"]
+            lines += [f"| {r['model']} | {r['path']} | {r['threads']} | {_fmt(r['slices_per_s'])} |"
+                      for r in inf["rows"]]
+        else:
+            lines.append(f"**Inference**: not measured ({inf['note']}).")
+        lines.append("")
+    mem = _load("memory")
+    if mem:
+        ph = mem["peak_rss_mib_by_phase"]
+        lines.append(
+            f"**Memory** ({mem['slices']} slices 512², models: {', '.join(mem['models']) or 'none'}): peak RSS "
+            f"{mem['peak_rss_mib']} MiB (idle {ph.get('idle', '–')}, receiving {ph.get('start', '–')}, processing "
+            f"{ph.get('processing', '–')}); goal {mem['goal_mib']} MiB {'met' if mem['goal_met'] else 'missed'}."
+        )
+        lines.append("")
+    lines.append("Raw figures: `bench/results/*.json`; how to run: `bench/README.md`.")
+    return "\n".join(lines)
+
+
+def update_readme() -> bool:
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        print(f"README.md has no {BEGIN} ... {END} section: table not written", file=sys.stderr)
+        return False
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{BEGIN}\n{table()}\n{END}{tail}")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(SCRIPTS))
+    ap.add_argument("--table-only", action="store_true", help="only rewrite the README table from bench/results")
+    args = ap.parse_args(argv)
+    failed = []
+    if not args.table_only:
+        for name in (s for s in args.only.split(",") if s):
+            print(f"== bench/{name}.py", flush=True)
+            rc = subprocess.run([sys.executable, str(BENCH / f"{name}.py")], cwd=BENCH).returncode
+            if rc != 0:
+                failed.append(name)
+    update_readme()
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
