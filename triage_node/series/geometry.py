@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from triage_node.preprocess.volume import Volume
 
@@ -159,6 +161,10 @@ def pixels(s: Slice) -> np.ndarray:
     try:
         if "PixelData" in s.dataset:
             arr = s.dataset.pixel_array if s.frame is None else s.dataset.pixel_array[s.frame]
+        elif getattr(s.dataset, "file_meta", Dataset()).get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            # pydicom's file-based decoder does not inflate a deflated body: it finds no Pixel Data at all
+            full = dcmread(s.dataset.filename)
+            arr = full.pixel_array if s.frame is None else full.pixel_array[s.frame]
         else:
             arr = pixel_array(s.dataset.filename, index=s.frame)
     except Exception as exc:  # noqa: BLE001 - every decoder failure means the same thing here: undecodable pixels
