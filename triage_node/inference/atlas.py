@@ -19,7 +19,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import ndimage
 
 from triage_node.preprocess.volume import Volume
 
@@ -237,76 +237,71 @@ def _resample_mask(mask: np.ndarray, src_index_to_mm: np.ndarray, grid_mm: tuple
     return ndimage.map_coordinates(mask.astype(np.float32), idx, order=1, mode="constant", cval=0.0).reshape(xs.shape)
 
 
-def register_to_mni(volume: Volume, image: np.ndarray | None = None, step_mm: float = 4.0) -> Registration:
+@functools.lru_cache(maxsize=4)
+def _target_grid(step_mm: float) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    atlas = load_mni_atlas()
+    lo = np.array([-92.0, -128.0, -74.0])
+    hi = np.array([92.0, 92.0, 110.0])
+    grid = tuple(np.arange(lo[d], hi[d] + 1e-3, step_mm) for d in range(3))
+    return grid, _resample_mask(atlas.gm + atlas.wm, atlas.affine, grid)
+
+
+def register_to_mni(
+    volume: Volume,
+    image: np.ndarray | None = None,
+    schedule: tuple[tuple[float, float, int], ...] = ((8.0, 6.0, 40), (4.0, 6.0, 40), (2.0, 4.0, 30)),
+) -> Registration:
     """Fit an affine from the patient to MNI space by matching the patient's parenchyma mask with the MNI brain.
 
     ``image`` defaults to ``volume.pixels`` (a DWI b=1000 volume: parenchyma bright, CSF dark). The MNI target is the
-    grey + white matter probability, so ventricles and sulci help to place the deep structures.
+    grey + white matter probability, so ventricles and sulci help to place the deep structures. The initial affine
+    matches centroids and extents along the patient axes; Adam then minimises the mean squared difference of the
+    smoothed masks, coarse to fine: ``schedule`` is (smoothing sigma mm, MNI grid step mm, iterations) per level.
     """
-    atlas = load_mni_atlas()
+    import torch
+    import torch.nn.functional as F
+
     img = volume.pixels if image is None else image
     pmask = parenchyma_mask(img)
     if pmask.sum() < 100:
         raise ValueError(f"register_to_mni: only {int(pmask.sum())} parenchyma voxels found; is this a brain DWI?")
     vox2ras = volume_index_to_ras(volume)
-    # The MNI target on a coarse grid.
-    lo = np.array([-90.0, -126.0, -72.0])
-    hi = np.array([90.0, 90.0, 108.0])
-    grid = tuple(np.arange(lo[d], hi[d] + 1e-3, step_mm) for d in range(3))
-    target = _resample_mask(atlas.gm + atlas.wm, atlas.affine, grid)
-    target = ndimage.gaussian_filter(target, 1.0)
-    # The patient mask, smoothed, sampled through the candidate transform at the MNI grid points.
-    sigma = [max(step_mm / s, 0.5) * 0.6 for s in volume.spacing]
-    pm = ndimage.gaussian_filter(pmask.astype(np.float32), sigma)
-    xs, ys, zs = np.meshgrid(*grid, indexing="ij")
-    mni_pts = np.stack([xs.ravel(), ys.ravel(), zs.ravel()], axis=1)
-    ras2vox = np.linalg.inv(vox2ras)
-
-    # Initialise: centroid and extent matching (both spaces are aligned with the patient axes).
-    pz = np.argwhere(pmask)
-    p_ras = _apply(vox2ras, pz)
-    t_idx = np.argwhere(target > 0.5)
-    t_mm = np.stack([grid[d][t_idx[:, d]] for d in range(3)], axis=1)
-    scale0 = np.clip(t_mm.std(axis=0) / np.maximum(p_ras.std(axis=0), 1e-3), 0.7, 1.4)
-    s_iso = float(np.prod(scale0) ** (1 / 3))
-
-    def matrix(params: np.ndarray) -> np.ndarray:
-        # params: 3 translations, 3 rotations (rad), 3 log-scales, 3 shears; maps patient RAS -> MNI around centroids.
-        tx, ty, tz, rx, ry, rz, sx, sy, sz, hxy, hxz, hyz = params
-        cx, sxn = np.cos(rx), np.sin(rx)
-        cy, syn = np.cos(ry), np.sin(ry)
-        cz, szn = np.cos(rz), np.sin(rz)
-        rot = (
-            np.array([[1, 0, 0], [0, cx, -sxn], [0, sxn, cx]])
-            @ np.array([[cy, 0, syn], [0, 1, 0], [-syn, 0, cy]])
-            @ np.array([[cz, -szn, 0], [szn, cz, 0], [0, 0, 1]])
-        )
-        shear = np.array([[1, hxy, hxz], [0, 1, hyz], [0, 0, 1]])
-        a = rot @ shear @ np.diag(np.exp([sx, sy, sz]) * s_iso)
-        m = np.eye(4)
-        m[:3, :3] = a
-        m[:3, 3] = t_mm.mean(axis=0) + np.array([tx, ty, tz]) - a @ p_ras.mean(axis=0)
-        return m
-
-    def cost(params: np.ndarray) -> float:
-        m = matrix(params)
-        vox = _apply(ras2vox @ np.linalg.inv(m), mni_pts).T
-        moving = ndimage.map_coordinates(pm, vox, order=1, mode="constant", cval=0.0).reshape(target.shape)
-        return float(np.mean((moving - target) ** 2))
-
-    x0 = np.zeros(12)
-    # A coarse rigid + scale pass, then the full affine.
-    res = optimize.minimize(
-        lambda p: cost(np.concatenate([p, np.zeros(3)])),
-        x0[:9],
-        method="Powell",
-        options={"xtol": 1e-3, "ftol": 1e-5, "maxfev": 1500},
-    )
-    res2 = optimize.minimize(
-        cost,
-        np.concatenate([res.x, np.zeros(3)]),
-        method="Powell",
-        options={"xtol": 1e-3, "ftol": 1e-6, "maxfev": 2000},
-    )
-    best = res2.x if res2.fun <= res.fun else np.concatenate([res.x, np.zeros(3)])
-    return Registration(patient_to_mni=matrix(best), residual=float(min(res.fun, res2.fun)))
+    r2v = torch.from_numpy(np.linalg.inv(vox2ras))
+    p_ras = _apply(vox2ras, np.argwhere(pmask))
+    grid0, target0 = _target_grid(4.0)
+    t_idx = np.argwhere(target0 > 0.5)
+    t_mm = np.stack([grid0[d][t_idx[:, d]] for d in range(3)], axis=1)
+    c_p, c_t = p_ras.mean(axis=0), t_mm.mean(axis=0)
+    scale0 = np.clip(p_ras.std(axis=0) / np.maximum(t_mm.std(axis=0), 1e-3), 0.7, 1.4)
+    # The MNI -> patient map: patient = c_p + (diag(scale0) + D)(mni - c_t) + 10 t.
+    norm_scale = torch.tensor([2.0 / max(n - 1, 1) for n in pmask.shape[::-1]], dtype=torch.float64)
+    d_param = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    t_param = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    a0 = torch.from_numpy(np.diag(scale0))
+    cp = torch.from_numpy(c_p)
+    opt = torch.optim.Adam([d_param, t_param], lr=0.01)
+    loss_val = float("nan")
+    for sigma_mm, step_mm, iters in schedule:
+        grid, target = _target_grid(step_mm)
+        xs, ys, zs = np.meshgrid(*grid, indexing="ij")
+        q = torch.from_numpy(np.stack([xs.ravel(), ys.ravel(), zs.ravel()], axis=1) - c_t)
+        sig = [sigma_mm / s for s in volume.spacing]
+        moving = torch.from_numpy(ndimage.gaussian_filter(pmask.astype(np.float32), sig))[None, None]
+        tgt = torch.from_numpy(ndimage.gaussian_filter(target, sigma_mm / step_mm).astype(np.float32))
+        for _ in range(iters):
+            opt.zero_grad()
+            ras = cp + q @ (a0 + d_param).T + 10.0 * t_param
+            vox = ras @ r2v[:3, :3].T + r2v[:3, 3]  # (N, 3) as (z, y, x)
+            g = (vox.flip(1) * norm_scale - 1.0).float().reshape(1, 1, 1, -1, 3)
+            moved = F.grid_sample(moving, g, mode="bilinear", padding_mode="zeros", align_corners=True)
+            loss = torch.mean((moved.reshape(tgt.shape) - tgt) ** 2)
+            loss.backward()
+            opt.step()
+            loss_val = float(loss.detach())
+    with torch.no_grad():
+        a = (a0 + d_param).numpy()
+        t = 10.0 * t_param.numpy()
+    mni_to_patient = np.eye(4)
+    mni_to_patient[:3, :3] = a
+    mni_to_patient[:3, 3] = c_p + t - a @ c_t
+    return Registration(patient_to_mni=np.linalg.inv(mni_to_patient), residual=loss_val)

@@ -1,0 +1,313 @@
+"""Cerebral microbleeds on SWI / T2*: dark-spot candidates, then a five-block CNN that classifies each candidate patch.
+
+The classifier follows the source study (Vaish et al., "Identification of Cerebral Micro-Bleeds using CNN"): five
+convolutional blocks of 2-3 3x3 convolutions (zero padding, stride 1) with batch normalisation, each followed by a
+stride-2 pooling, then one hidden dense layer and the output. Training augments by flips and rotation. The study's
+patch-level accuracy says little about a subject, so this model is judged per subject: sensitivity and false positives.
+
+Pipeline (pure numpy up to the patches): robust intensity normalisation -> brain mask -> candidate dark spots (local
+minima of a darkness map, normalised convolution so the brain edge is not "dark") -> 3-slice patches resampled to a
+fixed physical size -> CNN probability -> non-maximum merge within ``merge_mm`` -> microbleeds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from triage_node.inference.card import ModelCard
+from triage_node.inference.types import Finding, ModelOutput
+from triage_node.preprocess.volume import Volume
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    """Candidate detection and patch geometry (mm), stored in the model card so training and inference agree."""
+
+    patch_px: int = 32
+    patch_mm: float = 24.0
+    slice_offset_mm: float = 2.0
+    min_contrast: float = 0.25
+    max_candidates: int = 600
+    min_separation_mm: float = 4.0
+    merge_mm: float = 6.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CandidateConfig:
+        return cls(**{k: type(getattr(cls(), k))(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """``centres``: (N, 3) float voxel (z, y, x); ``contrast``: (N,) darkness relative to the local background;
+    ``brain``: bool (z, y, x) mask; ``scale``: the normalisation divisor used for the patches."""
+
+    centres: np.ndarray
+    contrast: np.ndarray
+    brain: np.ndarray
+    scale: float
+
+
+def _gauss_sigma(mm: float, spacing: tuple[float, float, float]) -> list[float]:
+    return [mm / s for s in spacing]
+
+
+def brain_mask(img: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, float]:
+    """A brain mask of an SWI magnitude image and the intensity scale (median of brain tissue).
+
+    ``img``: float (z, y, x). Foreground above 30% of the robust tissue level, eroded ~3 mm so the dark skull separates
+    brain from scalp, largest component, dilated back and hole-filled. Returns (bool mask, scale).
+    """
+    pos = img[img > np.percentile(img, 50)]
+    level = float(np.median(pos)) if pos.size else 1.0
+    fg = img > 0.3 * level
+    it = max(1, int(round(3.0 / min(spacing))))
+    st = ndimage.generate_binary_structure(3, 1)
+    # Erosion by a fixed voxel count: anisotropic slices make this a little larger in z, which is harmless here.
+    core = ndimage.binary_erosion(fg, st, iterations=it)
+    lab, n = ndimage.label(core)
+    if n == 0:
+        return fg, level
+    sizes = ndimage.sum(core, lab, index=np.arange(1, n + 1))
+    core = lab == (1 + int(np.argmax(sizes)))
+    mask = ndimage.binary_dilation(core, st, iterations=it) & fg
+    # Close over ~4 mm so dark spots on the brain surface (juxtacortical bleeds) stay inside the mask.
+    ci = max(1, int(round(4.0 / min(spacing))))
+    mask = ndimage.binary_closing(np.pad(mask, ci), st, iterations=ci)[ci:-ci, ci:-ci, ci:-ci]
+    # The closing can also take in skull (dark on SWI); drop dark components far larger than any microbleed (> 4 ml).
+    dark = mask & (ndimage.gaussian_filter(img, [1.0 / s for s in spacing]) < 0.2 * level)
+    lab, n = ndimage.label(dark)
+    if n:
+        vol_ml = np.bincount(lab.ravel()) * float(np.prod(spacing)) / 1000.0
+        big = np.flatnonzero(vol_ml > 4.0)
+        big = big[big > 0]
+        if big.size:
+            mask &= ~ndimage.binary_dilation(np.isin(lab, big), st, iterations=1)
+    for k in range(mask.shape[0]):
+        mask[k] = ndimage.binary_fill_holes(mask[k])
+    scale = float(np.median(img[mask])) if mask.any() else level
+    return mask, max(scale, 1e-6)
+
+
+def find_candidates(img: np.ndarray, spacing: tuple[float, float, float], cfg: CandidateConfig) -> Candidates:
+    """Dark-spot candidates in an SWI volume (float (z, y, x)); at most ``cfg.max_candidates``, darkest first."""
+    img = np.asarray(img, dtype=np.float32)
+    mask, scale = brain_mask(img, spacing)
+    m = mask.astype(np.float32)
+    x = img / scale * m
+    eps = 1e-3
+    small = ndimage.gaussian_filter(x, _gauss_sigma(0.6, spacing)) / (
+        ndimage.gaussian_filter(m, _gauss_sigma(0.6, spacing)) + eps
+    )
+    bg = ndimage.gaussian_filter(x, _gauss_sigma(5.0, spacing)) / (
+        ndimage.gaussian_filter(m, _gauss_sigma(5.0, spacing)) + eps
+    )
+    dark = np.where(m > 0, (bg - small) / np.maximum(bg, 0.05), 0.0).astype(np.float32)
+    inner = ndimage.binary_erosion(mask, iterations=1)
+    size = [max(3, int(round(cfg.min_separation_mm / s)) | 1) for s in spacing]
+    peaks = (dark == ndimage.maximum_filter(dark, size=size)) & (dark > cfg.min_contrast) & inner
+    idx = np.argwhere(peaks)
+    vals = dark[peaks]
+    order = np.argsort(-vals)[: cfg.max_candidates]
+    return Candidates(idx[order].astype(np.float64), vals[order].astype(np.float32), mask, scale)
+
+
+def extract_patches(
+    img: np.ndarray, spacing: tuple[float, float, float], centres: np.ndarray, scale: float, cfg: CandidateConfig
+) -> np.ndarray:
+    """3-slice patches around ``centres`` (N, 3 voxel z, y, x) resampled to ``patch_mm`` at ``patch_px``.
+
+    Returns float32 (N, 3, patch_px, patch_px): the slices at -offset, 0, +offset mm, divided by ``scale`` and centred
+    on 1 (so 0 is tissue level and dark spots are negative).
+    """
+    n = len(centres)
+    p = cfg.patch_px
+    if n == 0:
+        return np.zeros((0, 3, p, p), dtype=np.float32)
+    ax = (np.arange(p) - (p - 1) / 2.0) * (cfg.patch_mm / p)
+    dz = np.array([-cfg.slice_offset_mm, 0.0, cfg.slice_offset_mm]) / spacing[0]
+    yy = ax[:, None] / spacing[1]
+    xx = ax[None, :] / spacing[2]
+    c = np.asarray(centres, dtype=np.float64)
+    z = c[:, 0, None, None, None] + dz[None, :, None, None] + 0 * yy[None, None]
+    y = c[:, 1, None, None, None] + yy[None, None] + 0 * dz[None, :, None, None]
+    xg = c[:, 2, None, None, None] + xx[None, None] + 0 * dz[None, :, None, None]
+    shape = (n, 3, p, p)
+    coords = np.stack([np.broadcast_to(a, shape).ravel() for a in (z, y, xg)])
+    vals = ndimage.map_coordinates(np.asarray(img, np.float32), coords, order=1, mode="nearest")
+    return (vals.reshape(shape) / scale - 1.0).astype(np.float32)
+
+
+class CmbNet(nn.Module):
+    """The source study's classifier: five conv blocks (2, 2, 3, 3, 3 convs of 3x3, zero padding, stride 1, batch norm,
+    ReLU, then 2x2 max pooling with stride 2), one hidden dense layer, one output logit. Input (N, 3, 32, 32)."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        widths: tuple[int, ...] = (16, 32, 48, 64, 64),
+        hidden: int = 64,
+        convs: tuple[int, ...] = (2, 2, 3, 3, 3),
+        patch_px: int = 32,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        if len(widths) != 5 or len(convs) != 5:
+            raise ValueError(f"CmbNet needs five blocks: widths={widths}, convs={convs}")
+        blocks: list[nn.Module] = []
+        cin = in_channels
+        for w, k in zip(widths, convs, strict=True):
+            layers: list[nn.Module] = []
+            for _ in range(k):
+                layers += [
+                    nn.Conv2d(cin, w, 3, stride=1, padding=1, bias=False),
+                    nn.BatchNorm2d(w),
+                    nn.ReLU(inplace=True),
+                ]
+                cin = w
+            layers.append(nn.MaxPool2d(2, stride=2))
+            blocks.append(nn.Sequential(*layers))
+        self.blocks = nn.Sequential(*blocks)
+        side = patch_px // 32
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(cin * side * side, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(x)).squeeze(1)
+
+
+def build_cmb_net(**kw: Any) -> CmbNet:
+    return CmbNet(**kw)
+
+
+def merge_detections(
+    centres: np.ndarray, probs: np.ndarray, spacing: tuple[float, float, float], merge_mm: float
+) -> np.ndarray:
+    """Greedy non-maximum merge: indices of kept detections, highest probability first, none closer than ``merge_mm``."""
+    order = np.argsort(-probs)
+    sp = np.asarray(spacing)
+    kept: list[int] = []
+    for i in order:
+        if all(np.linalg.norm((centres[i] - centres[j]) * sp) >= merge_mm for j in kept):
+            kept.append(int(i))
+    return np.asarray(kept, dtype=int)
+
+
+def estimate_radius_mm(img: np.ndarray, spacing: tuple[float, float, float], centre: np.ndarray, scale: float) -> float:
+    """Apparent (bloomed) radius of a dark spot: equivalent sphere of the voxels darker than half-way to tissue."""
+    sp = np.asarray(spacing)
+    ext = np.ceil(7.0 / sp).astype(int)
+    c = np.round(centre).astype(int)
+    lo = np.maximum(c - ext, 0)
+    hi = np.minimum(c + ext + 1, np.asarray(img.shape))
+    box = img[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] / scale
+    local = np.clip(c - lo, 0, np.asarray(box.shape) - 1)
+    level = float(np.median(box))
+    thr = 0.5 * (float(box[tuple(local)]) + level)
+    lab, _ = ndimage.label(box < thr)
+    k = lab[tuple(local)]
+    n = int((lab == k).sum()) if k else 1
+    return float((3.0 * n * float(np.prod(sp)) / (4.0 * np.pi)) ** (1.0 / 3.0))
+
+
+@dataclass
+class CmbDetector:
+    """The detection logic with a network in hand (used by the analyzer, training evaluation and tests)."""
+
+    net: CmbNet
+    cfg: CandidateConfig
+    threshold: float = 0.5
+    batch_size: int = 128
+
+    def score(self, patches: np.ndarray) -> np.ndarray:
+        """CNN probabilities for patches (N, 3, p, p) -> (N,) float32."""
+        self.net.eval()
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(patches), self.batch_size):
+                logits = self.net(torch.from_numpy(np.ascontiguousarray(patches[i : i + self.batch_size])))
+                out.append(torch.sigmoid(logits.float()).numpy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def candidates(self, img: np.ndarray, spacing: tuple[float, float, float]) -> tuple[Candidates, np.ndarray]:
+        """All candidates and their CNN probabilities (before thresholding and merging)."""
+        cands = find_candidates(img, spacing, self.cfg)
+        return cands, self.score(extract_patches(img, spacing, cands.centres, cands.scale, self.cfg))
+
+    def select(
+        self, cands: Candidates, probs: np.ndarray, spacing: tuple[float, float, float], threshold: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Centres (K, 3 voxel) and probabilities (K,) at or above the threshold, merged within ``merge_mm``."""
+        thr = self.threshold if threshold is None else threshold
+        sel = probs >= thr
+        centres, p = cands.centres[sel], probs[sel]
+        keep = merge_detections(centres, p, spacing, self.cfg.merge_mm)
+        return centres[keep].reshape(-1, 3), p[keep]
+
+
+class CmbAnalyzer:
+    """Microbleed analyzer for a ``models/cmb`` card: ``analyze(volume)`` on an SWI / T2* magnitude Volume."""
+
+    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu") -> None:
+        from safetensors.torch import load_file
+
+        self.card = card
+        self.name = card.name
+        self.version = card.version
+        self.device_uid = card.device_uid
+        torch.set_num_threads(threads)
+        net = build_cmb_net(**dict(card.architecture.get("params", {})))
+        net.load_state_dict(load_file(str(card.weights_path)))
+        cfg = CandidateConfig.from_dict(dict(card.input.get("candidates", {})))
+        self.detector = CmbDetector(net.eval(), cfg, float(card.thresholds.get("microbleed", 0.5)))
+
+    def analyze(self, volume: Volume) -> ModelOutput:
+        return analyze_with(self.detector, volume, self.name, self.version)
+
+
+def analyze_with(detector: CmbDetector, volume: Volume, name: str, version: str) -> ModelOutput:
+    """Run ``detector`` on ``volume`` and build the ``microbleed`` finding and sphere mask."""
+    t0 = time.perf_counter()
+    img = np.asarray(volume.pixels, dtype=np.float32)
+    cands, all_probs = detector.candidates(img, volume.spacing)
+    centres, probs = detector.select(cands, all_probs, volume.spacing)
+    mask = np.zeros(img.shape, dtype=bool)
+    sp = np.asarray(volume.spacing)
+    for c in centres:
+        r = estimate_radius_mm(img, volume.spacing, c, cands.scale)
+        ext = np.ceil(r / sp).astype(int) + 1
+        lo = np.maximum(np.round(c).astype(int) - ext, 0)
+        hi = np.minimum(np.round(c).astype(int) + ext + 1, np.asarray(img.shape))
+        zz, yy, xx = np.ogrid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        d2 = ((zz - c[0]) * sp[0]) ** 2 + ((yy - c[1]) * sp[1]) ** 2 + ((xx - c[2]) * sp[2]) ** 2
+        mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] |= d2 <= r * r
+    positions = tuple(tuple(float(v) for v in p) for p in volume.voxel_to_patient(centres)) if len(centres) else ()
+    key = tuple(dict.fromkeys(int(round(c[0])) for c in centres))  # centres come highest probability first
+    finding = Finding(
+        label="microbleed",
+        present=len(centres) > 0,
+        probability=float(np.clip(all_probs.max(), 0.0, 1.0)) if len(all_probs) else 0.0,
+        model=name,
+        model_version=version,
+        count=len(centres),
+        key_slices=key,
+        positions=positions,
+    )
+    return ModelOutput(
+        model=name,
+        model_version=version,
+        findings=(finding,),
+        masks={"microbleed": mask},
+        seconds=time.perf_counter() - t0,
+    )

@@ -1,0 +1,105 @@
+"""Acute infarct on DWI with its location: crop-grid segmentation, then the region atlas registered to the patient.
+
+Input: a Volume of the b=1000 (trace) images of a DWI series; b=0 and ADC are not needed (the series router should hand
+over the highest b-value near 1000). The lesion is segmented by the crop-grid segmenter (``CropGridSegmenter``, shared
+with the CT hemorrhage model), the MNI region atlas (``triage_node.inference.atlas``) is affinely registered to the
+volume's parenchyma, and the location is the atlas region holding most of the lesion's voxels, the side is the side of
+the MNI midline most of them lie on ("bilateral" when each side holds at least a fifth).
+
+Why segment + atlas rather than the source study's direct classifier: see ``models/infarct/model.yaml`` (training.
+design_choice) and docs/models_mr.md - on the same held-out synthetic cases the direct classifier was far less accurate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from triage_node.inference.atlas import Region, Registration, load_mni_atlas, register_to_mni
+from triage_node.inference.card import ModelCard
+from triage_node.inference.types import Finding, ModelOutput
+from triage_node.preprocess.volume import Volume
+
+log = logging.getLogger(__name__)
+
+BILATERAL_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a lesion lies: ``region`` (None when it falls outside the atlas brain), ``side`` (left | right |
+    bilateral), the share of lesion voxels in that region, and the phrase used in the finding ("right thalamus")."""
+
+    region: Region | None
+    side: str
+    region_share: float
+
+    @property
+    def phrase(self) -> str:
+        return f"{self.side} {self.region.phrase}" if self.region is not None else f"{self.side} hemisphere"
+
+
+def locate(volume: Volume, mask: np.ndarray, registration: Registration) -> Location:
+    """Read a lesion's region and side off the MNI atlas. ``mask``: bool (z, y, x) aligned with ``volume``."""
+    atlas = load_mni_atlas()
+    pts = registration.voxels_to_mni(volume, np.argwhere(mask))
+    labels = atlas.lookup(pts)
+    counts = np.bincount(labels, minlength=len(Region) + 1)[1:]
+    if counts.sum() == 0:
+        region, share = None, 0.0
+    else:
+        k = int(np.argmax(counts))
+        region, share = Region(k + 1), float(counts[k] / max(len(labels), 1))
+    right = float((pts[:, 0] > 0).mean()) if len(pts) else 0.5
+    if BILATERAL_SHARE <= right <= 1 - BILATERAL_SHARE:
+        side = "bilateral"
+    else:
+        side = "right" if right > 0.5 else "left"
+    return Location(region, side, share)
+
+
+class InfarctAnalyzer:
+    """Analyzer for a ``models/infarct`` card (a crop-grid segmenter card with ``finding_label: infarct``)."""
+
+    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu") -> None:
+        from triage_node.inference.segmenter import CropGridSegmenter
+
+        self.card = card
+        self.name = card.name
+        self.version = card.version
+        self.device_uid = card.device_uid
+        self.threads = threads
+        self.segmenter = CropGridSegmenter(card, threads=threads, device=device)
+
+    def analyze(self, volume: Volume) -> ModelOutput:
+        t0 = time.monotonic()
+        mask, gate = self.segmenter.segment(volume.pixels, volume.spacing)
+        present = bool(mask.any())
+        location: Location | None = None
+        if present:
+            try:
+                location = locate(volume, mask, register_to_mni(volume))
+            except ValueError as e:  # no parenchyma found: report the lesion without a location
+                log.warning(
+                    "infarct: atlas registration failed for series with %d slices: %s", volume.pixels.shape[0], e
+                )
+        per_slice = mask.sum(axis=(1, 2))
+        order = np.argsort(-per_slice, kind="stable")
+        finding = Finding(
+            label="infarct",
+            present=present,
+            probability=float(np.clip(gate, 0.0, 1.0)),
+            model=self.name,
+            model_version=self.version,
+            volume_ml=round(float(mask.sum()) * volume.voxel_volume_ml, 2) if present else 0.0,
+            location=location.phrase if location is not None else None,
+            laterality=location.side if location is not None else None,
+            key_slices=tuple(int(i) for i in order if per_slice[i] > 0),
+            positions=(tuple(float(v) for v in volume.voxel_to_patient(np.argwhere(mask).mean(axis=0))[0]),)
+            if present
+            else (),
+        )
+        return ModelOutput(self.name, self.version, (finding,), masks={"infarct": mask}, seconds=time.monotonic() - t0)

@@ -1,0 +1,156 @@
+"""``triage-node train-mr | evaluate-mr``: training and evaluation of the MR models (cmb, infarct).
+
+Registered by :func:`register` (the main CLI adds it next to the CT ``train``/``evaluate``); also runnable on its own
+as ``python -m triage_node.training.mr_cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+MR_MODELS = ("cmb", "infarct")
+DEFAULT_CACHE_ROOT = Path("/tmp/triage-node-cache")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", choices=MR_MODELS, help="which MR model")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="synthetic case cache (default /tmp/triage-node-cache/<model>; derived data, never commit)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes generating synthetic cases")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _cache(a: argparse.Namespace) -> Path:
+    return a.cache if a.cache is not None else DEFAULT_CACHE_ROOT / a.model
+
+
+def cmd_train_mr(a: argparse.Namespace) -> int:
+    from triage_node.training.loop import TrainConfig
+
+    cfg = TrainConfig(
+        epochs=a.epochs,
+        lr=a.lr,
+        weight_decay=a.weight_decay,
+        one_cycle=not a.no_one_cycle,
+        amp=not a.no_amp,
+        device=a.device,
+        seed=a.seed,
+        threads=a.threads,
+        checkpoint_dir=a.out / "checkpoints",
+        progress=not a.no_progress,
+        max_steps_per_epoch=a.max_steps_per_epoch,
+    )
+    if a.model == "cmb":
+        from triage_node.training.mr_cmb import CmbRecipe, train_cmb
+
+        recipe = CmbRecipe(
+            n_train=a.n_train,
+            n_val=a.n_val,
+            batch_size=a.batch_size,
+            steps_per_epoch=a.steps_per_epoch or 150,
+            augment=not a.no_augment,
+            max_fp_per_subject=a.max_fp,
+            transfer_from=a.transfer_from,
+            freeze_blocks=a.freeze_blocks,
+        )
+        res = train_cmb(_cache(a), a.out, recipe, cfg, a.version, workers=a.workers, progress=not a.no_progress)
+        print(json.dumps(res["operating_point"], indent=1))
+    else:
+        from triage_node.training.mr_infarct import InfarctRecipe, train_infarct
+
+        recipe_i = InfarctRecipe(
+            n_train=a.n_train, n_val=a.n_val, batch_size=a.batch_size, base=a.base, steps_per_epoch=a.steps_per_epoch
+        )
+        train_infarct(_cache(a), a.out, recipe_i, cfg, a.version, workers=a.workers, progress=not a.no_progress)
+    print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_evaluate_mr(a: argparse.Namespace) -> int:
+    if a.model == "cmb":
+        from triage_node.training.mr_cmb import evaluate_cmb
+
+        report = evaluate_cmb(a.model_dir, _cache(a), a.n_test, workers=a.workers, progress=not a.no_progress)
+        report.pop("curve", None)
+    else:
+        from triage_node.training.mr_infarct import evaluate_infarct, run_direct_baseline
+
+        baseline = None
+        if a.baseline_train > 0:
+            baseline = run_direct_baseline(_cache(a), a.baseline_train, a.n_test, seed=a.seed)
+        report = evaluate_infarct(
+            a.model_dir,
+            _cache(a),
+            a.n_test,
+            a.n_negative,
+            workers=a.workers,
+            progress=not a.no_progress,
+            baseline=baseline,
+        )
+        report.pop("cases", None)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``train-mr`` and ``evaluate-mr`` to the main CLI; each sets ``func``."""
+    p = subparsers.add_parser("train-mr", help="train an MR model (cmb | infarct) on synthetic MR")
+    _common(p)
+    p.add_argument("--out", type=Path, required=True, help="model directory to write (weights, model.yaml, plots)")
+    p.add_argument("--n-train", type=int, default=120, help="synthetic training cases (seeds 0..n-1)")
+    p.add_argument("--n-val", type=int, default=24, help="synthetic validation cases (seeds 100000..)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--no-one-cycle", action="store_true")
+    p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CPU (fp16 on CUDA)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--max-fp", type=float, default=0.5, help="cmb: FP/subject budget for the validation threshold")
+    p.add_argument(
+        "--transfer-from",
+        type=Path,
+        default=None,
+        help="cmb: transfer-learning variant - initialise from this checkpoint (matching tensors)",
+    )
+    p.add_argument("--freeze-blocks", type=int, default=0, help="cmb: with --transfer-from, freeze the first N blocks")
+    p.add_argument("--base", type=int, default=16, help="infarct: segmenter base channels")
+    p.set_defaults(func=cmd_train_mr)
+
+    p = subparsers.add_parser("evaluate-mr", help="evaluate an MR model on held-out synthetic cases; JSON + PNG")
+    _common(p)
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--n-test", type=int, default=40, help="held-out cases (seeds 200000..)")
+    p.add_argument("--n-negative", type=int, default=10, help="infarct: held-out cases without infarct (300000..)")
+    p.add_argument(
+        "--baseline-train",
+        type=int,
+        default=0,
+        help="infarct: also train/evaluate the direct location classifier on this many training cases",
+    )
+    p.set_defaults(func=cmd_evaluate_mr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="triage-node")
+    register(parser.add_subparsers(dest="command", required=True))
+    a = parser.parse_args(argv)
+    return int(a.func(a))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

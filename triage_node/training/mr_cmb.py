@@ -1,0 +1,429 @@
+"""Training and per-subject evaluation of the microbleed model on synthetic SWI (``triage_node.synth.mr``).
+
+Data: every synthetic case is run through the same candidate detector as inference; candidates within
+``max(3 mm, radius + 1.5 mm)`` of a true bleed are positives, all others negatives (veins, skull base, noise). Bleeds the
+detector misses are added as extra training positives (patch at the true centre) but count as misses in evaluation.
+Patches are cached as ``.npz`` per seed under the cache directory (derived data: never commit it; part of it comes from
+the GPL head CT).
+
+Seeds: training 0.., validation 100000.., test 200000..: held-out seeds are never used in training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from triage_node.inference.cmb import (
+    CandidateConfig,
+    CmbDetector,
+    CmbNet,
+    build_cmb_net,
+    extract_patches,
+    find_candidates,
+)
+from triage_node.training.loop import TrainConfig, fit
+
+log = logging.getLogger(__name__)
+
+SPLIT_BASE = {"train": 0, "val": 100_000, "test": 200_000}
+CMB_ANALYZER = "triage_node.inference.cmb:CmbAnalyzer"
+DEFAULT_CACHE = Path("/tmp/triage-node-cache/cmb")
+
+
+def split_seeds(split: str, n: int) -> list[int]:
+    if split not in SPLIT_BASE:
+        raise ValueError(f"split must be one of {sorted(SPLIT_BASE)}, got {split!r}")
+    return list(range(SPLIT_BASE[split], SPLIT_BASE[split] + n))
+
+
+def match_radius_mm(radius: float) -> float:
+    """How far a detection may be from a true bleed centre and still count as that bleed."""
+    return max(3.0, radius + 1.5)
+
+
+def case_record(seed: int, cfg: CandidateConfig) -> dict[str, np.ndarray]:
+    """Synthesize one SWI case and return its candidate patches, labels and ground truth (see module docstring)."""
+    from triage_node.synth.mr import make_swi_case
+
+    case = make_swi_case(seed)
+    cands = find_candidates(case.volume, case.spacing, cfg)
+    sp = np.asarray(case.spacing)
+    labels = np.zeros(len(cands.centres), dtype=np.int8)
+    nearest = np.full(len(case.centres), np.inf)
+    for k, (c, r) in enumerate(zip(case.centres, case.radii, strict=True)):
+        if len(cands.centres):
+            d = np.linalg.norm((cands.centres - c) * sp, axis=1)
+            labels[d <= match_radius_mm(r)] = 1
+            nearest[k] = d.min()
+    patches = extract_patches(case.volume, case.spacing, cands.centres, cands.scale, cfg)
+    missed = [k for k in range(len(case.centres)) if nearest[k] > match_radius_mm(case.radii[k])]
+    extra = extract_patches(case.volume, case.spacing, case.centres[missed], cands.scale, cfg)
+    return {
+        "patches": patches.astype(np.float16),
+        "labels": labels,
+        "centres": cands.centres.astype(np.float32),
+        "extra_pos": extra.astype(np.float16),
+        "truth": case.centres.astype(np.float32),
+        "radii": case.radii.astype(np.float32),
+        "spacing": np.asarray(case.spacing, np.float32),
+        "source": np.asarray(case.source),
+    }
+
+
+def _write_record(args: tuple[Path, int, CandidateConfig]) -> int:
+    cache, seed, cfg = args
+    path = cache / f"swi_{seed}.npz"
+    if not path.exists():
+        rec = case_record(seed, cfg)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **rec)
+        tmp.replace(path)
+    return seed
+
+
+def generate(cache: Path, seeds: Sequence[int], cfg: CandidateConfig, workers: int = 1, progress: bool = True) -> None:
+    """Write missing ``swi_<seed>.npz`` records (``workers`` processes)."""
+    from tqdm import tqdm
+
+    cache.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in seeds if not (cache / f"swi_{s}.npz").exists()]
+    jobs = [(cache, s, cfg) for s in todo]
+    if workers <= 1:
+        for j in tqdm(jobs, desc="swi cases", disable=not progress):
+            _write_record(j)
+        return
+    with ProcessPoolExecutor(workers) as ex:
+        for _ in tqdm(ex.map(_write_record, jobs), total=len(jobs), desc="swi cases", disable=not progress):
+            pass
+
+
+def load_records(cache: Path, seeds: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    out = []
+    for s in seeds:
+        with np.load(cache / f"swi_{s}.npz") as z:
+            out.append({k: z[k] for k in z.files})
+    return out
+
+
+@dataclass(frozen=True)
+class PatchSet:
+    x: torch.Tensor  # float16 (N, 3, p, p)
+    y: torch.Tensor  # float32 (N,)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def patch_set(records: list[dict[str, np.ndarray]], with_extra: bool = True) -> PatchSet:
+    xs = [r["patches"] for r in records]
+    ys = [r["labels"].astype(np.float32) for r in records]
+    if with_extra:
+        xs += [r["extra_pos"] for r in records if len(r["extra_pos"])]
+        ys += [np.ones(len(r["extra_pos"]), np.float32) for r in records if len(r["extra_pos"])]
+    return PatchSet(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
+
+
+def augment_patches(x: torch.Tensor, g: torch.Generator, rotate_deg: float = 180.0) -> torch.Tensor:
+    """Flips (both in-plane axes) and a random in-plane rotation, as in the source study; z order also flips."""
+    n = x.shape[0]
+    f = torch.rand(n, generator=g) < 0.5
+    x = torch.where(f[:, None, None, None], x.flip(-1), x)
+    f = torch.rand(n, generator=g) < 0.5
+    x = torch.where(f[:, None, None, None], x.flip(-2), x)
+    f = torch.rand(n, generator=g) < 0.5
+    x = torch.where(f[:, None, None, None], x.flip(1), x)  # swap the slices above and below
+    if rotate_deg > 0:
+        ang = (torch.rand(n, generator=g) * 2 - 1) * np.deg2rad(rotate_deg)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 1] = torch.cos(ang), -torch.sin(ang)
+        theta[:, 1, 0], theta[:, 1, 1] = torch.sin(ang), torch.cos(ang)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    gain = 1.0 + (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * 0.1
+    return x * gain
+
+
+def balanced_batches(data: PatchSet, batch_size: int, pos_fraction: float, augment: bool) -> Any:
+    """Batches with a fixed share of positives (they are ~1-5% of candidates), augmented on the fly."""
+    pos = torch.nonzero(data.y > 0.5).flatten()
+    neg = torch.nonzero(data.y <= 0.5).flatten()
+    n_pos = max(1, int(round(batch_size * pos_fraction)))
+
+    def gen(epoch: int, size: int | None, g: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            ip = pos[torch.randint(len(pos), (n_pos,), generator=g)]
+            ineg = neg[torch.randint(len(neg), (batch_size - n_pos,), generator=g)]
+            idx = torch.cat([ip, ineg])
+            x = data.x[idx].float()
+            if augment:
+                x = augment_patches(x, g)
+            yield x, data.y[idx]
+
+    return gen
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Per-subject evaluation
+
+
+def subject_counts(
+    detector: CmbDetector, rec: dict[str, np.ndarray], probs: np.ndarray, threshold: float
+) -> tuple[int, int, int]:
+    """(true bleeds, detected bleeds, false positives) for one case at ``threshold`` after merging."""
+    from triage_node.inference.cmb import Candidates
+
+    spacing = tuple(float(v) for v in rec["spacing"])
+    cands = Candidates(
+        rec["centres"].astype(np.float64), np.zeros(len(rec["centres"]), np.float32), np.zeros((1, 1, 1), bool), 1.0
+    )
+    centres, _ = detector.select(cands, probs, spacing, threshold)  # type: ignore[arg-type]
+    sp = np.asarray(spacing)
+    truth, radii = rec["truth"].astype(np.float64), rec["radii"]
+    used = np.zeros(len(centres), dtype=bool)
+    found = 0
+    for c, r in zip(truth, radii, strict=True):
+        if len(centres) == 0:
+            continue
+        d = np.linalg.norm((centres - c) * sp, axis=1)
+        d[used] = np.inf
+        k = int(np.argmin(d))
+        if d[k] <= match_radius_mm(float(r)):
+            used[k] = True
+            found += 1
+    return len(truth), found, int((~used).sum())
+
+
+def froc(detector: CmbDetector, records: list[dict[str, np.ndarray]], thresholds: Sequence[float]) -> dict[str, Any]:
+    """Per-subject sensitivity (pooled over bleeds and mean over subjects) and FP/subject at each threshold."""
+    probs = [detector.score(r["patches"].astype(np.float32)) for r in records]
+    rows = []
+    for t in thresholds:
+        counts = [subject_counts(detector, r, p, t) for r, p in zip(records, probs, strict=True)]
+        n_true = sum(c[0] for c in counts)
+        n_found = sum(c[1] for c in counts)
+        per_subj = [c[1] / c[0] for c in counts if c[0] > 0]
+        fps = [c[2] for c in counts]
+        exact = [int(c[1] + c[2] == c[0]) for c in counts]
+        rows.append(
+            {
+                "threshold": float(t),
+                "sensitivity": n_found / max(n_true, 1),
+                "mean_subject_sensitivity": float(np.mean(per_subj)) if per_subj else None,
+                "fp_per_subject": float(np.mean(fps)),
+                "subjects_without_fp": float(np.mean([f == 0 for f in fps])),
+                "count_exact": float(np.mean(exact)),
+            }
+        )
+    return {"subjects": len(records), "bleeds": int(sum(len(r["truth"]) for r in records)), "curve": rows}
+
+
+def pick_threshold(curve: list[dict[str, Any]], max_fp: float) -> dict[str, Any]:
+    """The most sensitive operating point with FP/subject <= ``max_fp`` (ties: the higher threshold)."""
+    ok = [r for r in curve if r["fp_per_subject"] <= max_fp]
+    if not ok:
+        return max(curve, key=lambda r: r["threshold"])
+    return max(ok, key=lambda r: (r["sensitivity"], r["threshold"]))
+
+
+def candidate_recall(records: list[dict[str, np.ndarray]]) -> float:
+    """Share of true bleeds that the candidate detector reaches at all (the ceiling on sensitivity)."""
+    n = sum(len(r["truth"]) for r in records)
+    hit = 0
+    for r in records:
+        sp = r["spacing"].astype(np.float64)
+        for c, rad in zip(r["truth"], r["radii"], strict=True):
+            if len(r["centres"]) and np.linalg.norm((r["centres"] - c) * sp, axis=1).min() <= match_radius_mm(
+                float(rad)
+            ):
+                hit += 1
+    return hit / max(n, 1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass(frozen=True)
+class CmbRecipe:
+    n_train: int = 160
+    n_val: int = 40
+    batch_size: int = 64
+    pos_fraction: float = 0.25
+    steps_per_epoch: int = 150
+    augment: bool = True
+    max_fp_per_subject: float = 0.5
+    transfer_from: Path | None = None
+    freeze_blocks: int = 0
+    widths: tuple[int, ...] = (16, 32, 48, 64, 64)
+
+
+def freeze(net: CmbNet, n_blocks: int) -> None:
+    """Transfer-learning variant: keep the first ``n_blocks`` conv blocks fixed (batch-norm statistics too)."""
+    for b in list(net.blocks)[:n_blocks]:
+        for p in b.parameters():
+            p.requires_grad_(False)
+        b.eval()
+
+
+def train_cmb(
+    cache: Path,
+    out: Path,
+    recipe: CmbRecipe,
+    cfg: TrainConfig,
+    version: str = "1.0.0",
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate (if missing) and load the cached cases, train, pick the operating point on validation, write ``out``."""
+    from triage_node.training.mr_cards import write_cmb_dir
+
+    ccfg = CandidateConfig()
+    tr, va = split_seeds("train", recipe.n_train), split_seeds("val", recipe.n_val)
+    generate(cache, tr + va, ccfg, workers=workers, progress=progress)
+    train_recs, val_recs = load_records(cache, tr), load_records(cache, va)
+    data = patch_set(train_recs)
+    log.info("cmb: %d training patches (%d positive)", len(data), int(data.y.sum()))
+    net = build_cmb_net(widths=recipe.widths)
+    if recipe.transfer_from is not None:
+        from triage_node.training.loop import load_init
+
+        load_init(net, recipe.transfer_from)
+    cfg_fit = cfg if recipe.transfer_from is None else TrainConfig(**{**cfg.__dict__, "init_from": None})
+    if recipe.freeze_blocks:
+        freeze(net, recipe.freeze_blocks)
+    pos_w = torch.tensor(1.0)
+
+    def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x, y = batch
+        return F.binary_cross_entropy_with_logits(m(x).float(), y, pos_weight=pos_w)
+
+    val_set = patch_set(val_recs, with_extra=False)
+    detector = CmbDetector(net, ccfg)
+
+    def validate(m: torch.nn.Module) -> dict[str, float]:
+        p = detector.score(val_set.x.float().numpy())
+        y = val_set.y.numpy()
+        eps = 1e-6
+        loss = float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)))
+        curve = froc(detector, val_recs, [0.5, 0.7, 0.9])["curve"]
+        best = pick_threshold(curve, recipe.max_fp_per_subject)
+        return {"val_loss": loss, "val_sens": best["sensitivity"], "val_fp": best["fp_per_subject"]}
+
+    t0 = time.monotonic()
+    hist, best = fit(
+        net,
+        balanced_batches(data, recipe.batch_size, recipe.pos_fraction, recipe.augment),
+        recipe.steps_per_epoch,
+        loss_fn,
+        validate,
+        cfg_fit,
+    )
+    net.load_state_dict(best)
+    grid = [float(t) for t in np.round(np.linspace(0.05, 0.99, 48), 3)]
+    val_curve = froc(detector, val_recs, grid)
+    op = pick_threshold(val_curve["curve"], recipe.max_fp_per_subject)
+    training = {
+        "data": (
+            f"synthetic SWI: {len(tr)} cases (seeds {tr[0]}-{tr[-1]}), ~70% from MNI152 tissue maps, ~30% from "
+            "the invesalius head CT; 0-8 microbleeds each (2-10 mm, blooming), veins as distractors"
+        ),
+        "patches": len(data),
+        "positive_patches": int(data.y.sum()),
+        "validation": f"{len(va)} cases (seeds {va[0]}-{va[-1]}), used to pick the operating threshold",
+        "recipe": {
+            "optimizer": f"AdamW lr {cfg.lr} weight_decay {cfg.weight_decay}",
+            "schedule": "one-cycle" if cfg.one_cycle else "constant",
+            "epochs": cfg.epochs,
+            "steps_per_epoch": recipe.steps_per_epoch,
+            "batch_size": recipe.batch_size,
+            "positive_fraction": recipe.pos_fraction,
+            "augmentation": "flips (x, y, slice order), rotation +-180 deg, gain +-10%" if recipe.augment else "off",
+            "mixed_precision": "bf16 autocast" if cfg.amp else "off",
+            "transfer_from": str(recipe.transfer_from) if recipe.transfer_from else None,
+            "freeze_blocks": recipe.freeze_blocks,
+            "seed": cfg.seed,
+        },
+        "seconds": round(time.monotonic() - t0, 1),
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "history.json").write_text(json.dumps(hist.to_json(), indent=1))
+    from triage_node.training.plots import history_plot
+
+    history_plot(out / "train_history.png", hist.to_json())
+    write_cmb_dir(
+        out,
+        best,
+        ccfg,
+        {"widths": list(recipe.widths)},
+        float(op["threshold"]),
+        training,
+        version,
+        {"validation_operating_point": op},
+    )
+    return {"operating_point": op, "history": hist.to_json()}
+
+
+def evaluate_cmb(model_dir: Path, cache: Path, n_test: int, workers: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Per-subject sensitivity and FP/subject on held-out test seeds; writes ``eval.json`` and FROC / count plots."""
+    from triage_node.inference.card import ModelCard
+    from triage_node.inference.cmb import CmbAnalyzer, analyze_with
+    from triage_node.synth.mr import make_swi_case, swi_volume
+    from triage_node.training.mr_cards import update_metrics
+    from triage_node.training.mr_plots import count_plot, froc_plot
+
+    card = ModelCard.load(model_dir / "model.yaml")
+    an = CmbAnalyzer(card)
+    det = an.detector
+    seeds = split_seeds("test", n_test)
+    generate(cache, seeds, det.cfg, workers=workers, progress=progress)
+    recs = load_records(cache, seeds)
+    grid = [float(t) for t in np.round(np.linspace(0.05, 0.99, 48), 3)]
+    res = froc(det, recs, sorted(set(grid + [det.threshold])))
+    at = next(r for r in res["curve"] if abs(r["threshold"] - det.threshold) < 1e-9)
+    # End-to-end speed and count agreement on a few whole volumes through the analyzer itself.
+    t_sec, counts = [], []
+    for s in seeds[: min(8, len(seeds))]:
+        case = make_swi_case(s)
+        out = analyze_with(det, swi_volume(case), an.name, an.version)
+        t_sec.append(out.seconds)
+        counts.append((len(case.centres), int(out.findings[0].count or 0)))
+    all_counts = []
+    for r in recs:
+        p = det.score(r["patches"].astype(np.float32))
+        n_true, found, fp = subject_counts(det, r, p, det.threshold)
+        all_counts.append((n_true, found + fp))
+    report = {
+        "test_seeds": f"{seeds[0]}-{seeds[-1]} (never used in training or threshold selection)",
+        "subjects": res["subjects"],
+        "bleeds": res["bleeds"],
+        "threshold": det.threshold,
+        "sensitivity": at["sensitivity"],
+        "mean_subject_sensitivity": at["mean_subject_sensitivity"],
+        "fp_per_subject": at["fp_per_subject"],
+        "subjects_without_fp": at["subjects_without_fp"],
+        "count_exact": at["count_exact"],
+        "candidate_recall": candidate_recall(recs),
+        "seconds_per_volume_mean": float(np.mean(t_sec)),
+        "target": "sensitivity >= 0.90 at <= 1 FP/subject",
+        "target_met": bool(at["sensitivity"] >= 0.9 and at["fp_per_subject"] <= 1.0),
+        "curve": res["curve"],
+    }
+    (model_dir / "eval.json").write_text(json.dumps(report, indent=1))
+    froc_plot(model_dir / "froc.png", res["curve"], det.threshold)
+    count_plot(model_dir / "counts.png", all_counts)
+    update_metrics(model_dir, {k: v for k, v in report.items() if k != "curve"})
+    return report
