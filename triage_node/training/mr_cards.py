@@ -48,7 +48,8 @@ def write_cmb_dir(
         device_uid=device_uid_for(sha),
         architecture=MappingProxyType(
             {
-                "net": "five conv blocks (2,2,3,3,3 x conv3x3, zero padding, stride 1, batch norm, ReLU, maxpool stride 2), "
+                "net": "five conv blocks (2,2,3,3,3 x conv3x3, zero padding, stride 1, batch norm, ReLU, "
+                "maxpool stride 2), "
                 "one hidden dense layer (64), one logit (Vaish et al.)",
                 "params": params,
                 "framework": "torch",
@@ -57,7 +58,7 @@ def write_cmb_dir(
         input=MappingProxyType(
             {
                 "sequence": "SWI or T2*-GRE magnitude (minIP or phase images are not used)",
-                "patch": "3 slices at -2/0/+2 mm, 24 x 24 mm resampled to 32 x 32 px, divided by the brain median, minus 1",
+                "patch": "3 slices at -2/0/+2 mm, 24 x 24 mm resampled to 32 x 32 px, / brain median - 1",
                 "candidates": asdict(cfg),
             }
         ),

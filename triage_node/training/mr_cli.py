@@ -128,6 +128,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--freeze-blocks", type=int, default=0, help="cmb: with --transfer-from, freeze the first N blocks")
     p.add_argument("--base", type=int, default=16, help="infarct: segmenter base channels")
+    p.add_argument("--train-seeds", default="", help="cmb: explicit training seeds, e.g. 0-45 (default: --n-train)")
+    p.add_argument("--val-seeds", default="", help="cmb: explicit validation seeds, e.g. 46-61,100000-100004")
     p.set_defaults(func=cmd_train_mr)
 
     p = subparsers.add_parser("evaluate-mr", help="evaluate an MR model on held-out synthetic cases; JSON + PNG")

@@ -1,8 +1,9 @@
 """Training and per-subject evaluation of the microbleed model on synthetic SWI (``triage_node.synth.mr``).
 
 Data: every synthetic case is run through the same candidate detector as inference; candidates within
-``max(3 mm, radius + 1.5 mm)`` of a true bleed are positives, all others negatives (veins, skull base, noise). Bleeds the
-detector misses are added as extra training positives (patch at the true centre) but count as misses in evaluation.
+``max(3 mm, radius + 1.5 mm)`` of a true bleed are positives, all others negatives (veins, skull base, noise). Bleeds
+the detector misses are added as extra training positives (patch at the true centre) but count as misses in
+evaluation.
 Patches are cached as ``.npz`` per seed under the cache directory (derived data: never commit it; part of it comes from
 the GPL head CT).
 
@@ -268,6 +269,27 @@ class CmbRecipe:
     transfer_from: Path | None = None
     freeze_blocks: int = 0
     widths: tuple[int, ...] = (16, 32, 48, 64, 64)
+    train_seeds: tuple[int, ...] = ()  # explicit seeds instead of the first n_train / n_val of each split
+    val_seeds: tuple[int, ...] = ()
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0-45,100000-100004"`` -> the seeds, inclusive ranges."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        a, _, b = part.partition("-")
+        out.extend(range(int(a), int(b or a) + 1))
+    return tuple(out)
+
+
+def _ranges(seeds: Sequence[int]) -> str:
+    s = sorted(seeds)
+    parts, start = [], s[0]
+    for a, b in zip(s, s[1:] + [None], strict=True):
+        if b != a + 1:
+            parts.append(f"{start}-{a}" if a != start else str(a))
+            start = b
+    return ",".join(parts)
 
 
 def freeze(net: CmbNet, n_blocks: int) -> None:
@@ -291,7 +313,10 @@ def train_cmb(
     from triage_node.training.mr_cards import write_cmb_dir
 
     ccfg = CandidateConfig()
-    tr, va = split_seeds("train", recipe.n_train), split_seeds("val", recipe.n_val)
+    tr = list(recipe.train_seeds) or split_seeds("train", recipe.n_train)
+    va = list(recipe.val_seeds) or split_seeds("val", recipe.n_val)
+    if set(tr) & set(va):
+        raise ValueError(f"training and validation seeds overlap: {sorted(set(tr) & set(va))[:5]}")
     generate(cache, tr + va, ccfg, workers=workers, progress=progress)
     train_recs, val_recs = load_records(cache, tr), load_records(cache, va)
     data = patch_set(train_recs)
@@ -342,7 +367,7 @@ def train_cmb(
         ),
         "patches": len(data),
         "positive_patches": int(data.y.sum()),
-        "validation": f"{len(va)} cases (seeds {va[0]}-{va[-1]}), used to pick the operating threshold",
+        "validation": f"{len(va)} cases (seeds {_ranges(va)}), used to pick the operating threshold",
         "recipe": {
             "optimizer": f"AdamW lr {cfg.lr} weight_decay {cfg.weight_decay}",
             "schedule": "one-cycle" if cfg.one_cycle else "constant",

@@ -228,7 +228,10 @@ def evaluate_infarct(
     progress: bool = True,
     baseline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the shipped analyzer end to end on held-out cases: detection, Dice, side + region, speed; eval.json + plots."""
+    """Run the shipped analyzer end to end on held-out cases: detection, Dice, side + region, speed.
+
+    Writes eval.json and PNG plots into ``model_dir`` and the figures into the card.
+    """
     from tqdm import tqdm
 
     from triage_node.inference.card import ModelCard
