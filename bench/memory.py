@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         assert d.proc is not None
         with Peak(rss_sampler(d.proc.pid)) as peak:
             peak.mark("idle")
+            peak.mark("receiving")
             t0 = time.perf_counter()
             storescu_folders(d.port, [paths[0].parent], "TRIAGE_NODE")
             t_recv = time.perf_counter() - t0

@@ -32,6 +32,10 @@ def _fmt(v: Any, unit: str = "") -> str:
     return f"{v:g}{unit}" if isinstance(v, int | float) else str(v)
 
 
+def _dcmtk_version(banner: str) -> str:
+    return next((w.lstrip("v") for w in banner.split() if w[:2].startswith("v") and w[1:2].isdigit()), "?")
+
+
 def table() -> str:
     """The README section: one block per benchmark found in bench/results, with the machine it ran on."""
     lines: list[str] = []
@@ -41,7 +45,7 @@ def table() -> str:
         lines.append(
             f"Measured {ingest['when'][:10] if ingest else ''} on {machine['cpu']}, {machine['cores']} cores, "
             f"{machine['memory_gb']} GB, {machine['filesystem']}, Linux {machine['kernel']}, Python "
-            f"{machine['python']}, DCMTK {machine['dcmtk'].split()[1] if ' ' in machine['dcmtk'] else '?'}, "
+            f"{machine['python']}, DCMTK {_dcmtk_version(machine['dcmtk'])}, "
             f"{machine['orthanc'].replace('/usr/sbin/', '')}. The cores were shared with model trainings: "
             "figures are noisy, each peer was measured in the same run."
         )
@@ -62,8 +66,9 @@ def table() -> str:
                 lines.append(f"| {r['receiver']} | {r['associations']} | {_fmt(r['images_per_s'])} | "
                              f"{_fmt(r['mb_per_s'])} | {_fmt(r['ratio_to_dcmtk'])} |")
         if floor:
-            lines += ["", f"triage-node fsyncs every instance and commits its row before answering; DCMTK and Orthanc "
-                      f"(as configured here) do not fsync. The durability floor on this disk is "
+            lines += ["", f"triage-node fsyncs every instance's file and folder and commits its row before it "
+                      f"answers; storescp writes without fsync; Orthanc runs with its default storage and index "
+                      f"settings. The durability floor on this disk is "
                       f"{floor['total_ms']:g} ms per image (write+fsync {floor['write_fsync_ms']:g}, folder fsync "
                       f"{floor['rename_dir_fsync_ms']:g}, SQLite commit {floor['sqlite_commit_ms']:g}): at most "
                       f"{floor['images_per_s_bound_one_association']:g} images/s on one association."]
@@ -100,8 +105,8 @@ def table() -> str:
         ph = mem["peak_rss_mib_by_phase"]
         lines.append(
             f"**Memory** ({mem['slices']} slices 512², models: {', '.join(mem['models']) or 'none'}): peak RSS "
-            f"{mem['peak_rss_mib']} MiB (idle {ph.get('idle', '–')}, receiving {ph.get('start', '–')}, processing "
-            f"{ph.get('processing', '–')}); goal {mem['goal_mib']} MiB {'met' if mem['goal_met'] else 'missed'}."
+            f"{mem['peak_rss_mib']} MiB (idle {ph.get('idle', '–')}, receiving {ph.get('receiving', '–')}, processing "
+            f"{ph.get('processing', '–')}); goal 1.5 GB {'met' if mem['goal_met'] else 'missed'}."
         )
         lines.append("")
     lines.append("Raw figures: `bench/results/*.json`; how to run: `bench/README.md`.")

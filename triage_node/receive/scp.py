@@ -132,10 +132,13 @@ class GroupCommitter:
 
     def commit(self, item: _Pending) -> Recorded:
         """Queue ``item`` and wait until it is durable; raises what recording it raised."""
-        if self._thread is None:
+        thread = self._thread
+        if thread is None:
             raise OSError("the receive committer is not running")
         self._queue.put(item)
-        item.done.wait()
+        while not item.done.wait(timeout=1.0):
+            if not thread.is_alive():  # stopped while this instance waited: not stored, the sender may retry
+                raise OSError("the receive committer stopped before this instance was recorded")
         if item.error is not None:
             raise item.error
         assert item.result is not None
@@ -171,7 +174,9 @@ class GroupCommitter:
                                 session, p.header, p.rel, p.size, p.sha, p.calling_ae, now, self.studies
                             )
                             if p.result.complete_by_count:
-                                series = session.get(Series, p.result.series_id)
+                                # populate_existing: an earlier instance of this group may have loaded the
+                                # series before a Core UPDATE (reopen) changed it.
+                                series = session.get(Series, p.result.series_id, populate_existing=True)
                                 assert series is not None
                                 complete_series(session, series, now, "declared size reached")
                     except (SQLAlchemyError, ValueError, TypeError, KeyError) as exc:
@@ -183,7 +188,7 @@ class GroupCommitter:
             self.studies = StudyIds()
             for p in group:
                 p.result, p.error = None, exc
-        except BaseException as exc:  # noqa: BLE001 - never leave a sender waiting; the error goes to its handler
+        except Exception as exc:  # noqa: BLE001 - never leave a sender waiting; its handler turns this into a status
             for p in group:
                 p.result, p.error = None, exc
         finally:
