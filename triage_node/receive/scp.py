@@ -72,13 +72,16 @@ class PolicyAE(AE):
 
 
 class NoDelayServer(ThreadedAssociationServer):
-    """Sets TCP_NODELAY on accepted sockets: without it each C-STORE response waits ~40 ms for delayed ACKs."""
+    """Sets TCP_NODELAY on accepted sockets: without it each C-STORE response waits ~40 ms for delayed ACKs. TLS
+    handshakes are left to the association threads."""
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         sock, address = self.socket.accept()  # type: ignore[union-attr]
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context:
-            sock = self.ssl_context.wrap_socket(sock, server_side=True)
+            # The handshake must not run here, in the one acceptor thread: a peer that connects and stays silent
+            # would block every later association. Deferred, it runs on the association's first read, in its thread.
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, address
 
 
