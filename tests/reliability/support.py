@@ -121,7 +121,7 @@ class SendLog:
 
 def send_files(port: int, paths: Sequence[Path], log: SendLog | None = None, calling: str = "MODALITY",
                called: str = "TRIAGE_NODE", sop_class: str = CTImageStorage,
-               transfer_syntaxes: Sequence[str] = ("1.2.840.10008.1.2.1",)) -> SendLog:
+               transfer_syntaxes: Sequence[str] = ("1.2.840.10008.1.2.1",), tls: Any = None) -> SendLog:
     """Send files over one association with pynetdicom (raw bytes, as stored); record every status."""
     from pydicom.filereader import read_file_meta_info
     from pynetdicom import _config
@@ -132,7 +132,7 @@ def send_files(port: int, paths: Sequence[Path], log: SendLog | None = None, cal
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(sop_class, list(transfer_syntaxes))
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls)
     if not assoc.is_established:
         return log
     try:
