@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import ROOT, Figures  # noqa: E402
+from reliability_support import ROOT, Figures  # noqa: E402
 
 FIGURES = pytest.StashKey[Figures]()
 

@@ -15,7 +15,7 @@ import pytest
 from argon2 import PasswordHasher
 from peers import echoscu, find_tool, wait_for
 from pydicom import dcmread
-from support import NO_MODELS, Figures, echo, job_rows, new_daemon, phantom_series, send_files
+from reliability_support import NO_MODELS, Figures, echo, job_rows, new_daemon, phantom_series, send_files
 
 pytestmark = pytest.mark.reliability
 

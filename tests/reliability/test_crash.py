@@ -21,7 +21,7 @@ import pytest
 from peers import Daemon, wait_for
 from peers_orthanc import start_orthanc
 from pydicom import dcmread
-from support import (
+from reliability_support import (
     FULL,
     Figures,
     SendLog,

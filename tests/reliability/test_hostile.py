@@ -8,11 +8,11 @@ import struct
 from pathlib import Path
 
 import pytest
-from corpus import ENHANCED_BUG, ENHANCED_CT, Case, build_corpus, enhanced_ct
+from hostile_corpus import ENHANCED_BUG, ENHANCED_CT, Case, build_corpus, enhanced_ct
 from peers import wait_for
 from pydicom import dcmread
 from pynetdicom import AE
-from support import Figures, echo, job_rows, new_daemon, phantom_series, send_files, stub_models
+from reliability_support import Figures, echo, job_rows, new_daemon, phantom_series, send_files, stub_models
 
 pytestmark = pytest.mark.reliability
 

@@ -12,7 +12,7 @@ import pytest
 from peers import dcmtk_env, find_tool, wait_for
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
-from support import FULL, NO_MODELS, Figures, echo, job_rows, new_daemon, phantom_series
+from reliability_support import FULL, NO_MODELS, Figures, echo, job_rows, new_daemon, phantom_series
 
 pytestmark = pytest.mark.reliability
 

@@ -12,7 +12,7 @@ import pytest
 from peers import ROOT, wait_for
 from peers_orthanc import start_orthanc
 from pydicom import dcmread
-from support import (
+from reliability_support import (
     Figures,
     destination,
     job_rows,

@@ -7,7 +7,7 @@ names. Run alone it has nothing to scan and says so.
 from __future__ import annotations
 
 import pytest
-from support import PHI_PATTERNS, Figures
+from reliability_support import PHI_PATTERNS, Figures
 
 pytestmark = pytest.mark.reliability
 

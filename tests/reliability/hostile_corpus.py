@@ -27,7 +27,7 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
-from support import phantom_series
+from reliability_support import phantom_series
 
 from triage_node.synth.cli import phantom_head
 
