@@ -13,9 +13,10 @@ import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import AE, Association, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -323,7 +324,7 @@ class StorageSCP:
     def _on_store(self, event: evt.Event) -> int | tuple[int, Any]:
         assoc = event.assoc
         calling = assoc.requestor.ae_title
-        request = event.request
+        request = cast(C_STORE, event.request)  # this handler is bound to EVT_C_STORE only
         sop_uid = str(request.AffectedSOPInstanceUID or "")
         try:
             if not self.hooks.disk_ok():

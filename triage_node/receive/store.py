@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from io import BytesIO
 from pathlib import Path
+from typing import cast
 
 from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from triage_node.receive.contexts import ENHANCED_SOP_CLASSES, NATIVE_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
@@ -351,9 +352,9 @@ class StudyIds:
             self._ids.pop(uid, None)
 
 
-_instances = Instance.__table__
-_series = Series.__table__
-_studies = Study.__table__
+_instances = cast(Table, Instance.__table__)
+_series = cast(Table, Series.__table__)
+_studies = cast(Table, Study.__table__)
 
 # Built once: statements with bound parameters compile once and hit SQLAlchemy's cache on every later instance.
 _SELECT_VERSIONS = select(_instances.c.id, _instances.c.series_id, _instances.c.sha256).where(
