@@ -195,12 +195,18 @@ def merge_detections(
     centres: np.ndarray, probs: np.ndarray, spacing: tuple[float, float, float], merge_mm: float
 ) -> np.ndarray:
     """Greedy non-maximum merge: indices of kept detections, highest probability first, none closer than ``merge_mm``."""
-    order = np.argsort(-probs)
-    sp = np.asarray(spacing)
+    order = np.argsort(-probs, kind="stable")
+    if len(order) == 0:
+        return np.zeros(0, dtype=int)
+    pts = np.asarray(centres, dtype=np.float64) * np.asarray(spacing)
+    dist = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1))
+    suppressed = np.zeros(len(order), dtype=bool)
     kept: list[int] = []
     for i in order:
-        if all(np.linalg.norm((centres[i] - centres[j]) * sp) >= merge_mm for j in kept):
-            kept.append(int(i))
+        if suppressed[i]:
+            continue
+        kept.append(int(i))
+        suppressed |= dist[i] < merge_mm
     return np.asarray(kept, dtype=int)
 
 

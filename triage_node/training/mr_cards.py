@@ -19,6 +19,13 @@ SYNTHETIC_ONLY = (
 )
 
 
+SYNTHETIC_ONLY_DWI = (
+    "Trained and evaluated on synthetic DWI only (MNI152 tissue maps with random pose, size and deformation, and "
+    "simulated infarcts). Not validated on patients. Not for clinical use: research and testing of the triage pipeline "
+    "only."
+)
+
+
 def _save_weights(out: Path, state: dict[str, torch.Tensor]) -> tuple[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "model.safetensors"

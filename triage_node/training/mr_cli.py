@@ -50,7 +50,7 @@ def cmd_train_mr(a: argparse.Namespace) -> int:
         max_steps_per_epoch=a.max_steps_per_epoch,
     )
     if a.model == "cmb":
-        from triage_node.training.mr_cmb import CmbRecipe, train_cmb
+        from triage_node.training.mr_cmb import CmbRecipe, parse_seeds, train_cmb
 
         recipe = CmbRecipe(
             n_train=a.n_train,
@@ -61,6 +61,8 @@ def cmd_train_mr(a: argparse.Namespace) -> int:
             max_fp_per_subject=a.max_fp,
             transfer_from=a.transfer_from,
             freeze_blocks=a.freeze_blocks,
+            train_seeds=parse_seeds(a.train_seeds),
+            val_seeds=parse_seeds(a.val_seeds),
         )
         res = train_cmb(_cache(a), a.out, recipe, cfg, a.version, workers=a.workers, progress=not a.no_progress)
         print(json.dumps(res["operating_point"], indent=1))
