@@ -197,7 +197,9 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
         raise Rejected(f"all {dropped} slices are below {cfg.filter.min_brain_pct:g}% brain pixels")
     volume = build_volume(slices, planes, keep, planes_are_kept=True)
     del planes
-    sources = [slices[i].dataset for i in np.flatnonzero(keep)]
+    kept_idx = np.flatnonzero(keep)
+    sources = [slices[i].dataset for i in kept_idx]
+    source_frames = [slices[i].frame for i in kept_idx]
 
     names = cfg.models.pipelines.get(rule.pipeline, ())
     analyzers = [ctx.analyzers[n] for n in names if n in ctx.analyzers]
@@ -220,7 +222,7 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
     if analyzers:
         files = build_results(
             sources, volume, outputs, {a.name: _algorithm_info(a) for a in analyzers}, identity, priority.value,
-            pipeline, out_dir,
+            pipeline, out_dir, source_frames=source_frames,
         )
     timings["results"] = time.perf_counter() - t
     ctx.observe_stage("results", timings["results"])
@@ -266,7 +268,8 @@ def _commit(
         if job.outbox:
             states.transition(s, job, JobState.RESULTS_READY, reason=None, now=now)
         else:
-            states.transition(s, job, JobState.DELIVERED, reason="no destination configured" if files else None, now=now)
+            reason = "no destination configured" if files else None
+            states.transition(s, job, JobState.DELIVERED, reason=reason, now=now)
         if Priority(job.priority) != Priority.NONE:
             queue_for_job(s, job, study, ctx.config.notifications)
         state = JobState(job.state)

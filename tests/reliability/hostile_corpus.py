@@ -36,8 +36,6 @@ MR = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 A900, C210 = 0xA900, 0xC210
-ENHANCED_BUG = ("an Enhanced CT job fails in the SEG builder: highdicom wants the one multi-frame source, the pipeline "
-                "passes one dataset per frame")
 
 
 @dataclass(frozen=True)
@@ -242,8 +240,7 @@ def build_corpus(root: Path) -> list[Case]:
     add("non-ASCII names in ISO_IR 192", [_edit(p, _set(PatientName="Müller^Jürgen=山田^太郎",
                                                          ReferringPhysicianName="ÄRZTIN^Zoë"))
                                           for p in _series(root, "utf8", 9037)], "delivered")
-    add("Enhanced CT multi-frame", enhanced_ct(root, 9038), "delivered", sop_class=ENHANCED_CT,
-        accepted=frozenset({"rejected"}), known_bug=ENHANCED_BUG)
+    add("Enhanced CT multi-frame", enhanced_ct(root, 9038), "delivered", sop_class=ENHANCED_CT)
 
     def traversal(ds: Dataset) -> None:
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3/../../../../tmp/evil"

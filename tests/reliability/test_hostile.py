@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from hostile_corpus import ENHANCED_BUG, ENHANCED_CT, Case, build_corpus, enhanced_ct
+from hostile_corpus import ENHANCED_CT, Case, build_corpus, enhanced_ct
 from peers import wait_for
 from pydicom import dcmread
 from pynetdicom import AE
@@ -115,7 +115,6 @@ def test_hostile_corpus_gets_the_right_answers_and_a_normal_study_still_goes_thr
         print(f"{name:50s} {outcome}")
 
 
-@pytest.mark.xfail(strict=True, reason=ENHANCED_BUG)
 def test_enhanced_multiframe_ct_is_processed_into_results(tmp_path: Path, figures: Figures) -> None:
     paths = enhanced_ct(tmp_path / "corpus", 9038)
     env = {**stub_models(tmp_path / "models"), "TRIAGE_NODE__SERIES__QUIET_PERIOD_S": "1",

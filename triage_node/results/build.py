@@ -249,8 +249,12 @@ def build_results(
     priority: str,
     pipeline: str,
     out_dir: Path,
+    source_frames: Sequence[int | None] | None = None,
 ) -> list[ResultFile]:
     """Build and write the job's results: SEG (when a mask is non-empty), Grad-CAM map (when heat maps exist), SR.
+
+    ``source_frames``: for a volume made of the frames of one enhanced multi-frame instance, each slice's 0-based
+    frame index (None for single-frame sources).
 
     ``sources``: the kept source slices in the volume's z order (headers suffice; pixel data is not read).
     ``outputs``: the analyzers' results, masks and heat maps aligned with ``volume``. Returns the written files, SEG
@@ -266,11 +270,11 @@ def build_results(
     files: list[ResultFile] = []
     seg_ds: pydicom.Dataset | None = None
     if segments:
-        seg_ds = build_seg(sources, segments, algorithms, identity, pipeline, when)
+        seg_ds = build_seg(sources, segments, algorithms, identity, pipeline, when, source_frames)
         files.append(_save("seg", seg_ds, out_dir))
     heatmaps = [(out, label, arr) for out in outputs for label, arr in sorted(out.heatmaps.items()) if np.any(arr > 0)]
     if heatmaps:
-        map_ds = build_map(sources, heatmaps, algorithms, identity, pipeline, when)
+        map_ds = build_map(sources, heatmaps, algorithms, identity, pipeline, when, source_frames)
         files.append(_save("map", map_ds, out_dir))
     sr_ds = build_sr(sources, volume, outputs, algorithms, identity, priority, pipeline, seg_ds, segments, when)
     files.append(_save("sr", sr_ds, out_dir))

@@ -74,6 +74,26 @@ def _fix_dimension_uid(ds: pydicom.Dataset, sop_uid: str) -> None:
         item.DimensionOrganizationUID = uid
 
 
+def by_source_frame(
+    sources: Sequence[pydicom.Dataset], planes: np.ndarray, source_frames: Sequence[int | None] | None
+) -> tuple[list[pydicom.Dataset], np.ndarray]:
+    """Lay out ``planes`` (one per volume slice, (k, rows, cols, segments)) for highdicom.
+
+    Single-frame sources: unchanged, one source per plane. An enhanced multi-frame source (every slice a frame of one
+    instance, ``source_frames`` giving each slice's 0-based frame index): one source, and a plane per source frame in
+    frame order, empty where the slice was dropped by the blank-slice filter.
+    """
+    if not source_frames or all(f is None for f in source_frames):
+        return list(sources), planes
+    uids = {str(ds.SOPInstanceUID) for ds in sources}
+    if len(uids) != 1 or any(f is None for f in source_frames):
+        raise ValueError("a multi-frame volume must come from frames of exactly one source instance")
+    n_frames = int(sources[0].NumberOfFrames)
+    full = np.zeros((n_frames, *planes.shape[1:]), dtype=planes.dtype)
+    full[np.asarray(source_frames, dtype=int)] = planes
+    return [sources[0]], full
+
+
 def _common(
     sources: Sequence[pydicom.Dataset], pipeline: str, algos: list[AlgorithmInfo], when: dt.datetime
 ) -> dict[str, object]:
@@ -97,6 +117,7 @@ def build_seg(
     identity: ResultIdentity,
     pipeline: str,
     when: dt.datetime,
+    source_frames: Sequence[int | None] | None = None,
 ) -> hd.seg.Segmentation:
     """The BINARY lesion SEG in the source study, one segment per ``segments`` item (at least one)."""
     if not segments:
@@ -117,7 +138,7 @@ def build_seg(
                 anatomic_regions=[lesion.region],
             )
         )
-    pixels = np.stack([seg.mask for seg in segments], axis=-1)
+    sources, pixels = by_source_frame(sources, np.stack([seg.mask for seg in segments], axis=-1), source_frames)
     algos = [algorithms[m] for m in dict.fromkeys(seg.model for seg in segments)]
     ds = hd.seg.Segmentation(
         pixel_array=pixels,
@@ -143,6 +164,7 @@ def build_map(
     identity: ResultIdentity,
     pipeline: str,
     when: dt.datetime,
+    source_frames: Sequence[int | None] | None = None,
 ) -> hd.seg.Segmentation:
     """A FRACTIONAL SEG holding Grad-CAM saliency (values in [0, 1]) per heat map, so a reader sees why a slice was
     flagged. The segment type is (130404, DCM, "Saliency"): the values are attention, not lesion probability."""
@@ -165,8 +187,9 @@ def build_map(
         )
         planes.append(np.clip(np.nan_to_num(arr.astype(np.float32)), 0.0, 1.0))
     algos = [algorithms[m] for m in dict.fromkeys(out.model for out, _, _ in heatmaps)]
+    sources, stacked = by_source_frame(sources, np.stack(planes, axis=-1), source_frames)
     ds = hd.seg.Segmentation(
-        pixel_array=np.stack(planes, axis=-1),
+        pixel_array=stacked,
         segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=255,

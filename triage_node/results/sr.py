@@ -46,7 +46,8 @@ Group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.Measure
 
 def _key_images(f: Finding, sources: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
     picked = [sources[z] for z in dict.fromkeys(f.key_slices) if 0 <= z < len(sources)]
-    return picked[:MAX_KEY_IMAGES]
+    unique = list({str(ds.SOPInstanceUID): ds for ds in picked}.values())  # frames of one multi-frame instance
+    return unique[:MAX_KEY_IMAGES]
 
 
 def _measurements(
@@ -207,7 +208,9 @@ def build_sr(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.IMAGING_PROCEDURE.get(modality, codes.CT_HEAD),
         imaging_measurements=groups,
-        referenced_images=key_images or None,
+        # highdicom's image library (TID 1601) describes single-frame images only; multi-frame sources are still
+        # referenced from each measurement group.
+        referenced_images=[k for k in key_images if int(k.get("NumberOfFrames", 1) or 1) == 1] or None,
     )
     evaluations = ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS
