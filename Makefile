@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 APT_PEERS := dcmtk orthanc chromium invesalius-examples
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test peers lint bench install clean
+.PHONY: run test peers lint bench reliability install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: $(STAMP) peers
 lint: $(STAMP)
 	$(BIN)/ruff check triage_node tests bench
 	$(BIN)/mypy triage_node
+
+# The whole fault-injection suite at full size (30+ kills, 8 x 250 load); `make test` runs a smaller version.
+reliability: $(STAMP) peers
+	TRIAGE_NODE_FULL=1 $(BIN)/python -m pytest -q -m reliability tests/reliability
 
 bench: $(STAMP) peers
 	$(BIN)/python bench/run_all.py
