@@ -77,16 +77,19 @@ def table() -> str:
     if ttf:
         lines += [
             "**Time to flag** (seconds from the last instance stored; median; "
-            f"models: {', '.join(ttf['models']) or 'none available yet, so no SEG/SR'}):",
+            f"CT models: {', '.join(ttf['models']) or 'none available yet, so no SEG/SR for CT'}):",
             "",
             "| series | completion | queue | load | filter | models | results | flag | SEG+SR in Orthanc |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for c in ttf["cases"].values():
+        for name, c in ttf["cases"].items():
             m = c["median"]
+            label = f"CT {c['slices']} slices {c['matrix']}²" if c.get("slices") else name
+            if c.get("models"):
+                label += f" ({', '.join(c['models'])})"
             model_s = sum(v for k, v in m.items() if k.startswith("model:"))
             lines.append(
-                f"| {c['slices']} slices {c['matrix']}² | {_fmt(m.get('completion_s'))} | {_fmt(m.get('queue_s'))} | "
+                f"| {label} | {_fmt(m.get('completion_s'))} | {_fmt(m.get('queue_s'))} | "
                 f"{_fmt(m.get('load_s'))} | {_fmt(m.get('filter_s'))} | {_fmt(round(model_s, 3) if model_s else None)}"
                 f" | {_fmt(m.get('results_s'))} | {_fmt(m.get('flag_s'))} | {_fmt(m.get('delivered_s'))} |"
             )

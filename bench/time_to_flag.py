@@ -24,11 +24,29 @@ from common import ROOT, WORK, PeerMissing, daemon, median, orthanc, storescu_fo
 PIPELINE_MODELS = ("ich", "ct_segmenter")
 
 
-def available_models() -> list[str]:
+def available_models(wanted: tuple[str, ...] = PIPELINE_MODELS) -> list[str]:
     from triage_node.inference.registry import list_models
 
     ok = {m.name for m in list_models(ROOT / "models") if m.status == "ok"}
-    return [m for m in PIPELINE_MODELS if m in ok]
+    return [m for m in wanted if m in ok]
+
+
+def dwi_series(runs: int) -> list[Path]:
+    """``runs`` copies (distinct UIDs) of one synthetic DWI with an infarct, as ``triage-node synth dwi`` writes it."""
+    from triage_node.synth.dicom import write_series
+    from triage_node.synth.mr import make_dwi_case
+
+    base = WORK / "data" / "dwi"
+    folders = [base / f"run{i}" for i in range(runs)]
+    if all(f.with_name(f.name + ".complete").exists() for f in folders):
+        return folders
+    case = make_dwi_case(11)
+    for i, folder in enumerate(folders):
+        if not folder.with_name(folder.name + ".complete").exists():
+            write_series(folder, case.dwi, case.spacing, 8000 + i, modality="MR", study_description="MR BRAIN",
+                         series_description="DWI b1000 TRACE", extra={"DiffusionBValue": 1000.0})
+            folder.with_name(folder.name + ".complete").touch()
+    return folders
 
 
 def hemorrhage_series(n_slices: int, matrix: int, runs: int) -> list[Path]:
@@ -58,9 +76,12 @@ def _seconds(a: Any, b: Any) -> float | None:
     return round((tb - ta).total_seconds(), 3)
 
 
-def measure(folders: list[Path], models: list[str], with_orthanc: bool, tag: str) -> dict[str, Any]:
+def measure(folders: list[Path], models: list[str], with_orthanc: bool, tag: str, pipeline: str = "ct_head"
+            ) -> dict[str, Any]:
+    pipelines: dict[str, list[str]] = {"ct_head": [], "mr_swi": [], "mr_dwi": []}
+    pipelines[pipeline] = models
     env = {
-        "TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": models, "mr_swi": [], "mr_dwi": []}),
+        "TRIAGE_NODE__MODELS__PIPELINES": json.dumps(pipelines),
         "TRIAGE_NODE__MODELS__THREADS": "2",
         "TRIAGE_NODE__SERIES__QUIET_PERIOD_S": "30",  # completion must come from the declared size, not the timer
     }
@@ -130,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="matrix of the thin-slice case (synth 512 cases have a ~480 mm field of view, so the blank-"
                     "slice filter drops every slice)")
     ap.add_argument("--skip-thin", action="store_true")
+    ap.add_argument("--skip-dwi", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     models = available_models()
@@ -150,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             "slices": args.thin_slices, "matrix": args.thin_matrix,
             **measure(hemorrhage_series(args.thin_slices, args.thin_matrix, 1), models, with_orthanc, "thin"),
         }
+    dwi_models = available_models(("infarct",))
+    if dwi_models and not args.skip_dwi:
+        # The one pipeline with a model today: shows SEG + SR built and accepted by Orthanc.
+        cases["MR DWI 44 slices"] = {"slices": None, "matrix": None, "models": dwi_models,
+                           **measure(dwi_series(args.runs), dwi_models, with_orthanc, "dwi", pipeline="mr_dwi")}
     print("\ntime to flag (median, seconds from the last instance stored):")
     for name, c in cases.items():
         print(f"  {name}: {c['median']}")
