@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom import evt
 from sqlalchemy import func, select
@@ -194,11 +195,19 @@ class App:
         if job_id is None:
             return False
         try:
-            run_job(self.pipeline, job_id)
+            if run_job(self.pipeline, job_id) == JobState.RESULTS_READY:
+                self._wake("deliver")
         except Exception as exc:  # noqa: BLE001 - the worker's edge: any error becomes a failed, retryable job
             log.exception("job %d raised", job_id)
             fail_job(self.pipeline, job_id, exc)
         return True
+
+    def _wake(self, job_id: str) -> None:
+        """Run a periodic scheduler job now instead of at its next tick (results waiting, a series just completed)."""
+        try:
+            self.scheduler.modify_job(job_id, next_run_time=self.clock())
+        except JobLookupError:
+            log.debug("scheduler job %s is not scheduled", job_id)
 
     def _deliver(self) -> None:
         if self.config.destinations:

@@ -30,9 +30,20 @@ def head_mask(slice_hu: np.ndarray, threshold: float = HEAD_HU) -> np.ndarray:
     return ndimage.binary_fill_holes(fg)
 
 
+MAX_FILTER_SIZE = 256  # larger slices are subsampled first: a percentage needs no more pixels than this
+
+
+def _subsample(plane: np.ndarray) -> np.ndarray:
+    step = max(1, int(np.ceil(max(plane.shape) / MAX_FILTER_SIZE)))
+    return plane[::step, ::step] if step > 1 else plane
+
+
 def brain_pct_ct(slice_hu: np.ndarray) -> float:
-    """Percentage (0-100) of the slice's pixels inside the head and within the brain window. (y, x) HU -> float."""
-    hu = np.asarray(slice_hu, dtype=np.float32)
+    """Percentage (0-100) of the slice's pixels inside the head and within the brain window. (y, x) HU -> float.
+
+    Slices above 256 pixels a side are subsampled (every 2nd pixel at 512): the same percentage at a quarter of the cost.
+    """
+    hu = _subsample(np.asarray(slice_hu, dtype=np.float32))
     if hu.size == 0:
         return 0.0
     w = Preset.BRAIN.value
@@ -49,7 +60,7 @@ def tissue_threshold_mr(volume: np.ndarray) -> float:
 
 def brain_pct_mr(slice_px: np.ndarray, threshold: float) -> float:
     """Percentage (0-100) of the slice's pixels inside the head with signal above ``threshold``."""
-    px = np.asarray(slice_px, dtype=np.float32)
+    px = _subsample(np.asarray(slice_px, dtype=np.float32))
     if px.size == 0:
         return 0.0
     tissue = (px > threshold) & head_mask(px, threshold)
