@@ -60,8 +60,14 @@ def dcmtk_env() -> dict[str, str]:
 
 
 def storescu(
-    port: int, paths: Sequence[Path] | Path, *, calling: str = "STORESCU", called: str = "TRIAGE_NODE",
-    extra: Sequence[str] = (), check: bool = True, timeout: float = 300,
+    port: int,
+    paths: Sequence[Path] | Path,
+    *,
+    calling: str = "STORESCU",
+    called: str = "TRIAGE_NODE",
+    extra: Sequence[str] = (),
+    check: bool = True,
+    timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     """Send with DCMTK storescu (``+sd`` scans a folder); raises on failure when ``check``."""
     exe = find_tool("storescu")
@@ -80,7 +86,10 @@ def echoscu(port: int, *, calling: str = "ECHOSCU", called: str = "TRIAGE_NODE")
     exe = find_tool("echoscu")
     return subprocess.run(
         [exe, "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
-        env=dcmtk_env(), capture_output=True, text=True, timeout=60,
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -110,7 +119,10 @@ class Daemon:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "triage_node.cli", "serve", "--config", str(ROOT / "config.yaml")],
-            cwd=self.workdir, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         if wait:
             wait_for(self._ready, timeout=timeout, interval=0.1, what="the daemon to report ready")
@@ -119,7 +131,7 @@ class Daemon:
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-        return " ready: DICOM " in self.log()[self._log_offset:]
+        return " ready: DICOM " in self.log()[self._log_offset :]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

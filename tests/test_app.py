@@ -6,10 +6,8 @@ import json
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 from peers import ROOT, echoscu, make_daemon, running_daemon, storescu, wait_for
 from pydicom import dcmread
 
@@ -20,8 +18,9 @@ NO_MODELS = {"TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": [], "mr_sw
 
 
 def job_states(d) -> list[tuple]:  # type: ignore[no-untyped-def]
-    return d.sql("select j.version, j.state, j.pipeline, j.reason, j.slices_kept, j.slices_dropped "
-                 "from jobs j order by j.id")
+    return d.sql(
+        "select j.version, j.state, j.pipeline, j.reason, j.slices_kept, j.slices_dropped from jobs j order by j.id"
+    )
 
 
 def test_100_slice_head_ct_is_stored_completed_routed_and_filtered(tmp_path, ct_series_100) -> None:  # type: ignore[no-untyped-def]
@@ -57,9 +56,20 @@ def test_sigkill_while_receiving_then_resend_completes_the_series_once(tmp_path,
     d = make_daemon(tmp_path / "d", **NO_MODELS).start()
     try:
         sender = subprocess.Popen(
-            ["storescu", "-aet", "CT1", "-aec", "TRIAGE_NODE", "+sd", "127.0.0.1", str(d.port),
-             str(ct_series_100[0].parent)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+            [
+                "storescu",
+                "-aet",
+                "CT1",
+                "-aec",
+                "TRIAGE_NODE",
+                "+sd",
+                "127.0.0.1",
+                str(d.port),
+                str(ct_series_100[0].parent),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
         )
         wait_for(lambda: d.sql("select count(*) from instances")[0][0] >= 30, timeout=60, interval=0.01)
         d.kill()
@@ -91,16 +101,25 @@ def test_late_instance_reopens_a_completed_series_as_a_new_job_version(tmp_path)
 
 def test_unrouted_series_is_skipped_and_bad_geometry_is_rejected_with_reasons(tmp_path) -> None:  # type: ignore[no-untyped-def]
     hu, spacing = phantom_head(6, 64)
-    knee = write_series(tmp_path / "knee", hu, spacing, seed=31, study_description="MR KNEE",
-                        series_description="PD FS", modality="MR")
-    mixed = write_series(tmp_path / "mixed", hu, spacing, seed=32,
-                         per_slice_extra=[{"ImageOrientationPatient": [1, 0, 0, 0, 1, 0] if i % 2 else [1, 0, 0, 0, 0, -1]}
-                                          for i in range(6)])
+    knee = write_series(
+        tmp_path / "knee", hu, spacing, seed=31, study_description="MR KNEE", series_description="PD FS", modality="MR"
+    )
+    mixed = write_series(
+        tmp_path / "mixed",
+        hu,
+        spacing,
+        seed=32,
+        per_slice_extra=[
+            {"ImageOrientationPatient": [1, 0, 0, 0, 1, 0] if i % 2 else [1, 0, 0, 0, 0, -1]} for i in range(6)
+        ],
+    )
     with running_daemon(tmp_path / "d", **NO_MODELS) as d:
         storescu(d.port, knee[0].parent)
         storescu(d.port, mixed[0].parent)
-        wait_for(lambda: len(job_states(d)) == 2 and all(s in ("skipped", "rejected") for (_, s, *_) in job_states(d)),
-                 timeout=30)
+        wait_for(
+            lambda: len(job_states(d)) == 2 and all(s in ("skipped", "rejected") for (_, s, *_) in job_states(d)),
+            timeout=30,
+        )
         by_state = {s: r for (_, s, _, r, *_) in job_states(d)}
         assert "no routing rule matched" in by_state["skipped"] and "modality=MR" in by_state["skipped"]
         assert by_state["rejected"] == "mixed image orientations in one series"
@@ -118,15 +137,23 @@ def test_sigterm_stops_cleanly_and_sighup_reloads(tmp_path) -> None:  # type: ig
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "triage_node.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "triage_node.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def test_check_config_accepts_the_shipped_example_and_names_every_problem(tmp_path) -> None:  # type: ignore[no-untyped-def]
     ok = run_cli("check-config", "--config", str(ROOT / "config.yaml"))
     assert ok.returncode == 0, ok.stderr
     bad = tmp_path / "bad.yaml"
-    bad.write_text("scp:\n  port: 70000\nseries:\n  rules:\n    - name: x\n      pipeline: ct_hed\nfilter:\n  min_brain_pct: -1\n")
+    bad.write_text(
+        "scp:\n  port: 70000\nseries:\n  rules:\n    - name: x\n      pipeline: ct_hed\nfilter:\n  min_brain_pct: -1\n"
+    )
     res = run_cli("check-config", "--config", str(bad))
     assert res.returncode == 1
     assert "scp.port: must be between 1 and 65535, got 70000" in res.stderr

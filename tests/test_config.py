@@ -15,7 +15,12 @@ def test_shipped_example_is_valid_and_equals_the_built_in_defaults_where_it_shou
     assert cfg.scp == defaults.scp
     assert cfg.storage == defaults.storage
     assert cfg.models == defaults.models
-    assert [r.pipeline for r in cfg.series.rules] == [Pipeline.CT_HEAD, Pipeline.CT_HEAD, Pipeline.MR_SWI, Pipeline.MR_DWI]
+    assert [r.pipeline for r in cfg.series.rules] == [
+        Pipeline.CT_HEAD,
+        Pipeline.CT_HEAD,
+        Pipeline.MR_SWI,
+        Pipeline.MR_DWI,
+    ]
 
 
 def test_every_problem_is_reported_with_its_key_path(tmp_path) -> None:  # type: ignore[no-untyped-def]

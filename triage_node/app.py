@@ -115,17 +115,27 @@ class App:
         if any(d.storage_commitment for d in cfg.destinations):
             # The PACS answers a commitment request on an association of its own, with an N-EVENT-REPORT.
             add_commitment_context(self.scp.ae)
-            extra.append((evt.EVT_N_EVENT_REPORT, handle_commitment_report, [self.sessions, cfg.destinations, self.clock]))
+            extra.append(
+                (evt.EVT_N_EVENT_REPORT, handle_commitment_report, [self.sessions, cfg.destinations, self.clock])
+            )
         self.scp.start(extra_handlers=extra)
 
         tick = min(1.0, cfg.series.quiet_period_s / 4)
-        self.scheduler.add_job(self._complete_due, "interval", seconds=tick, id="complete", max_instances=1,
-                               coalesce=True)
+        self.scheduler.add_job(
+            self._complete_due, "interval", seconds=tick, id="complete", max_instances=1, coalesce=True
+        )
         self.scheduler.add_job(self._deliver, "interval", seconds=1.0, id="deliver", max_instances=1, coalesce=True)
         self.scheduler.add_job(self._notify, "interval", seconds=2.0, id="notify", max_instances=1, coalesce=True)
         if cfg.storage.retention_days is not None:
-            self.scheduler.add_job(self._retention, "interval", seconds=3600, id="retention", max_instances=1,
-                                   coalesce=True, next_run_time=self.clock() + dt.timedelta(seconds=60))
+            self.scheduler.add_job(
+                self._retention,
+                "interval",
+                seconds=3600,
+                id="retention",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=self.clock() + dt.timedelta(seconds=60),
+            )
         self.scheduler.start()
         self._worker = threading.Thread(target=self._work_loop, name="job-worker", daemon=True)
         self._worker.start()
@@ -143,14 +153,23 @@ class App:
         from triage_node.web import WebContext, create_app
 
         ctx = WebContext(
-            config=self.config, sessions=self.sessions, spool_dir=self.config.storage.spool_dir,
-            metrics_registry=self.metrics.registry, clock=self.clock,
+            config=self.config,
+            sessions=self.sessions,
+            spool_dir=self.config.storage.spool_dir,
+            metrics_registry=self.metrics.registry,
+            clock=self.clock,
         )
         server = uvicorn.Server(
-            uvicorn.Config(create_app(ctx), host=self.config.web.host, port=self.config.web.port,
-                           log_level="warning", access_log=False, lifespan="off")
+            uvicorn.Config(
+                create_app(ctx),
+                host=self.config.web.host,
+                port=self.config.web.port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+            )
         )
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the main loop owns signals
+        # uvicorn installs signal handlers only in the main thread; here the main loop keeps them.
         self._web_server = server
         self._web_thread = threading.Thread(target=server.run, name="web", daemon=True)
         self._web_thread.start()
@@ -174,7 +193,10 @@ class App:
     def _complete_due(self) -> None:
         with transaction(self.sessions) as s:
             jobs = complete_due(
-                s, self.clock(), self.config.series.quiet_period_s, self.config.series.count_rules,
+                s,
+                self.clock(),
+                self.config.series.quiet_period_s,
+                self.config.series.count_rules,
                 self.config.series.incomplete_grace_s,
             )
         if jobs:
@@ -265,7 +287,7 @@ class App:
         self._stop.set()
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; apply routing rules, destinations and the allow-list; name what needs a restart."""
+        """SIGHUP: re-read the config; apply rules, destinations and the allow-list; name what needs a restart."""
         if self.config_path is None:
             log.warning("reload requested but the daemon runs on built-in defaults: nothing to reload")
             return

@@ -1,4 +1,4 @@
-"""``triage-node``: serve | check-config | worklist | resend | synth | conformance | hash-password | models | train | ..."""
+"""``triage-node``: serve | check-config | worklist | resend | synth | conformance | hash-password | models | train."""
 
 from __future__ import annotations
 
@@ -50,8 +50,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
-    print(f"configuration is valid: AE {cfg.scp.ae_title} on {cfg.scp.host}:{cfg.scp.port}, "
-          f"{len(cfg.series.rules)} routing rule(s), {len(cfg.destinations)} destination(s)")
+    print(
+        f"configuration is valid: AE {cfg.scp.ae_title} on {cfg.scp.host}:{cfg.scp.port}, "
+        f"{len(cfg.series.rules)} routing rule(s), {len(cfg.destinations)} destination(s)"
+    )
     return 0
 
 
@@ -135,8 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config(sub.add_parser("resend", help="queue a job's SEG/SR for delivery again (dead letters too)"))
     sp.add_argument("job", type=int)
     sp.set_defaults(func=cmd_resend)
-    sp = sub.add_parser("conformance", help="print (--output FILE: write, --check FILE: verify) the DICOM conformance "
-                        "statement, rendered from the code's own lists")
+    sp = sub.add_parser(
+        "conformance",
+        help="print (--output FILE: write, --check FILE: verify) the DICOM conformance "
+        "statement, rendered from the code's own lists",
+    )
     group = sp.add_mutually_exclusive_group()
     group.add_argument("--output", help="write the statement to FILE (atomically)")
     group.add_argument("--check", help="exit 1 when FILE differs from the rendered statement")

@@ -184,6 +184,9 @@ class Filter(Frozen):
     min_brain_pct: Annotated[float, _between(0, 100)] = 20.0
 
 
+PriorityName = Literal["critical", "urgent", "routine"]
+
+
 class Models(Frozen):
     dir: Path = Path("models")
     threads: Annotated[int, _between(1, 256)] = 2
@@ -196,8 +199,8 @@ class Models(Frozen):
         }
     )
     # Which finding makes which worklist priority; anything present and unlisted is 'routine'.
-    priority: dict[str, Literal["critical", "urgent", "routine"]] = Field(
-        default_factory=lambda: {
+    priority: dict[str, PriorityName] = Field(
+        default_factory=lambda: {  # type: ignore[arg-type]
             "any_hemorrhage": "critical",
             "hemorrhage": "critical",
             "infarct": "critical",
@@ -269,7 +272,11 @@ class Config(BaseSettings):
     """The whole configuration. Environment variables ``TRIAGE_NODE__SCP__PORT=11113`` override the file."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid", nested_model_default_partial_update=True
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        nested_model_default_partial_update=True,
     )
 
     scp: SCP = SCP()

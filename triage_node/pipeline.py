@@ -79,7 +79,7 @@ def _load(ctx: PipelineContext, job_id: int) -> Loaded:
 
 def _read(paths: Sequence[Path]) -> list[Dataset]:
     """Headers only; pixel data is decoded later, slice by slice, from the files."""
-    out = []
+    out: list[Dataset] = []
     for p in paths:
         try:
             out.append(dcmread(p, stop_before_pixels=True))
@@ -221,8 +221,15 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
     files: list[ResultFile] = []
     if analyzers:
         files = build_results(
-            sources, volume, outputs, {a.name: _algorithm_info(a) for a in analyzers}, identity, priority.value,
-            pipeline, out_dir, source_frames=source_frames,
+            sources,
+            volume,
+            outputs,
+            {a.name: _algorithm_info(a) for a in analyzers},
+            identity,
+            priority.value,
+            pipeline,
+            out_dir,
+            source_frames=source_frames,
         )
     timings["results"] = time.perf_counter() - t
     ctx.observe_stage("results", timings["results"])
@@ -231,8 +238,15 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
 
 
 def _commit(
-    ctx: PipelineContext, job_id: int, outputs: Sequence[ModelOutput], files: Sequence[ResultFile],
-    priority: Priority, kept: int, dropped: int, out_dir: Path, timings: dict[str, float],
+    ctx: PipelineContext,
+    job_id: int,
+    outputs: Sequence[ModelOutput],
+    files: Sequence[ResultFile],
+    priority: Priority,
+    kept: int,
+    dropped: int,
+    out_dir: Path,
+    timings: dict[str, float],
 ) -> JobState:
     now = ctx.clock()
     with transaction(ctx.sessions) as s:
@@ -248,9 +262,17 @@ def _commit(
                     uids = _kept_uids(out_dir)
                 s.add(
                     FindingRow(
-                        job_id=job.id, label=f.label, present=f.present, probability=float(f.probability),
-                        volume_ml=f.volume_ml, location=f.location, laterality=f.laterality, count=f.count,
-                        model=f.model, model_version=f.model_version, key_slices=list(f.key_slices),
+                        job_id=job.id,
+                        label=f.label,
+                        present=f.present,
+                        probability=float(f.probability),
+                        volume_ml=f.volume_ml,
+                        location=f.location,
+                        laterality=f.laterality,
+                        count=f.count,
+                        model=f.model,
+                        model_version=f.model_version,
+                        key_slices=list(f.key_slices),
                         key_sop_uids=[uids[i] for i in f.key_slices if 0 <= i < len(uids)],
                         positions=[list(p) for p in f.positions],
                     )
@@ -275,7 +297,13 @@ def _commit(
         state = JobState(job.state)
     log.info(
         "job %d done: pipeline %s, %d kept / %d dropped slices, priority %s, %d result object(s), %.2f s",
-        job_id, job.pipeline, kept, dropped, priority.value, len(files), timings.get("total", 0.0),
+        job_id,
+        job.pipeline,
+        kept,
+        dropped,
+        priority.value,
+        len(files),
+        timings.get("total", 0.0),
     )
     return state
 

@@ -70,7 +70,9 @@ def test_storescu_series_is_stored_durably_and_completes_by_declared_size(scp_en
     assert not list(scp_env.spool.root.rglob("*.tmp"))
 
 
-def test_same_instance_twice_is_idempotent_and_changed_bytes_make_a_new_version(scp_env, small_series, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_same_instance_twice_is_idempotent_and_changed_bytes_make_a_new_version(
+    scp_env, small_series, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     storescu(scp_env.port, small_series[:1])
     storescu(scp_env.port, small_series[:1])
     assert count(scp_env.sessions, Instance) == 1
@@ -90,8 +92,9 @@ def test_same_instance_twice_is_idempotent_and_changed_bytes_make_a_new_version(
 
 
 def test_unlisted_calling_ae_is_rejected(tmp_path, small_series) -> None:  # type: ignore[no-untyped-def]
-    from triage_node.worklist.db import make_engine, migrate, session_factory
     from peers import free_port
+
+    from triage_node.worklist.db import make_engine, migrate, session_factory
 
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
@@ -121,7 +124,12 @@ def _compress(tool: str, flags: list[str], src: Path, dst: Path) -> Path:
 @pytest.mark.parametrize(
     ("tool", "flags", "propose", "lossless"),
     [
-        ("dcmcjpeg", ["+el"], None, True),  # JPEG Lossless process 14 (.57): storescu cannot propose it, pynetdicom sends
+        (
+            "dcmcjpeg",
+            ["+el"],
+            None,
+            True,
+        ),  # JPEG Lossless process 14 (.57): storescu cannot propose it, pynetdicom sends
         ("dcmcjpeg", ["+e1"], "-xs", True),  # JPEG Lossless SV1 (.70)
         ("dcmcjpeg", ["+ee"], "-xx", False),  # JPEG Extended 12-bit (.51)
         ("dcmcjpls", ["+el"], "-xt", True),  # JPEG-LS lossless (.80)
@@ -208,8 +216,15 @@ def _good(tmp_path: Path) -> Dataset:
         (lambda ds: delattr(ds, "Rows"), 0xA900),
         (lambda ds: setattr(ds, "BitsAllocated", 12), 0xA900),
     ],
-    ids=["missing-pixeldata", "short-pixeldata", "missing-study-uid", "missing-series-uid", "absurd-rows",
-         "missing-rows", "bits-allocated-12"],
+    ids=[
+        "missing-pixeldata",
+        "short-pixeldata",
+        "missing-study-uid",
+        "missing-series-uid",
+        "absurd-rows",
+        "missing-rows",
+        "bits-allocated-12",
+    ],
 )
 def test_bad_dataset_gets_a_failure_status_and_nothing_is_stored(scp_env, tmp_path, mutate, status, caplog) -> None:  # type: ignore[no-untyped-def]
     ds = _good(tmp_path)

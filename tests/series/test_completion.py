@@ -26,8 +26,17 @@ def add_series(sessions, uid: str, received: int, expected: int | None, last: dt
         study = Study(study_instance_uid=f"1.2.{uid}", first_received_at=T0, last_received_at=last)
         s.add(study)
         s.flush()
-        s.add(Series(study_id=study.id, series_instance_uid=uid, received_instances=received,
-                     expected_instances=expected, first_received_at=T0, last_received_at=last, **kw))
+        s.add(
+            Series(
+                study_id=study.id,
+                series_instance_uid=uid,
+                received_instances=received,
+                expected_instances=expected,
+                first_received_at=T0,
+                last_received_at=last,
+                **kw,
+            )
+        )
 
 
 def run(sessions, now: dt.datetime, **kw: object) -> list[str]:  # type: ignore[no-untyped-def]

@@ -18,8 +18,12 @@ def test_default_rules_route_ct_head_swi_and_dwi() -> None:
     ct = SeriesAttributes.from_datasets([ds(Modality="CT", BodyPartExamined="HEAD", ImageType=["ORIGINAL", "PRIMARY"])])
     swi = SeriesAttributes.from_datasets([ds(Modality="MR", SeriesDescription="SWI_Images")])
     dwi = SeriesAttributes.from_datasets([ds(Modality="MR", SeriesDescription="ep2d_diff_b1000_TRACE")])
-    adc = SeriesAttributes.from_datasets([ds(Modality="MR", SeriesDescription="ep2d_diff ADC", ImageType=["DERIVED", "ADC"])])
-    scout = SeriesAttributes.from_datasets([ds(Modality="CT", BodyPartExamined="HEAD", ImageType=["ORIGINAL", "LOCALIZER"])])
+    adc = SeriesAttributes.from_datasets(
+        [ds(Modality="MR", SeriesDescription="ep2d_diff ADC", ImageType=["DERIVED", "ADC"])]
+    )
+    scout = SeriesAttributes.from_datasets(
+        [ds(Modality="CT", BodyPartExamined="HEAD", ImageType=["ORIGINAL", "LOCALIZER"])]
+    )
     assert route(rules, ct).pipeline == Pipeline.CT_HEAD  # type: ignore[union-attr]
     assert route(rules, swi).pipeline == Pipeline.MR_SWI  # type: ignore[union-attr]
     assert route(rules, dwi).pipeline == Pipeline.MR_DWI  # type: ignore[union-attr]
@@ -29,7 +33,9 @@ def test_default_rules_route_ct_head_swi_and_dwi() -> None:
 
 def test_conditions_all_must_hold_and_patterns_ignore_case() -> None:
     m = Match(modality=("CT",), study_description="head", image_type_contains=("AXIAL",))
-    assert matches(m, SeriesAttributes(modality="ct", study_description="CT HEAD W/O", image_type=("ORIGINAL", "AXIAL")))
+    assert matches(
+        m, SeriesAttributes(modality="ct", study_description="CT HEAD W/O", image_type=("ORIGINAL", "AXIAL"))
+    )
     assert not matches(m, SeriesAttributes(modality="CT", study_description="CT HEAD", image_type=("ORIGINAL",)))
     assert not matches(m, SeriesAttributes(modality="MR", study_description="HEAD", image_type=("AXIAL",)))
 

@@ -25,8 +25,18 @@ def env(tmp_path):  # type: ignore[no-untyped-def]
         s.add(series)
         s.flush()
         for v in (1, 2):
-            s.add(Job(series_id=series.id, version=v, seg_series_uid="1", seg_sop_uid="2", sr_series_uid="3",
-                      sr_sop_uid="4", map_series_uid="5", map_sop_uid="6"))
+            s.add(
+                Job(
+                    series_id=series.id,
+                    version=v,
+                    seg_series_uid="1",
+                    seg_sop_uid="2",
+                    sr_series_uid="3",
+                    sr_sop_uid="4",
+                    map_series_uid="5",
+                    map_sop_uid="6",
+                )
+            )
     yield engine, sessions
     engine.dispose()
 
@@ -64,8 +74,17 @@ def test_restart_resumes_processing_jobs_and_sending_items(env) -> None:  # type
     _, sessions = env
     with transaction(sessions) as s:
         states.claim_next_job(s, NOW)
-        s.add(OutboxItem(job_id=2, destination="pacs", kind="sr", sop_class_uid="x", sop_instance_uid="y", path="p",
-                         state="sending"))
+        s.add(
+            OutboxItem(
+                job_id=2,
+                destination="pacs",
+                kind="sr",
+                sop_class_uid="x",
+                sop_instance_uid="y",
+                path="p",
+                state="sending",
+            )
+        )
     with transaction(sessions) as s:
         assert states.resume_interrupted(s, NOW) == [1]
     with sessions() as s:
@@ -80,8 +99,17 @@ def test_delivery_state_follows_the_outbox(env) -> None:  # type: ignore[no-unty
         assert job is not None
         job.state = "results_ready"
         for kind in ("seg", "sr"):
-            s.add(OutboxItem(job_id=1, destination="pacs", kind=kind, sop_class_uid="x", sop_instance_uid=kind,
-                             path="p", state="delivered" if kind == "seg" else "dead_letter"))
+            s.add(
+                OutboxItem(
+                    job_id=1,
+                    destination="pacs",
+                    kind=kind,
+                    sop_class_uid="x",
+                    sop_instance_uid=kind,
+                    path="p",
+                    state="delivered" if kind == "seg" else "dead_letter",
+                )
+            )
         s.flush()
         s.refresh(job)
         states.settle_delivery(s, job, NOW)

@@ -41,7 +41,7 @@ def _subsample(plane: np.ndarray) -> np.ndarray:
 def brain_pct_ct(slice_hu: np.ndarray) -> float:
     """Percentage (0-100) of the slice's pixels inside the head and within the brain window. (y, x) HU -> float.
 
-    Slices above 256 pixels a side are subsampled (every 2nd pixel at 512): the same percentage at a quarter of the cost.
+    Slices above 256 pixels a side are subsampled (every 2nd pixel at 512): the same percentage, a quarter of the cost.
     """
     hu = _subsample(np.asarray(slice_hu, dtype=np.float32))
     if hu.size == 0:

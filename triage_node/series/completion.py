@@ -47,7 +47,11 @@ def complete_series(session: Session, series: Series, now: dt.datetime, why: str
     session.flush()
     log.info(
         "series %s complete (%s): %d instances, version %d, job %d",
-        series.series_instance_uid, why, series.received_instances, series.version, job.id,
+        series.series_instance_uid,
+        why,
+        series.received_instances,
+        series.version,
+        job.id,
     )
     return job
 

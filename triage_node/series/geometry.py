@@ -41,7 +41,7 @@ class Slice:
 
 def _floats(value: object, n: int, what: str) -> tuple[float, ...]:
     try:
-        out = tuple(float(v) for v in value)  # type: ignore[union-attr]
+        out = tuple(float(v) for v in value)  # type: ignore[attr-defined]
     except (TypeError, ValueError) as exc:
         raise GeometryError(f"{what} is not numeric") from exc
     if len(out) != n or not all(np.isfinite(out)):
@@ -78,8 +78,9 @@ def _frame_slices(ds: Dataset) -> list[Slice]:
 
     out = []
     for i, item in enumerate(per_frame):
-        pos, ori, meas = (group(item, n) for n in ("PlanePositionSequence", "PlaneOrientationSequence",
-                                                    "PixelMeasuresSequence"))
+        pos, ori, meas = (
+            group(item, n) for n in ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence")
+        )
         if pos is None or ori is None or meas is None:
             raise GeometryError(f"frame {i + 1} lacks plane position, orientation or pixel measures")
         trans = group(item, "PixelValueTransformationSequence")
@@ -87,7 +88,8 @@ def _frame_slices(ds: Dataset) -> list[Slice]:
         spacing = _floats(meas.get("PixelSpacing"), 2, "PixelSpacing")
         out.append(
             Slice(
-                ds, i,
+                ds,
+                i,
                 _floats(pos.get("ImagePositionPatient"), 3, "ImagePositionPatient"),  # type: ignore[arg-type]
                 _floats(ori.get("ImageOrientationPatient"), 6, "ImageOrientationPatient"),
                 (spacing[0], spacing[1]),
@@ -113,7 +115,8 @@ def plan(datasets: Sequence[Dataset]) -> list[Slice]:
         spacing = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing")
         slices.append(
             Slice(
-                ds, None,
+                ds,
+                None,
                 _floats(ds.ImagePositionPatient, 3, "ImagePositionPatient"),  # type: ignore[arg-type]
                 _floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient"),
                 (spacing[0], spacing[1]),
@@ -190,7 +193,7 @@ def build_volume(
     ``planes_are_kept``: ``planes`` already holds only the kept slices (in order), so no copy is made.
     """
     idx = np.arange(len(slices)) if keep is None else np.flatnonzero(keep)
-    chosen = [slices[i] for i in idx]
+    chosen = [slices[int(i)] for i in idx]
     data = planes if planes_are_kept else planes[idx]
     ori = chosen[0].orientation if chosen else slices[0].orientation
     dz = slice_spacing(slices)

@@ -50,7 +50,12 @@ class SeriesAttributes:
 
 def _b_value(ds: Dataset) -> float | None:
     """The diffusion b-value: the standard tag, then the common vendor tags (GE, Siemens, Philips)."""
-    candidates = [ds.get((0x0018, 0x9087)), ds.get((0x0043, 0x1039)), ds.get((0x0019, 0x100C)), ds.get((0x2001, 0x1003))]
+    candidates = [
+        ds.get((0x0018, 0x9087)),
+        ds.get((0x0043, 0x1039)),
+        ds.get((0x0019, 0x100C)),
+        ds.get((0x2001, 0x1003)),
+    ]
     for elem in candidates:
         if elem is None or elem.value in (None, b"", ""):
             continue

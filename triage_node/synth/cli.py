@@ -54,15 +54,31 @@ def run(args: argparse.Namespace) -> int:
         from triage_node.synth.mr import make_swi_case
 
         swi = make_swi_case(seed, n_bleeds=args.bleeds)
-        paths = write_series(out, swi.volume, swi.spacing, seed, modality="MR",
-                             study_description="MR BRAIN", series_description="SWI", declare_count=not args.no_count)
+        paths = write_series(
+            out,
+            swi.volume,
+            swi.spacing,
+            seed,
+            modality="MR",
+            study_description="MR BRAIN",
+            series_description="SWI",
+            declare_count=not args.no_count,
+        )
     else:
         from triage_node.synth.mr import make_dwi_case
 
         dwi = make_dwi_case(seed)
-        paths = write_series(out, dwi.dwi, dwi.spacing, seed, modality="MR", study_description="MR BRAIN",
-                             series_description="DWI b1000 TRACE", declare_count=not args.no_count,
-                             extra={"DiffusionBValue": 1000.0})
+        paths = write_series(
+            out,
+            dwi.dwi,
+            dwi.spacing,
+            seed,
+            modality="MR",
+            study_description="MR BRAIN",
+            series_description="DWI b1000 TRACE",
+            declare_count=not args.no_count,
+            extra={"DiffusionBValue": 1000.0},
+        )
     print(f"wrote {len(paths)} instance(s) to {out}")
     return 0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -39,8 +39,9 @@ def series_ids(seed: int, series_key: str = "0", study_seed: int | None = None) 
     )
 
 
-def _base(ids: SeriesIds, modality: str, sop_class: str, study_description: str, series_description: str,
-          series_number: int) -> Dataset:
+def _base(
+    ids: SeriesIds, modality: str, sop_class: str, study_description: str, series_description: str, series_number: int
+) -> Dataset:
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = sop_class
@@ -146,7 +147,7 @@ def write_series(
                 setattr(ds, k, v)
         ds.PixelData = raw.tobytes()
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
+        meta.MediaStorageSOPClassUID = UID(sop_class)
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
@@ -157,13 +158,16 @@ def write_series(
     return paths
 
 
-def write_ct_series(out_dir: Path, hu: np.ndarray, spacing: tuple[float, float, float], seed: int,
-                    **kwargs: object) -> list[Path]:
+def write_ct_series(
+    out_dir: Path, hu: np.ndarray, spacing: tuple[float, float, float], seed: int, **kwargs: object
+) -> list[Path]:
     """A CT head series from a HU volume (z, y, x). See ``write_series`` for the options."""
     return write_series(out_dir, hu, spacing, seed, modality="CT", **kwargs)  # type: ignore[arg-type]
 
 
-def resample_slices(hu: np.ndarray, spacing: tuple[float, float, float], n_slices: int) -> tuple[np.ndarray, tuple[float, float, float]]:
+def resample_slices(
+    hu: np.ndarray, spacing: tuple[float, float, float], n_slices: int
+) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Resample a volume along z to ``n_slices`` slices covering the same extent (linear). -> (volume, spacing)."""
     nz = hu.shape[0]
     pos = np.linspace(0, nz - 1, n_slices)

@@ -18,8 +18,14 @@ TERMINAL = frozenset({JobState.DELIVERED, JobState.REJECTED, JobState.SKIPPED, J
 ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.COMPLETE: frozenset({JobState.PROCESSING, JobState.SKIPPED, JobState.REJECTED}),
     JobState.PROCESSING: frozenset(
-        {JobState.RESULTS_READY, JobState.REJECTED, JobState.SKIPPED, JobState.FAILED, JobState.COMPLETE,
-         JobState.DELIVERED}
+        {
+            JobState.RESULTS_READY,
+            JobState.REJECTED,
+            JobState.SKIPPED,
+            JobState.FAILED,
+            JobState.COMPLETE,
+            JobState.DELIVERED,
+        }
     ),
     JobState.RESULTS_READY: frozenset({JobState.DELIVERED, JobState.DEAD_LETTER}),
     JobState.FAILED: frozenset({JobState.COMPLETE}),
@@ -34,7 +40,9 @@ class TransitionError(RuntimeError):
     pass
 
 
-def transition(session: Session, job: Job, to: JobState, reason: str | None = None, now: dt.datetime | None = None) -> None:
+def transition(
+    session: Session, job: Job, to: JobState, reason: str | None = None, now: dt.datetime | None = None
+) -> None:
     """Move ``job`` to ``to`` or raise TransitionError naming both states."""
     now = now or dt.datetime.now(dt.UTC)
     current = JobState(job.state)
@@ -76,9 +84,7 @@ def resume_interrupted(session: Session, now: dt.datetime) -> list[int]:
     ``pending`` again (the PACS may have stored them: the same SOP Instance UID makes the resend harmless)."""
     ids = list(session.scalars(select(Job.id).where(Job.state == JobState.PROCESSING.value)))
     if ids:
-        session.execute(
-            update(Job).where(Job.id.in_(ids)).values(state=JobState.COMPLETE.value, updated_at=now)
-        )
+        session.execute(update(Job).where(Job.id.in_(ids)).values(state=JobState.COMPLETE.value, updated_at=now))
     session.execute(
         update(OutboxItem)
         .where(OutboxItem.state == OutboxState.SENDING.value)
