@@ -1,15 +1,16 @@
 """A coarse brain-region atlas in MNI152 space and its affine registration to a patient volume.
 
-No atlas with the regions a stroke report names (lobes, insula, basal ganglia, thalamus, ...) ships offline with nilearn,
-so this module builds one from MNI coordinates and nilearn's bundled MNI152 brain / grey-matter / white-matter maps.
+No atlas with the regions a stroke report names (lobes, insula, basal ganglia, thalamus, ...) ships offline with
+nilearn, so this module builds one from MNI coordinates and nilearn's bundled MNI152 brain / grey / white matter maps.
 The boundaries are hand-set planes, ellipsoids and tissue rules (see ``_region_rules``); they approximate the anatomy to
 within a few millimetres in the deep structures and about a centimetre at lobar boundaries (central sulcus, sylvian
 fissure, parieto-occipital sulcus). That is enough to name the region that holds most of an infarct; it is not a
 neuroanatomical parcellation.
 
-Registration maps the MNI brain (grey + white matter probability) onto the patient's parenchyma found by thresholding
-the input (DWI b=1000: parenchyma bright, CSF dark), by a 12-parameter affine fitted at 4 mm by least squares on smoothed
-masks, started from the patient geometry (both spaces are patient-aligned) and the masks' centroids and extents.
+Registration maps the MNI brain (grey + white matter probability) onto the patient's parenchyma found by
+thresholding the input (DWI b=1000: parenchyma bright, CSF dark): a 12-parameter affine fitted by least squares on
+smoothed masks (coarse to fine), started from the patient geometry (both spaces are patient-aligned) and the masks'
+centroids and extents.
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ def volume_index_to_ras(volume: Volume) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Registration:
-    """``patient_to_mni``: 4x4 affine from patient RAS mm to MNI mm. ``residual``: final mean squared mask difference."""
+    """``patient_to_mni``: 4x4 affine, patient RAS mm -> MNI mm. ``residual``: final mean squared mask difference."""
 
     patient_to_mni: np.ndarray
     residual: float

@@ -114,8 +114,34 @@ def find_candidates(img: np.ndarray, spacing: tuple[float, float, float], cfg: C
     peaks = (dark == ndimage.maximum_filter(dark, size=size)) & (dark > cfg.min_contrast) & inner
     idx = np.argwhere(peaks)
     vals = dark[peaks]
-    order = np.argsort(-vals)[: cfg.max_candidates]
+    # Rank by how round the dark spot is (brighter tissue in most in-plane directions), then by contrast, so that
+    # when the cap binds (skull base, air-bone edges) the compact spots survive and the edges go.
+    blob = blobness(small, spacing, idx)
+    order = np.lexsort((-vals, -np.round(blob, 2)))[: cfg.max_candidates]
     return Candidates(idx[order].astype(np.float64), vals[order].astype(np.float32), mask, scale)
+
+
+def blobness(small: np.ndarray, spacing: tuple[float, float, float], idx: np.ndarray, n_dir: int = 16) -> np.ndarray:
+    """Share of in-plane directions in which the image gets clearly brighter (by 0.25 of the tissue level) within
+    2-6 mm of each point. ``small``: normalised, lightly smoothed image (z, y, x); ``idx``: (N, 3) voxels. -> (N,)"""
+    if len(idx) == 0:
+        return np.zeros(0, dtype=np.float32)
+    ang = np.linspace(0, 2 * np.pi, n_dir, endpoint=False)
+    radii = np.array([2.0, 3.0, 4.5, 6.0])
+    dy = np.sin(ang)[:, None] * radii[None, :] / spacing[1]
+    dx = np.cos(ang)[:, None] * radii[None, :] / spacing[2]
+    c = idx.astype(np.float64)
+    coords = np.stack(
+        [
+            np.broadcast_to(c[:, 0, None, None], (len(c), n_dir, len(radii))),
+            c[:, 1, None, None] + dy[None],
+            c[:, 2, None, None] + dx[None],
+        ]
+    ).reshape(3, -1)
+    ring = ndimage.map_coordinates(small, coords, order=1, mode="nearest").reshape(len(c), n_dir, len(radii))
+    centre = small[idx[:, 0], idx[:, 1], idx[:, 2]]
+    brighter = ring.max(axis=2) - centre[:, None] > 0.25
+    return brighter.mean(axis=1).astype(np.float32)
 
 
 def extract_patches(
@@ -194,7 +220,7 @@ def build_cmb_net(**kw: Any) -> CmbNet:
 def merge_detections(
     centres: np.ndarray, probs: np.ndarray, spacing: tuple[float, float, float], merge_mm: float
 ) -> np.ndarray:
-    """Greedy non-maximum merge: indices of kept detections, highest probability first, none closer than ``merge_mm``."""
+    """Greedy non-maximum merge: indices of kept detections, most probable first, none closer than ``merge_mm``."""
     order = np.argsort(-probs, kind="stable")
     if len(order) == 0:
         return np.zeros(0, dtype=int)

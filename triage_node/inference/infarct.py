@@ -54,10 +54,7 @@ def locate(volume: Volume, mask: np.ndarray, registration: Registration) -> Loca
         k = int(np.argmax(counts))
         region, share = Region(k + 1), float(counts[k] / max(len(labels), 1))
     right = float((pts[:, 0] > 0).mean()) if len(pts) else 0.5
-    if BILATERAL_SHARE <= right <= 1 - BILATERAL_SHARE:
-        side = "bilateral"
-    else:
-        side = "right" if right > 0.5 else "left"
+    side = "bilateral" if BILATERAL_SHARE <= right <= 1 - BILATERAL_SHARE else ("right" if right > 0.5 else "left")
     return Location(region, side, share)
 
 

@@ -5,8 +5,8 @@ Two head sources, picked per case by the seed:
 * ``mni``: nilearn's MNI152 grey/white-matter/brain maps (1 mm), which also carry the region atlas of
   ``triage_node.inference.atlas`` so an infarct can be put in a named region;
 * ``ct``: tissue maps derived from the real head CT (Debian ``invesalius-examples``, GPL data read at run time, never
-  stored): intracranial CSF / grey / white matter split by HU, plus scalp and dark bone for SWI. Only SWI uses this source,
-  because the real CT has no region labels of its own.
+  stored): intracranial CSF / grey / white matter split by HU, plus scalp and dark bone for SWI. Only SWI uses this
+  source, because the real CT has no region labels of its own.
 
 Each case draws a random head pose and size (rotation, anisotropic scale, shift), a smooth random deformation, slice
 spacing and thickness (thick slices are averaged over sub-samples), tissue contrasts, bias field and Rician noise. All
@@ -255,9 +255,9 @@ def _render_veins(
 def make_swi_case(seed: int, n_bleeds: int | None = None, source: str | None = None) -> SwiCase:
     """A synthetic SWI series with ``n_bleeds`` microbleeds (random 0-8 when None), deterministic per seed.
 
-    Bleeds are 2-10 mm diameter dark spheres in the parenchyma (lobar, deep and infratentorial), blooming 1.1-1.6x beyond
-    their true radius; veins (dark tubes) and iron-dark deep grey matter are the distractors. ``source`` forces ``mni`` or
-    ``ct``; by default ~70% of seeds use the MNI maps and the rest the real head CT when it is installed.
+    Bleeds are 2-10 mm diameter dark spheres in the parenchyma (lobar, deep and infratentorial), blooming 1.1-1.6x
+    beyond their true radius; veins (dark tubes) and iron-dark deep grey matter are the distractors. ``source`` forces
+    ``mni`` or ``ct``; by default ~70% of seeds use the MNI maps and the rest the real head CT when it is installed.
     """
     rng = np.random.default_rng([seed, 4_000])
     if source is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -89,7 +90,7 @@ def _write_record(args: tuple[Path, int, CandidateConfig]) -> int:
     path = cache / f"swi_{seed}.npz"
     if not path.exists():
         rec = case_record(seed, cfg)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # unique per process: workers may overlap
         np.savez(tmp, **rec)
         tmp.replace(path)
     return seed
@@ -456,3 +457,51 @@ def evaluate_cmb(model_dir: Path, cache: Path, n_test: int, workers: int = 1, pr
     count_plot(model_dir / "counts.png", all_counts)
     update_metrics(model_dir, {k: v for k, v in report.items() if k != "curve"})
     return report
+
+
+def reselect(
+    model_dir: Path,
+    cache: Path,
+    val_seeds: Sequence[int],
+    max_fp: float,
+    checkpoint: Path | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """Re-pick the operating threshold on validation seeds (optionally for the weights in ``checkpoint``, e.g. the last
+    epoch's ``checkpoints/last.pt``) and rewrite the model directory, keeping the card's training record."""
+    from triage_node.inference.card import ModelCard, _thaw
+    from triage_node.training.mr_cards import write_cmb_dir
+
+    card = ModelCard.load(model_dir / "model.yaml")
+    params = dict(_thaw(card.architecture)).get("params", {})
+    net = build_cmb_net(**params)
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu")["model"]
+    else:
+        from safetensors.torch import load_file
+
+        state = load_file(str(card.weights_path))
+    net.load_state_dict(state)
+    ccfg = CandidateConfig.from_dict(dict(card.input.get("candidates", {})))
+    det = CmbDetector(net.eval(), ccfg)
+    recs = load_records(cache, val_seeds)
+    grid = [float(t) for t in np.round(np.linspace(0.05, 0.99, 48), 3)] + [0.995, 0.998, 0.999]
+    op = pick_threshold(froc(det, recs, grid)["curve"], max_fp)
+    training = dict(_thaw(card.training))
+    training["selection"] = (
+        f"threshold {op['threshold']} picked on validation seeds {_ranges(val_seeds)} as the most sensitive point with "
+        f"<= {max_fp} FP/subject"
+        + (f"; weights from {checkpoint.name}" if checkpoint else "")
+        + (f"; {note}" if note else "")
+    )
+    write_cmb_dir(
+        model_dir,
+        {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        ccfg,
+        params,
+        float(op["threshold"]),
+        training,
+        card.version,
+        {"validation_operating_point": op},
+    )
+    return op

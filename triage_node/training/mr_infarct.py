@@ -7,7 +7,7 @@ classifier (two conv layers, dense softmax over side x region classes) trained o
 the same held-out seeds so the choice is recorded with numbers.
 
 Cases are cached as ``dwi_<seed>.npz`` under the cache directory (derived data, never committed). Seeds: training 0..,
-validation 100000.., test 200000.. (infarcts) and 300000.. (test cases without an infarct).
+validation 100000.. (infarcts) and 400000.. (without), test 200000.. (infarcts) and 300000.. (without).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from triage_node.inference.atlas import Region
 
 log = logging.getLogger(__name__)
 
-SPLIT_BASE = {"train": 0, "val": 100_000, "test": 200_000, "test_negative": 300_000}
+SPLIT_BASE = {"train": 0, "val": 100_000, "test": 200_000, "test_negative": 300_000, "val_negative": 400_000}
 DEFAULT_CACHE = Path("/tmp/triage-node-cache/infarct")
 INFARCT_ANALYZER = "triage_node.inference.infarct:InfarctAnalyzer"
 SIDES = ("right", "left")
@@ -60,7 +60,7 @@ def _write(args: tuple[Path, int]) -> int:
     path = cache / f"dwi_{seed}.npz"
     if path.exists():
         return seed
-    infarct = seed < SPLIT_BASE["test_negative"]
+    infarct = seed < SPLIT_BASE["test_negative"]  # test_negative and val_negative seeds have no infarct
     c = make_dwi_case(seed, infarct=infarct)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(
