@@ -184,7 +184,7 @@ class Filter(Frozen):
     min_brain_pct: Annotated[float, _between(0, 100)] = 20.0
 
 
-PriorityName = Literal["critical", "urgent", "routine"]
+PriorityName = Literal["critical", "urgent", "routine", "none"]
 
 
 class Models(Frozen):
@@ -202,7 +202,8 @@ class Models(Frozen):
     priority: dict[str, PriorityName] = Field(
         default_factory=lambda: {  # type: ignore[arg-type]
             "any_hemorrhage": "critical",
-            "hemorrhage": "critical",
+            # The crop-grid segmenter measures extent; the ich classifier decides the flag.
+            "hemorrhage": "none",
             "infarct": "critical",
             "microbleed": "routine",
         }

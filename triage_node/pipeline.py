@@ -128,6 +128,7 @@ def _load_filtered(
 
 
 def _priority(outputs: Sequence[ModelOutput], table: Mapping[str, str]) -> Priority:
+    """The highest priority any present finding maps to (unlisted labels: routine; ``none``: no flag)."""
     best = Priority.NONE
     for out in outputs:
         for f in out.findings:
