@@ -170,6 +170,27 @@ def extract_patches(
     return (vals.reshape(shape) / scale - 1.0).astype(np.float32)
 
 
+def patch_radius_mm(patches: np.ndarray, cfg: CandidateConfig) -> np.ndarray:
+    """Apparent radius (mm) of the dark spot at the centre of each patch (N, 3, p, p): the equivalent circle of the
+    centre slice's connected pixels darker than half the centre's darkness. -> (N,) float."""
+    out = np.zeros(len(patches), dtype=np.float64)
+    p = cfg.patch_px
+    c = p // 2
+    px_mm = cfg.patch_mm / p
+    for k, patch in enumerate(np.asarray(patches, dtype=np.float32)):
+        sl = patch[1]
+        v0 = float(sl[c - 1 : c + 1, c - 1 : c + 1].min())
+        if v0 >= 0:
+            continue
+        lab, _ = ndimage.label(sl < v0 / 2.0)
+        ids = lab[c - 1 : c + 1, c - 1 : c + 1].ravel()
+        ids = ids[ids > 0]
+        if ids.size:
+            area = float(np.isin(lab, np.unique(ids)).sum())
+            out[k] = np.sqrt(area / np.pi) * px_mm
+    return out
+
+
 class CmbNet(nn.Module):
     """The source study's classifier: five conv blocks (2, 2, 3, 3, 3 convs of 3x3, zero padding, stride 1, batch norm,
     ReLU, then 2x2 max pooling with stride 2), one hidden dense layer, one output logit. Input (N, 3, 32, 32)."""
@@ -218,9 +239,17 @@ def build_cmb_net(**kw: Any) -> CmbNet:
 
 
 def merge_detections(
-    centres: np.ndarray, probs: np.ndarray, spacing: tuple[float, float, float], merge_mm: float
+    centres: np.ndarray,
+    probs: np.ndarray,
+    spacing: tuple[float, float, float],
+    merge_mm: float,
+    radii_mm: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Greedy non-maximum merge: indices of kept detections, most probable first, none closer than ``merge_mm``."""
+    """Greedy non-maximum merge: indices of kept detections, most probable first.
+
+    A kept detection suppresses the others closer than ``merge_mm`` or than the sum of the two apparent radii
+    (overlapping dark spots), so one large blooming bleed whose dark area holds several local minima counts once. ``radii_mm``: apparent radius per detection (or None).
+    """
     order = np.argsort(-probs, kind="stable")
     if len(order) == 0:
         return np.zeros(0, dtype=int)
@@ -232,25 +261,40 @@ def merge_detections(
         if suppressed[i]:
             continue
         kept.append(int(i))
-        suppressed |= dist[i] < merge_mm
+        reach = merge_mm if radii_mm is None else np.maximum(merge_mm, radii_mm[i] + radii_mm)
+        suppressed |= dist[i] < reach
     return np.asarray(kept, dtype=int)
 
 
-def estimate_radius_mm(img: np.ndarray, spacing: tuple[float, float, float], centre: np.ndarray, scale: float) -> float:
-    """Apparent (bloomed) radius of a dark spot: equivalent sphere of the voxels darker than half-way to tissue."""
+def dark_spot(
+    img: np.ndarray, spacing: tuple[float, float, float], centre: np.ndarray, scale: float
+) -> tuple[np.ndarray, float]:
+    """Centre (voxel, float (3,)) and apparent (bloomed) radius (mm) of the dark spot at ``centre``: the connected
+    voxels darker than half-way between the spot and the local tissue; centre weighted by darkness."""
     sp = np.asarray(spacing)
-    ext = np.ceil(7.0 / sp).astype(int)
+    ext = np.ceil(9.0 / sp).astype(int)
     c = np.round(centre).astype(int)
     lo = np.maximum(c - ext, 0)
     hi = np.minimum(c + ext + 1, np.asarray(img.shape))
     box = img[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] / scale
     local = np.clip(c - lo, 0, np.asarray(box.shape) - 1)
     level = float(np.median(box))
-    thr = 0.5 * (float(box[tuple(local)]) + level)
+    v0 = float(box[tuple(local)])
+    thr = 0.5 * (v0 + level)
     lab, _ = ndimage.label(box < thr)
     k = lab[tuple(local)]
-    n = int((lab == k).sum()) if k else 1
-    return float((3.0 * n * float(np.prod(sp)) / (4.0 * np.pi)) ** (1.0 / 3.0))
+    if not k:
+        return np.asarray(centre, dtype=np.float64), float(np.min(sp))
+    comp = lab == k
+    w = np.clip(level - box, 0.0, None) * comp
+    refined = np.asarray(ndimage.center_of_mass(w)) + lo if w.sum() > 0 else np.asarray(centre, dtype=np.float64)
+    n = int(comp.sum())
+    return refined, float((3.0 * n * float(np.prod(sp)) / (4.0 * np.pi)) ** (1.0 / 3.0))
+
+
+def estimate_radius_mm(img: np.ndarray, spacing: tuple[float, float, float], centre: np.ndarray, scale: float) -> float:
+    """Apparent (bloomed) radius of the dark spot at ``centre`` (see :func:`dark_spot`)."""
+    return dark_spot(img, spacing, centre, scale)[1]
 
 
 @dataclass
@@ -272,19 +316,28 @@ class CmbDetector:
                 out.append(torch.sigmoid(logits.float()).numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
-    def candidates(self, img: np.ndarray, spacing: tuple[float, float, float]) -> tuple[Candidates, np.ndarray]:
-        """All candidates and their CNN probabilities (before thresholding and merging)."""
+    def candidates(
+        self, img: np.ndarray, spacing: tuple[float, float, float]
+    ) -> tuple[Candidates, np.ndarray, np.ndarray]:
+        """All candidates, their CNN probabilities and patches (before thresholding and merging)."""
         cands = find_candidates(img, spacing, self.cfg)
-        return cands, self.score(extract_patches(img, spacing, cands.centres, cands.scale, self.cfg))
+        patches = extract_patches(img, spacing, cands.centres, cands.scale, self.cfg)
+        return cands, self.score(patches), patches
 
     def select(
-        self, cands: Candidates, probs: np.ndarray, spacing: tuple[float, float, float], threshold: float | None = None
+        self,
+        cands: Candidates,
+        probs: np.ndarray,
+        spacing: tuple[float, float, float],
+        threshold: float | None = None,
+        patches: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Centres (K, 3 voxel) and probabilities (K,) at or above the threshold, merged within ``merge_mm``."""
+        """Centres (K, 3 voxel) and probabilities (K,) at or above the threshold, merged (size-aware with patches)."""
         thr = self.threshold if threshold is None else threshold
         sel = probs >= thr
         centres, p = cands.centres[sel], probs[sel]
-        keep = merge_detections(centres, p, spacing, self.cfg.merge_mm)
+        radii = patch_radius_mm(patches[sel], self.cfg) if patches is not None else None
+        keep = merge_detections(centres, p, spacing, self.cfg.merge_mm, radii)
         return centres[keep].reshape(-1, 3), p[keep]
 
 
@@ -312,12 +365,13 @@ def analyze_with(detector: CmbDetector, volume: Volume, name: str, version: str)
     """Run ``detector`` on ``volume`` and build the ``microbleed`` finding and sphere mask."""
     t0 = time.perf_counter()
     img = np.asarray(volume.pixels, dtype=np.float32)
-    cands, all_probs = detector.candidates(img, volume.spacing)
-    centres, probs = detector.select(cands, all_probs, volume.spacing)
+    cands, all_probs, patches = detector.candidates(img, volume.spacing)
+    centres, probs = detector.select(cands, all_probs, volume.spacing, patches=patches)
     mask = np.zeros(img.shape, dtype=bool)
     sp = np.asarray(volume.spacing)
-    for c in centres:
-        r = estimate_radius_mm(img, volume.spacing, c, cands.scale)
+    refined = [dark_spot(img, volume.spacing, c, cands.scale) for c in centres]
+    centres = np.asarray([rc for rc, _ in refined], dtype=np.float64).reshape(-1, 3)
+    for c, (_, r) in zip(centres, refined, strict=True):
         ext = np.ceil(r / sp).astype(int) + 1
         lo = np.maximum(np.round(c).astype(int) - ext, 0)
         hi = np.minimum(np.round(c).astype(int) + ext + 1, np.asarray(img.shape))

@@ -191,7 +191,7 @@ def subject_counts(
     cands = Candidates(
         rec["centres"].astype(np.float64), np.zeros(len(rec["centres"]), np.float32), np.zeros((1, 1, 1), bool), 1.0
     )
-    centres, _ = detector.select(cands, probs, spacing, threshold)  # type: ignore[arg-type]
+    centres, _ = detector.select(cands, probs, spacing, threshold, patches=rec["patches"])  # type: ignore[arg-type]
     sp = np.asarray(spacing)
     truth, radii = rec["truth"].astype(np.float64), rec["radii"]
     used = np.zeros(len(centres), dtype=bool)
