@@ -248,7 +248,8 @@ def merge_detections(
     """Greedy non-maximum merge: indices of kept detections, most probable first.
 
     A kept detection suppresses the others closer than ``merge_mm`` or than the sum of the two apparent radii
-    (overlapping dark spots), so one large blooming bleed whose dark area holds several local minima counts once. ``radii_mm``: apparent radius per detection (or None).
+    (overlapping dark spots), so one large blooming bleed whose dark area holds several local minima counts once.
+    ``radii_mm``: apparent radius per detection (or None).
     """
     order = np.argsort(-probs, kind="stable")
     if len(order) == 0:
