@@ -379,7 +379,9 @@ def analyze_with(detector: CmbDetector, volume: Volume, name: str, version: str)
         zz, yy, xx = np.ogrid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         d2 = ((zz - c[0]) * sp[0]) ** 2 + ((yy - c[1]) * sp[1]) ** 2 + ((xx - c[2]) * sp[2]) ** 2
         mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] |= d2 <= r * r
-    positions = tuple(tuple(float(v) for v in p) for p in volume.voxel_to_patient(centres)) if len(centres) else ()
+    positions: tuple[tuple[float, float, float], ...] = (
+        tuple((float(p[0]), float(p[1]), float(p[2])) for p in volume.voxel_to_patient(centres)) if len(centres) else ()
+    )
     key = tuple(dict.fromkeys(int(round(c[0])) for c in centres))  # centres come highest probability first
     finding = Finding(
         label="microbleed",

@@ -85,6 +85,10 @@ class InfarctAnalyzer:
                 )
         per_slice = mask.sum(axis=(1, 2))
         order = np.argsort(-per_slice, kind="stable")
+        positions: tuple[tuple[float, float, float], ...] = ()
+        if present:
+            c = volume.voxel_to_patient(np.argwhere(mask).mean(axis=0))[0]
+            positions = ((float(c[0]), float(c[1]), float(c[2])),)
         finding = Finding(
             label="infarct",
             present=present,
@@ -95,8 +99,6 @@ class InfarctAnalyzer:
             location=location.phrase if location is not None else None,
             laterality=location.side if location is not None else None,
             key_slices=tuple(int(i) for i in order if per_slice[i] > 0),
-            positions=(tuple(float(v) for v in volume.voxel_to_patient(np.argwhere(mask).mean(axis=0))[0]),)
-            if present
-            else (),
+            positions=positions,
         )
         return ModelOutput(self.name, self.version, (finding,), masks={"infarct": mask}, seconds=time.monotonic() - t0)

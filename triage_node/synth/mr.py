@@ -108,7 +108,8 @@ def _rotation(rx: float, ry: float, rz: float) -> np.ndarray:
 
 def _sample_points(rng: np.random.Generator, grid: Grid, src: HeadSource, sub: int, deform_mm: float) -> np.ndarray:
     """Source index coordinates (3, sub, z, y, x) for every output voxel and slice sub-sample."""
-    rot = _rotation(*np.deg2rad(rng.uniform(-8, 8, 2)), np.deg2rad(rng.uniform(-12, 12)))
+    pitch, roll = (float(a) for a in np.deg2rad(rng.uniform(-8, 8, 2)))
+    rot = _rotation(pitch, roll, float(np.deg2rad(rng.uniform(-12, 12))))
     scale = rng.uniform(0.9, 1.1) * rng.uniform(0.96, 1.04, 3)  # head size and shape
     shift = rng.uniform(-8, 8, 3)
     head_to_patient = rot @ np.diag(scale)

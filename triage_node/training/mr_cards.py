@@ -106,7 +106,7 @@ def update_section(model_dir: Path, section: str, values: dict[str, Any]) -> Mod
     card = ModelCard.load(model_dir / "model.yaml")
     merged = dict(_thaw(getattr(card, section)))
     merged.update(values)
-    new = replace(card, **{section: MappingProxyType(merged)}, directory=model_dir)
+    new = replace(card, **{section: MappingProxyType(merged)}, directory=model_dir)  # type: ignore[arg-type]
     new.save(model_dir / "model.yaml")
     return new
 

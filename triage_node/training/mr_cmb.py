@@ -91,7 +91,7 @@ def _write_record(args: tuple[Path, int, CandidateConfig]) -> int:
     if not path.exists():
         rec = case_record(seed, cfg)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # unique per process: workers may overlap
-        np.savez(tmp, **rec)
+        np.savez(tmp, **rec)  # type: ignore[arg-type]
         tmp.replace(path)
     return seed
 
@@ -285,11 +285,13 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 def _ranges(seeds: Sequence[int]) -> str:
     s = sorted(seeds)
-    parts, start = [], s[0]
-    for a, b in zip(s, s[1:] + [None], strict=True):
-        if b != a + 1:
+    parts: list[str] = []
+    start = s[0]
+    for k, a in enumerate(s):
+        if k + 1 == len(s) or s[k + 1] != a + 1:
             parts.append(f"{start}-{a}" if a != start else str(a))
-            start = b
+            if k + 1 < len(s):
+                start = s[k + 1]
     return ",".join(parts)
 
 

@@ -58,7 +58,7 @@ def confusion_plot(path: Path, matrix: np.ndarray, labels: Sequence[str], title:
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
             if matrix[i, j]:
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7)
+                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
