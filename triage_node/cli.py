@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         log.debug("training commands unavailable: %s", exc)
     else:
         register_training(sub)
+        from triage_node.training.mr_cli import register as register_mr_training
+
+        register_mr_training(sub)
     return p
 
 

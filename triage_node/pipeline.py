@@ -24,12 +24,13 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage_node.config import Config
+from triage_node.config import Config, Pipeline
 from triage_node.inference.types import Analyzer, ModelOutput
 from triage_node.notify import queue_for_job
 from triage_node.preprocess.filter import brain_pct_ct, keep_slices
 from triage_node.results.build import AlgorithmInfo, ResultFile, ResultIdentity, build_results
 from triage_node.send.outbox import enqueue
+from triage_node.series.diffusion import select_dwi
 from triage_node.series.geometry import GeometryError, Slice, build_volume, pixels, plan
 from triage_node.series.routing import SeriesAttributes, describe, route
 from triage_node.worklist import states
@@ -189,6 +190,10 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
         assert job is not None
         job.pipeline, job.rule = pipeline, rule.name
 
+    if rule.pipeline == Pipeline.MR_DWI:
+        datasets = select_dwi(datasets)
+        if not datasets:
+            raise Rejected("the diffusion series holds no diffusion-weighted images (only derived maps)")
     slices = plan(datasets)
     planes, keep = _load_filtered(slices, attrs.modality, cfg.filter.min_brain_pct, timings)
     ctx.observe_stage("load", timings["load"])

@@ -33,7 +33,7 @@ class SeriesAttributes:
             for v in ds.get("ImageType", []) or []:
                 if str(v).upper() not in image_type:
                     image_type.append(str(v).upper())
-            b = _b_value(ds)
+            b = b_value(ds)
             if b is not None:
                 b_values.add(b)
         return cls(
@@ -48,7 +48,7 @@ class SeriesAttributes:
         )
 
 
-def _b_value(ds: Dataset) -> float | None:
+def b_value(ds: Dataset) -> float | None:
     """The diffusion b-value: the standard tag, then the common vendor tags (GE, Siemens, Philips)."""
     candidates = [
         ds.get((0x0018, 0x9087)),
