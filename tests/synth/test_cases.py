@@ -31,7 +31,7 @@ def test_same_seed_same_case() -> None:
 
 @pytest.mark.parametrize("subtype", SUBTYPES)
 def test_each_subtype_is_intracranial_blood(subtype: str) -> None:
-    case = make_ct_case(40 + SUBTYPES.index(subtype), (subtype,), source="mni", n_slices=24)
+    case = make_ct_case(40 + SUBTYPES.index(subtype), (subtype,), source="mni", n_slices=16)
     mask = case.masks[subtype]
     assert mask.any()
     intracranial = np.isin(case.tissue, [Tissue.BRAIN, Tissue.CSF, Tissue.VENTRICLE])

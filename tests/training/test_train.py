@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from triage_node.inference.nets import build_classifier, build_segmenter
-from triage_node.synth.cases import make_ct_case
+from triage_node.synth.cases import CTCase, make_ct_case
 from triage_node.training.augment import AugmentConfig, augment
 from triage_node.training.ich_data import batches, from_volumes
 from triage_node.training.ich_train import make_validate, weighted_bce
@@ -18,8 +19,9 @@ from triage_node.training.lrfind import lr_find
 from triage_node.training.seg_train import SEG_AUGMENT, SegRecipe, crop_batches, crops_from_volumes, seg_loss
 
 
-def _cases() -> list:
-    return [make_ct_case(7, ("subdural",), "mni", n_slices=6), make_ct_case(8, (), "mni", n_slices=6)]
+@functools.cache
+def _cases() -> tuple[CTCase, CTCase]:
+    return make_ct_case(7, ("subdural",), "mni", n_slices=6), make_ct_case(8, (), "mni", n_slices=6)
 
 
 def test_ich_training_steps_reduce_nothing_break(tmp_path: Path) -> None:

@@ -80,20 +80,29 @@ class CropGridSegmenter:
         self.batch = 8  # slices per forward pass (x 16 crops)
         self.device = torch.device(device)
         torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)  # see IchAnalyzer: denormals slow CPU inference several-fold
         net = build_segmenter(int(arch["in_channels"]), int(arch.get("base", 16)))
         net.load_state_dict(load_file(str(card.weights_path)))
         self.net = net.eval().to(self.device)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        crops = grid_crops(x, self.grid).to(self.device)
-        seg, cls = self.net(crops)
-        seg_p, cls_p = torch.sigmoid(seg.float()), torch.sigmoid(cls.float())
-        if self.tta:
-            seg_f, cls_f = self.net(crops.flip(-1))
-            seg_p = (seg_p + torch.sigmoid(seg_f.float()).flip(-1)) / 2
-            cls_p = (cls_p + torch.sigmoid(cls_f.float())) / 2
+        crops = grid_crops(x, self.grid)
+        # Crops that are all air (every channel 0 after normalisation) cannot hold a lesion: skip the network there
+        # (a third to a half of a head slice's grid), and report segmentation 0 and gate 0 for them.
+        active = crops.amax(dim=(1, 2, 3)) > 0.0
+        seg_p = torch.zeros(crops.shape[0], 1, *crops.shape[2:])
+        cls_p = torch.zeros(crops.shape[0])
+        if active.any():
+            a = crops[active].to(self.device)
+            seg, cls = self.net(a)
+            s, c = torch.sigmoid(seg.float()), torch.sigmoid(cls.float())
+            if self.tta:
+                seg_f, cls_f = self.net(a.flip(-1))
+                s = (s + torch.sigmoid(seg_f.float()).flip(-1)) / 2
+                c = (c + torch.sigmoid(cls_f.float())) / 2
+            seg_p[active], cls_p[active] = s.cpu(), c.cpu()
         gated = seg_p * (cls_p >= self.gate_threshold).float()[:, None, None, None]
-        return grid_join(gated.cpu(), self.grid)[:, 0], cls_p.cpu().reshape(x.shape[0], self.grid * self.grid)
+        return grid_join(gated, self.grid)[:, 0], cls_p.reshape(x.shape[0], self.grid * self.grid)
 
     def probabilities(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Gated segmentation probability float32 (z, y, x) aligned with ``pixels`` and gate probabilities (z, n*n)."""
