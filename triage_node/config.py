@@ -182,6 +182,8 @@ class Series(Frozen):
 
 class Filter(Frozen):
     min_brain_pct: Annotated[float, _between(0, 100)] = 20.0
+    # MR models read the volume in 3-D (microbleed candidates, infarct extent): drop only the nearly empty end slices.
+    min_tissue_pct_mr: Annotated[float, _between(0, 100)] = 2.0
 
 
 PriorityName = Literal["critical", "urgent", "routine", "none"]

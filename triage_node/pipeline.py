@@ -195,12 +195,13 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
         if not datasets:
             raise Rejected("the diffusion series holds no diffusion-weighted images (only derived maps)")
     slices = plan(datasets)
-    planes, keep = _load_filtered(slices, attrs.modality, cfg.filter.min_brain_pct, timings)
+    min_pct = cfg.filter.min_brain_pct if attrs.modality.upper() == "CT" else cfg.filter.min_tissue_pct_mr
+    planes, keep = _load_filtered(slices, attrs.modality, min_pct, timings)
     ctx.observe_stage("load", timings["load"])
     ctx.observe_stage("filter", timings["filter"])
     kept, dropped = int(keep.sum()), int((~keep).sum())
     if kept == 0:
-        raise Rejected(f"all {dropped} slices are below {cfg.filter.min_brain_pct:g}% brain pixels")
+        raise Rejected(f"all {dropped} slices are below {min_pct:g}% brain pixels")
     volume = build_volume(slices, planes, keep, planes_are_kept=True)
     del planes
     kept_idx = np.flatnonzero(keep)

@@ -2,7 +2,8 @@
 
 A slice's brain percentage is the share of all its pixels that lie inside the head and within the brain window
 (40/80, i.e. 0-80 HU) for CT; for MR, the share of pixels inside the head above a tissue threshold derived from the
-whole volume. Slices under ``min_brain_pct`` (default 20) are dropped before inference.
+whole volume. CT slices under ``filter.min_brain_pct`` (default 20) are dropped before inference; MR slices under
+``filter.min_tissue_pct_mr`` (default 2: only the nearly empty ends, since the MR models read the volume in 3-D).
 """
 
 from __future__ import annotations
