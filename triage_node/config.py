@@ -200,12 +200,21 @@ class Models(Frozen):
             Pipeline.MR_DWI: ("infarct",),
         }
     )
+    # Run a model only when an earlier model of the same pipeline found this label present (the source study's
+    # classifier gate, at series level: the segmenter outlines what the classifier flagged).
+    gates: dict[str, str] = Field(default_factory=lambda: {"ct_segmenter": "any_hemorrhage"})
     # Which finding makes which worklist priority; anything present and unlisted is 'routine'.
     priority: dict[str, PriorityName] = Field(
         default_factory=lambda: {  # type: ignore[arg-type]
             "any_hemorrhage": "critical",
-            # The crop-grid segmenter measures extent; the ich classifier decides the flag.
+            # The ich classifier's any-hemorrhage output decides the flag; its subtypes qualify it and the crop-grid
+            # segmenter measures the extent, neither flags on its own.
             "hemorrhage": "none",
+            "epidural": "none",
+            "intraparenchymal": "none",
+            "intraventricular": "none",
+            "subarachnoid": "none",
+            "subdural": "none",
             "infarct": "critical",
             "microbleed": "routine",
         }

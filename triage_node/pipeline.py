@@ -212,6 +212,10 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
     analyzers = [ctx.analyzers[n] for n in names if n in ctx.analyzers]
     outputs: list[ModelOutput] = []
     for analyzer in analyzers:
+        gate = cfg.models.gates.get(analyzer.name)
+        if gate is not None and not any(f.label == gate and f.present for o in outputs for f in o.findings):
+            log.debug("job %d: %s not run, %s is absent", job_id, analyzer.name, gate)
+            continue
         t = time.perf_counter()
         outputs.append(analyzer.analyze(volume))
         timings[f"model:{analyzer.name}"] = time.perf_counter() - t
