@@ -65,6 +65,15 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+def _text_attr(keyword: str, limit: int = 64) -> cached_property[str | None]:
+    """A Header attribute read from its dataset on first use (PHI among them: never log these)."""
+    return cached_property(lambda self: _text(self.dataset, keyword, limit))
+
+
+def _int_attr(keyword: str) -> cached_property[int | None]:
+    return cached_property(lambda self: _int(self.dataset, keyword))
+
+
 @dataclass(frozen=True)
 class Header:
     """What the receive path needs from an instance. Patient fields are PHI: never log them.
@@ -83,61 +92,21 @@ class Header:
     expected_instances: int | None
     dataset: Dataset = field(repr=False, compare=False)
 
-    @cached_property
-    def modality(self) -> str | None:
-        return _text(self.dataset, "Modality", 16)
-
-    @cached_property
-    def series_number(self) -> int | None:
-        return _int(self.dataset, "SeriesNumber")
-
-    @cached_property
-    def series_description(self) -> str | None:
-        return _text(self.dataset, "SeriesDescription", 128)
-
-    @cached_property
-    def body_part(self) -> str | None:
-        return _text(self.dataset, "BodyPartExamined", 64)
-
-    @cached_property
-    def patient_name(self) -> str | None:
-        return _text(self.dataset, "PatientName", 324)
-
-    @cached_property
-    def patient_id(self) -> str | None:
-        return _text(self.dataset, "PatientID")
-
-    @cached_property
-    def patient_birth_date(self) -> str | None:
-        return _text(self.dataset, "PatientBirthDate", 8)
-
-    @cached_property
-    def patient_sex(self) -> str | None:
-        return _text(self.dataset, "PatientSex", 16)
-
-    @cached_property
-    def accession_number(self) -> str | None:
-        return _text(self.dataset, "AccessionNumber")
-
-    @cached_property
-    def study_id(self) -> str | None:
-        return _text(self.dataset, "StudyID", 16)
-
-    @cached_property
-    def study_description(self) -> str | None:
-        return _text(self.dataset, "StudyDescription", 128)
-
-    @cached_property
-    def study_date(self) -> str | None:
-        return _text(self.dataset, "StudyDate", 8)
-
-    @cached_property
-    def study_time(self) -> str | None:
-        return _text(self.dataset, "StudyTime", 16)
-
-    @cached_property
-    def referring_physician(self) -> str | None:
-        return _text(self.dataset, "ReferringPhysicianName", 324)
+    # Converted on first use (see above).
+    modality = _text_attr("Modality", 16)
+    series_number = _int_attr("SeriesNumber")
+    series_description = _text_attr("SeriesDescription", 128)
+    body_part = _text_attr("BodyPartExamined", 64)
+    patient_name = _text_attr("PatientName", 324)
+    patient_id = _text_attr("PatientID")
+    patient_birth_date = _text_attr("PatientBirthDate", 8)
+    patient_sex = _text_attr("PatientSex", 16)
+    accession_number = _text_attr("AccessionNumber")
+    study_id = _text_attr("StudyID", 16)
+    study_description = _text_attr("StudyDescription", 128)
+    study_date = _text_attr("StudyDate", 8)
+    study_time = _text_attr("StudyTime", 16)
+    referring_physician = _text_attr("ReferringPhysicianName", 324)
 
 
 # Value representations whose values are ASCII whatever the character set: read straight from the raw bytes.
