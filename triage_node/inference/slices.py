@@ -21,13 +21,20 @@ def square_pad(hu: np.ndarray, fill: float = -1024.0) -> np.ndarray:
     return out
 
 
+CHUNK = 16  # slices windowed at full resolution at a time: a long thin-slice series never triples in memory
+
+
 def window_resize(hu: np.ndarray, size: int) -> torch.Tensor:
     """HU slices (n, H, W) -> float32 tensor (n, 3, size, size) in [0, 1]: brain, subdural and bone windows, averaged
-    down (area interpolation) after windowing so thin bright blood is not aliased away."""
-    win = torch.from_numpy(three_windows(square_pad(np.asarray(hu, np.float32))))
-    if win.shape[-1] != size:
-        win = F.interpolate(win, size=(size, size), mode="area")
-    return win
+    down (area interpolation) after windowing so thin bright blood is not aliased away. Works through the slices in
+    chunks, so only the small output is held for the whole series."""
+    parts = []
+    for i in range(0, hu.shape[0], CHUNK):
+        win = torch.from_numpy(three_windows(square_pad(np.asarray(hu[i : i + CHUNK], np.float32))))
+        if win.shape[-1] != size:
+            win = F.interpolate(win, size=(size, size), mode="area")
+        parts.append(win)
+    return torch.cat(parts) if parts else torch.zeros((0, 3, size, size))
 
 
 def with_context(win: torch.Tensor, context: int) -> torch.Tensor:
