@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from triage_node.inference.card import ModelCard
 from triage_node.inference.nets import build_classifier, gradcam_layer
-from triage_node.inference.slices import window_resize, with_context
+from triage_node.inference.slices import context_rows, window_resize, with_context
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
 
@@ -83,11 +83,12 @@ class IchAnalyzer:
 
     def slice_probabilities(self, hu: np.ndarray) -> np.ndarray:
         """Sigmoid probabilities float32 (z, 6) for each slice of ``hu`` (z, y, x)."""
-        x = self.inputs(hu)
+        win = window_resize(hu, self.size)  # the 2.5-D stack is built per batch: a long series never holds it whole
         out = []
         with torch.inference_mode():
-            for i in range(0, x.shape[0], self.batch):
-                out.append(torch.sigmoid(self.net(x[i : i + self.batch].to(self.device))).float().cpu())
+            for i in range(0, win.shape[0], self.batch):
+                x = context_rows(win, torch.arange(i, min(i + self.batch, win.shape[0])), self.context)
+                out.append(torch.sigmoid(self.net(x.to(self.device))).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), np.float32)
 
     def gradcam(self, hu: np.ndarray, slices: tuple[int, ...]) -> np.ndarray:
@@ -97,7 +98,7 @@ class IchAnalyzer:
         if not slices:
             return heat
         idx = list(slices)
-        x = self.inputs(hu)[idx].clone().to(self.device)
+        x = context_rows(window_resize(hu, self.size), torch.tensor(idx), self.context).to(self.device)
         cam = self._gradcam()
         with torch.enable_grad():
             maps = cam(x=x, class_idx=0)  # type: ignore[operator]  # (n, 1, size, size), each scaled to [0, 1]

@@ -37,6 +37,18 @@ def window_resize(hu: np.ndarray, size: int) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros((0, 3, size, size))
 
 
+def context_rows(win: torch.Tensor, idx: torch.Tensor, context: int) -> torch.Tensor:
+    """``with_context(win, context)[idx]`` without building the whole stacked tensor (one batch at a time)."""
+    if context == 0:
+        return win[idx]
+    n = win.shape[0]
+    parts = [win[idx]]
+    for k in range(1, context + 1):
+        parts.append(win[(idx - k).clamp(0, n - 1)])
+        parts.append(win[(idx + k).clamp(0, n - 1)])
+    return torch.cat(parts, dim=1)
+
+
 def with_context(win: torch.Tensor, context: int) -> torch.Tensor:
     """Stack each slice's neighbours (+-``context``, edges repeated) as extra channels (2.5-D input).
 
