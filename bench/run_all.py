@@ -46,8 +46,8 @@ def table() -> str:
             f"Measured {ingest['when'][:10] if ingest else ''} on {machine['cpu']}, {machine['cores']} cores, "
             f"{machine['memory_gb']} GB, {machine['filesystem']}, Linux {machine['kernel']}, Python "
             f"{machine['python']}, DCMTK {_dcmtk_version(machine['dcmtk'])}, "
-            f"{machine['orthanc'].replace('/usr/sbin/', '')}. The cores were shared with model trainings: "
-            "figures are noisy, each peer was measured in the same run."
+            f"{machine['orthanc'].replace('/usr/sbin/', '')}. Each peer was measured in the same run; on a shared "
+            "machine the figures move by tens of percent between runs."
         )
         lines.append("")
     if ingest:
