@@ -283,6 +283,8 @@ class StorageSCP:
             self.cfg.ae_title, self.cfg.host, self.port, self.cfg.max_associations,
             "TLS" if self.cfg.tls.enabled else "no TLS",
         )
+        if not self.cfg.allowed_callers:
+            log.warning("scp.allowed_callers is empty: associations from any calling AE title are accepted")
 
     @property
     def port(self) -> int:
