@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from triage_node.training.synthdata import DEFAULT_CACHE
@@ -179,13 +180,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=cmd_models)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m triage_node.training.cli``) until the main CLI registers us."""
+def run_standalone(register_fn: Callable[[argparse._SubParsersAction], None], argv: list[str] | None) -> int:  # type: ignore[type-arg]
+    """Run training subcommands without the daemon's CLI (``python -m triage_node.training.cli`` / ``.mr_cli``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="triage-node")
-    register(parser.add_subparsers(dest="command", required=True))
+    register_fn(parser.add_subparsers(dest="command", required=True))
     a = parser.parse_args(argv)
     return int(a.func(a))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point; ``triage-node train ...`` is the same command."""
+    return run_standalone(register, argv)
 
 
 if __name__ == "__main__":

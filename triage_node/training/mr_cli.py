@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 MR_MODELS = ("cmb", "infarct")
@@ -149,11 +148,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="triage-node")
-    register(parser.add_subparsers(dest="command", required=True))
-    a = parser.parse_args(argv)
-    return int(a.func(a))
+    """Stand-alone entry point; ``triage-node train-mr ...`` is the same command."""
+    from triage_node.training.cli import run_standalone
+
+    return run_standalone(register, argv)
 
 
 if __name__ == "__main__":
