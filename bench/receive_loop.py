@@ -1,17 +1,34 @@
-"""The receive path alone, in process: a StorageSCP on a fresh database and spool, ``storescu +sd`` sends N slices.
+"""The receive path alone, in process: a StorageSCP on a fresh database and spool, ``storescu +sd`` sends N slices;
+tuned DCMTK ``storescp`` receives the same folders in the same run, interleaved, for the ratio.
 
 A quick loop for the speed work (no daemon start-up): prints images/s for 1 and K associations. Profile it with
-``.venv/bin/py-spy record -o profile.svg -- .venv/bin/python bench/receive_loop.py``.
+``.venv/bin/py-spy record -o profile.svg -- .venv/bin/python bench/receive_loop.py --only triage-node``.
 
-    .venv/bin/python bench/receive_loop.py [--slices 300] [--parallel 1,4]
+    .venv/bin/python bench/receive_loop.py [--slices 300] [--parallel 1,4] [--repeats 1] [--max-pdu 262144]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
-from common import WORK, ct_series, free_port, fresh, split_into_folders, storescu_folders
+from common import (
+    WORK,
+    PeerMissing,
+    ct_series,
+    free_port,
+    fresh,
+    median,
+    split_into_folders,
+    storescp,
+    storescu_folders,
+)
+from pynetdicom.transport import RequestHandler
+from sqlalchemy import Engine, event
 
 from triage_node.config import SCP
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
@@ -19,13 +36,24 @@ from triage_node.receive.store import Spool
 from triage_node.worklist.db import make_engine, migrate, session_factory
 
 
-def run(n_slices: int, parallel: int) -> float:
-    paths = ct_series(1000)[:n_slices] if n_slices <= 1000 else ct_series(n_slices)
-    folders = split_into_folders(paths, parallel)
+def _no_durability(engine: Engine) -> None:
+    """For the CPU view only (``--durability off``): no fsync of files, folders or the SQLite WAL."""
+    import triage_node.receive.store as store
+
+    store.os = SimpleNamespace(**{**vars(os), "fsync": lambda fd: None})  # type: ignore[attr-defined]
+
+    @event.listens_for(engine, "connect")
+    def _sync_off(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA synchronous=OFF")
+
+
+def run_triage_node(folders: list[Path], n: int, max_pdu: int, durable: bool) -> float:
     work = fresh(WORK / "receive_loop")
     engine = make_engine(f"sqlite:///{work / 'db.sqlite'}")
+    if not durable:
+        _no_durability(engine)
     migrate(engine)
-    cfg = SCP(host="127.0.0.1", port=free_port())
+    cfg = SCP(host="127.0.0.1", port=free_port(), max_pdu=max_pdu)
     scp = StorageSCP(cfg, Spool(work / "spool"), session_factory(engine), ReceiveHooks())
     scp.start()
     try:
@@ -35,18 +63,67 @@ def run(n_slices: int, parallel: int) -> float:
     with engine.connect() as conn:
         stored = conn.exec_driver_sql("select count(*) from instances").scalar()
     engine.dispose()
-    if stored != len(paths):
-        raise RuntimeError(f"stored {stored} of {len(paths)}")
-    return len(paths) / seconds
+    if stored != n:
+        raise RuntimeError(f"stored {stored} of {n}")
+    return n / seconds
+
+
+def run_dcmtk(folders: list[Path], n: int) -> float:
+    with storescp(WORK / "receive_loop_dcmtk") as scp:
+        seconds = storescu_folders(scp.port, folders, "STORESCP")
+        stored = scp.count()
+    if stored != n:
+        raise RuntimeError(f"storescp stored {stored} of {n}")
+    return n / seconds
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--parallel", default="1,4")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--max-pdu", type=int, default=SCP().max_pdu, help="scp.max_pdu of triage-node (0: unlimited)")
+    ap.add_argument("--only", default="triage-node,dcmtk")
+    ap.add_argument(
+        "--durability",
+        choices=("on", "off"),
+        default="on",
+        help="off: no fsync at all in triage-node, to see its CPU-bound path (never in production)",
+    )
+    ap.add_argument(
+        "--reactor",
+        choices=("event", "pynetdicom"),
+        default="event",
+        help="pynetdicom: its own polling associations, for comparison",
+    )
+    ap.add_argument("--floor", action="store_true", help="also measure the disk's durability floor in this run")
     args = ap.parse_args()
+    if args.reactor == "pynetdicom":
+        StorageSCP.request_handler = RequestHandler
+    receivers = [r for r in args.only.split(",") if r]
+    paths = ct_series(1000)[: args.slices] if args.slices <= 1000 else ct_series(args.slices)
+    if args.floor:
+        from ingest import durability_floor
+
+        print(f"durability floor now: {durability_floor(paths[0], 100)}", flush=True)
     for par in (int(p) for p in args.parallel.split(",")):
-        print(f"{par} association(s): {run(args.slices, par):.1f} images/s", flush=True)
+        folders = split_into_folders(paths, par)
+        rates: dict[str, list[float]] = {r: [] for r in receivers}
+        for _ in range(args.repeats):
+            for r in receivers:
+                try:
+                    if r == "triage-node":
+                        rate = run_triage_node(folders, len(paths), args.max_pdu, args.durability == "on")
+                    else:
+                        rate = run_dcmtk(folders, len(paths))
+                except PeerMissing as exc:
+                    print(f"{r}: skipped ({exc})")
+                    continue
+                rates[r].append(rate)
+        parts = [f"{r} {median(v):.1f} images/s" for r, v in rates.items() if v]
+        tn, dc = median(rates.get("triage-node", [])), median(rates.get("dcmtk", []))
+        ratio = f" = {tn / dc:.3f}x DCMTK" if tn == tn and dc == dc else ""
+        print(f"{par} association(s), {len(paths)} slices: " + ", ".join(parts) + ratio, flush=True)
     return 0
 
 

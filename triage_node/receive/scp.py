@@ -17,12 +17,13 @@ from typing import Any, cast
 
 from pynetdicom import AE, Association, evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage_node.config import SCP, Caller
 from triage_node.receive.contexts import PREFERENCE, STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
+from triage_node.receive.reactor import EventRequestHandler
 from triage_node.receive.store import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
@@ -232,6 +233,9 @@ class StorageSCP:
     """Owns the AE and its server thread. ``start()`` binds and listens; ``stop()`` refuses new associations and waits
     for in-flight ones to finish."""
 
+    # Associations that block on events instead of polling every 1 ms (pynetdicom's RequestHandler for comparison).
+    request_handler: type[RequestHandler] = EventRequestHandler
+
     def __init__(self, cfg: SCP, spool: Spool, sessions: sessionmaker[Session], hooks: ReceiveHooks | None = None):
         self.cfg = cfg
         self.spool = spool
@@ -274,6 +278,7 @@ class StorageSCP:
             evt_handlers=handlers,  # type: ignore[arg-type]
             ssl_context=make_ssl_context(self.cfg),
             server_class=NoDelayServer,
+            request_handler=self.request_handler,
         )
         self.ae._servers.append(self.server)  # so AE.shutdown() and server.shutdown() know it
         self._thread = threading.Thread(target=self.server.serve_forever, name="scp-acceptor", daemon=True)

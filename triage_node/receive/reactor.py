@@ -1,0 +1,304 @@
+"""Event-driven acceptor associations for pynetdicom: the same state machine, ACSE and DIMSE code, without polling.
+
+pynetdicom 3.0.4 runs two threads per association that poll: the DUL thread (``dul.py`` ``run_reactor``) sleeps
+``_run_loop_delay`` (1 ms) whenever a loop found nothing to do, and the acceptor reactor (``association.py``
+``_run_reactor``) sleeps 1 ms per loop. Every C-STORE round trip therefore waits for several of these sleeps, and
+both threads burn CPU between them. Here the DUL thread blocks in ``select()`` on its socket and a wake-up
+socketpair that is written whenever another thread queues something for it, and the association thread blocks on an
+event that is set whenever the DUL hands it a DIMSE message or an ACSE primitive (release, abort) or stops. Both
+still wake on their timers: ARTIM for the DUL, the network (idle) timeout for the association.
+
+This overrides private methods, so it is pinned to the pynetdicom version it was written against: importing it with
+another version fails with a message saying what to check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from copy import deepcopy
+from datetime import datetime
+from typing import Any, TypeVar, cast
+
+import pynetdicom
+from pynetdicom import evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+PINNED_PYNETDICOM = "3.0.4"
+if pynetdicom.__version__ != PINNED_PYNETDICOM:
+    raise ImportError(
+        f"triage_node.receive.reactor overrides private parts of pynetdicom {PINNED_PYNETDICOM} (DULServiceProvider."
+        f"run_reactor, Association._run_reactor, RequestHandler._create_association) but pynetdicom "
+        f"{pynetdicom.__version__} is installed: compare those methods with this module, then update "
+        "PINNED_PYNETDICOM, or install pynetdicom=={PINNED_PYNETDICOM}"
+    )
+
+log = logging.getLogger(__name__)
+
+# The longest either thread blocks without any event: a safety net only, every wake-up that matters is signalled.
+MAX_BLOCK_S = 1.0
+
+# A timer has expired only once its remaining time is below zero: wake just after, not exactly at, the deadline.
+TIMER_SLACK_S = 0.002
+
+_T = TypeVar("_T")
+
+
+class _Waker:
+    """A socketpair that wakes a thread blocked in ``select()``. Written only while that thread is about to block
+    (``armed``), so queueing costs no system call while the thread is busy."""
+
+    def __init__(self) -> None:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        self.armed = False
+
+    def fileno(self) -> int:
+        return self._r.fileno()
+
+    def wake(self) -> None:
+        if self.armed:
+            with contextlib.suppress(BlockingIOError, OSError):  # full (already woken) or closed (thread ended)
+                self._w.send(b"\0")
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._r.recv(4096):
+                pass
+
+    def close(self) -> None:
+        self._r.close()
+        self._w.close()
+
+
+class _WakingQueue(queue.Queue[_T]):
+    """A queue that calls ``on_put`` after every put, to wake whoever waits for it elsewhere than in ``get``."""
+
+    def __init__(self, on_put: Callable[[], None]):
+        super().__init__()
+        self._on_put = on_put
+
+    def put(self, item: _T, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._on_put()
+
+
+class SelectDUL(DULServiceProvider):
+    """pynetdicom's DUL provider, blocking in ``select()`` instead of sleeping 1 ms when idle.
+
+    The loop body is pynetdicom 3.0.4's ``run_reactor``; only its sleep is replaced. The thread wakes for: data on the
+    socket, a primitive queued to send (``to_provider_queue``), an event queued by another thread (``event_queue``), a
+    kill request (``_kill_thread``), and the ARTIM timer's expiry.
+    """
+
+    def __init__(self, assoc: Association, wake_user: Callable[[], None]):
+        self._waker = _Waker()  # before super().__init__, which sets _kill_thread
+        super().__init__(assoc)
+        self.event_queue = _WakingQueue(self._waker.wake)
+        self.to_provider_queue = _WakingQueue(self._waker.wake)  # type: ignore[assignment]
+        self.to_user_queue = _WakingQueue(wake_user)  # type: ignore[assignment]
+        self._wake_user = wake_user
+
+    @property  # type: ignore[override]
+    def _kill_thread(self) -> bool:
+        return self._kill_flag
+
+    @_kill_thread.setter
+    def _kill_thread(self, value: bool) -> None:
+        self._kill_flag = value
+        if value:
+            self._waker.wake()
+
+    def _block(self) -> None:
+        """Wait until there may be something to do (see the class docstring)."""
+        timeout = MAX_BLOCK_S
+        artim = self.artim_timer
+        if artim.timeout is not None and artim._start_time is not None and artim._end_time is None:
+            timeout = min(timeout, max(0.0, artim.remaining) + TIMER_SLACK_S)
+        fds: list[Any] = [self._waker]
+        wrapper = self.socket
+        sock = wrapper.socket if wrapper is not None and wrapper._is_connected else None
+        if sock is not None:
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return  # decrypted bytes already buffered: select() would not see them
+            fds.append(sock)
+        self._waker.armed = True
+        try:
+            # Re-check after arming: whatever was queued before this point did not write to the waker.
+            if self._kill_flag or not self.event_queue.empty() or not self.to_provider_queue.empty():
+                return
+            select.select(fds, [], [], timeout)
+        except (OSError, ValueError):
+            return  # the socket was closed under us: the loop's own check (``socket.ready``) reports Evt17
+        finally:
+            self._waker.armed = False
+            self._waker.drain()
+
+    def run_reactor(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self.assoc.is_acceptor and self.assoc.requestor.primitive is None:
+                # Ended before any A-ASSOCIATE-RQ arrived (a failed TLS handshake, garbage, a closed connection):
+                # the association thread waits for one for up to acse_timeout; None ends that wait now.
+                self.to_user_queue.put(None)  # type: ignore[arg-type]
+            self._wake_user()  # the association thread checks ``dul.is_alive()``
+            self._waker.close()
+
+    def _run(self) -> None:
+        # pynetdicom 3.0.4 dul.py run_reactor(), with time.sleep(self._run_loop_delay) replaced by self._block().
+        self._idle_timer.start()
+        sock = cast(AssociationSocket, self.socket)
+        idle = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+            if idle:
+                self._block()
+            if self._kill_flag:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:  # noqa: BLE001 - pynetdicom's own policy: any error here aborts the association
+                log.error("Exception in the DUL reactor, aborting the association: %r", exc)
+                from pynetdicom.pdu import A_ABORT_RQ
+
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                with contextlib.suppress(OSError):
+                    sock.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_flag = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+            self.state_machine.do_action(event)
+            idle = False
+
+    def stop_dul(self) -> bool:
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            if threading.current_thread() is not self:
+                self.join()
+            return True
+        return False
+
+
+class EventAssociation(Association):
+    """An acceptor association whose reactor blocks until the DUL hands it something (see the module docstring)."""
+
+    def __init__(self, ae: Any, mode: str):
+        self._wake = threading.Event()
+        super().__init__(ae, mode)
+        self.dul = SelectDUL(self, self._wake.set)
+        # Association.__init__ applied these to the DUL it made; apply them to this one.
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
+        self.dimse.msg_queue = _WakingQueue(self._wake.set)
+
+    def kill(self) -> None:
+        self._wake.set()
+        super().kill()
+
+    def _idle_wait(self) -> float:
+        timer = self.dul._idle_timer
+        if timer.timeout is None:
+            return MAX_BLOCK_S
+        return min(MAX_BLOCK_S, max(0.0, timer.remaining) + TIMER_SLACK_S)
+
+    def _run_reactor(self) -> None:
+        # pynetdicom 3.0.4 association.py _run_reactor(), with time.sleep(0.001) replaced by a wait on self._wake.
+        self._is_paused = False
+        while not self._kill:
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            self._wake.clear()  # before the checks: anything arriving after them sets it again
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                log.debug("association released by the peer")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                log.info("association aborted%s", " (A-P-ABORT)" if self.acse.is_aborted("a-p-abort") else "")
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                log.warning("network timeout (%s s without data): aborting the association", self.network_timeout)
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+            if not msg:
+                self._wake.wait(self._idle_wait())
+
+
+class EventRequestHandler(RequestHandler):
+    """pynetdicom 3.0.4's RequestHandler making an :class:`EventAssociation` instead of an ``Association``."""
+
+    def _create_association(self) -> Association:
+        assoc = EventAssociation(self.ae, MODE_ACCEPTOR)
+        assoc._server = self.server
+        assoc.name = f"AcceptorThread@{datetime.strftime(datetime.now(), '%Y%m%d%H%M%S')}"
+        sock = AssociationSocket(assoc, client_socket=self.request)  # type: ignore[arg-type]
+        assoc.set_socket(sock)
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = self.server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.requestor.address_info = self.remote
+        for event in self.server._handlers:
+            if event.is_intervention and self.server._handlers[event]:
+                assoc.bind(event, *self.server._handlers[event])
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in self.server._handlers[event]:
+                    handler = cast(evt._HandlerBase, handler)
+                    assoc.bind(event, handler[0], handler[1])
+        return assoc
