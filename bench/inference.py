@@ -1,6 +1,7 @@
-"""Inference: slices/s per model on a synthetic head CT, torch threads 1 and 2, through the same ``Analyzer`` the
-daemon loads (card, sha256, weights). An exported or quantized path is measured when a model card names one
-(``analyzer`` variants); until the model engineers provide one only eager torch is measured, and the JSON says so.
+"""Inference: slices/s per model on its production input (256x256 head CT, SWI, DWI), torch threads 1 and 2, through
+the same ``Analyzer`` the daemon loads (card, sha256, weights), whole ``analyze()`` (pre- and post-processing, Grad-CAM,
+atlas location) included. Two paths: eager float32, and eager under bfloat16 autocast (``models.precision: bf16``,
+what ``auto`` picks on a CPU with AMX / AVX512-BF16; skipped on a CPU without native bf16, where it is emulated).
 
     .venv/bin/python bench/inference.py [--slices 40] [--repeats 3]
 """
@@ -55,26 +56,34 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     if not usable:
         print("no usable model in models/ (cards with verified weights): nothing to measure")
+    from triage_node.inference.precision import native_bf16
+
+    paths = {"fp32": "torch eager fp32"}
+    if native_bf16():
+        paths["bf16"] = "torch eager bf16 autocast"
     for m in usable:
         volume = volume_for_model(m.name, args.slices)
         n = int(volume.pixels.shape[0])
-        for threads in (1, 2):
-            analyzer = load_analyzer(read_card(ROOT / "models", m.name), threads=threads)
-            analyzer.analyze(volume)  # warm-up: first call allocates and picks kernels
-            times = []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                analyzer.analyze(volume)
-                times.append(time.perf_counter() - t0)
-            s = median(times)
-            rows.append({"model": m.name, "version": m.version, "path": "torch eager", "threads": threads,
-                         "slices": n, "seconds_median": round(s, 3), "slices_per_s": round(n / s, 1)})
-            print(f"{m.name:14s} eager  {threads} thread(s): {n / s:7.1f} slices/s ({s:.2f} s, {n} slices)",
-                  flush=True)
+        for precision, path in paths.items():
+            for threads in (1, 2):
+                card = read_card(ROOT / "models", m.name)
+                analyzer = load_analyzer(card, threads=threads, precision=precision)
+                analyzer.analyze(volume)  # warm-up: first call allocates and picks kernels
+                times = []
+                for _ in range(args.repeats):
+                    t0 = time.perf_counter()
+                    analyzer.analyze(volume)
+                    times.append(time.perf_counter() - t0)
+                s = median(times)
+                rows.append({"model": m.name, "version": m.version, "path": path, "threads": threads,
+                             "slices": n, "seconds_median": round(s, 3), "slices_per_s": round(n / s, 1)})
+                print(f"{m.name:14s} {precision}  {threads} thread(s): {n / s:7.1f} slices/s ({s:.2f} s, {n} slices)",
+                      flush=True)
     if not args.no_write:
         path = write_result("inference", {
             "models_found": [{"name": m.name, "status": m.status, "detail": m.detail} for m in models],
-            "note": "" if usable else "no model weights in models/ when this ran; exported/quantized paths: none yet",
+            "note": ("" if usable else "no model weights in models/ when this ran; ")
+            + ("bf16: native on this CPU" if native_bf16() else "bf16 skipped: not native on this CPU"),
             "rows": rows,
         })
         print(f"wrote {path}")

@@ -88,7 +88,9 @@ class App:
 
         names = sorted({n for names in cfg.models.pipelines.values() for n in names})
         self.notifier.status(f"loading models {', '.join(names) or '(none)'}")
-        self.analyzers = load_analyzers(cfg.models.dir, names, threads=cfg.models.threads, device=cfg.models.device)
+        self.analyzers = load_analyzers(
+            cfg.models.dir, names, threads=cfg.models.threads, device=cfg.models.device, precision=cfg.models.precision
+        )
 
         self.pipeline = PipelineContext(
             config=cfg,

@@ -18,7 +18,7 @@ from triage_node.preprocess.volume import Volume
 
 
 class StubAnalyzer:
-    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu"):
+    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32"):
         self.name = card.name
         self.version = card.version
         self.device_uid = card.device_uid

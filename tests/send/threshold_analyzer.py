@@ -13,7 +13,7 @@ from triage_node.preprocess.volume import Volume
 
 
 class ThresholdHemorrhage:
-    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu"):
+    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32"):
         self.name, self.version, self.device_uid = card.name, card.version, card.device_uid
 
     def analyze(self, volume: Volume) -> ModelOutput:

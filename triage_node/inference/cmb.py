@@ -22,6 +22,7 @@ from scipy import ndimage
 from torch import nn
 
 from triage_node.inference.card import ModelCard
+from triage_node.inference.precision import autocast, resolve
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
 
@@ -306,12 +307,13 @@ class CmbDetector:
     cfg: CandidateConfig
     threshold: float = 0.5
     batch_size: int = 128
+    precision: str = "fp32"  # resolved: fp32 | bf16
 
     def score(self, patches: np.ndarray) -> np.ndarray:
         """CNN probabilities for patches (N, 3, p, p) -> (N,) float32."""
         self.net.eval()
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision):
             for i in range(0, len(patches), self.batch_size):
                 logits = self.net(torch.from_numpy(np.ascontiguousarray(patches[i : i + self.batch_size])))
                 out.append(torch.sigmoid(logits.float()).numpy())
@@ -345,7 +347,7 @@ class CmbDetector:
 class CmbAnalyzer:
     """Microbleed analyzer for a ``models/cmb`` card: ``analyze(volume)`` on an SWI / T2* magnitude Volume."""
 
-    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu") -> None:
+    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
         from safetensors.torch import load_file
 
         self.card = card
@@ -356,7 +358,9 @@ class CmbAnalyzer:
         net = build_cmb_net(**dict(card.architecture.get("params", {})))
         net.load_state_dict(load_file(str(card.weights_path)))
         cfg = CandidateConfig.from_dict(dict(card.input.get("candidates", {})))
-        self.detector = CmbDetector(net.eval(), cfg, float(card.thresholds.get("microbleed", 0.5)))
+        self.detector = CmbDetector(
+            net.eval(), cfg, float(card.thresholds.get("microbleed", 0.5)), precision=resolve(precision, device)
+        )
 
     def analyze(self, volume: Volume) -> ModelOutput:
         return analyze_with(self.detector, volume, self.name, self.version)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from triage_node.inference.card import ModelCard
 from triage_node.inference.nets import build_classifier, gradcam_layer
+from triage_node.inference.precision import autocast, resolve
 from triage_node.inference.slices import context_rows, window_resize, with_context
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
@@ -45,7 +46,7 @@ def key_slices(p: np.ndarray, threshold: float) -> tuple[int, ...]:
 class IchAnalyzer:
     """Runs the ich classifier on a head CT Volume (HU)."""
 
-    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu") -> None:
+    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
         self.card = card
         self.name = card.name
         self.version = card.version
@@ -60,6 +61,7 @@ class IchAnalyzer:
         self.gradcam_max_slices = int(card.postprocess.get("gradcam_max_slices", 12))
         self.batch = 32
         self.device = torch.device(device)
+        self.precision = resolve(precision, device)
         torch.set_num_threads(threads)
         # Denormal floats in trained weights and activations slow CPU inference several-fold; flush them to zero.
         torch.set_flush_denormal(True)
@@ -85,7 +87,7 @@ class IchAnalyzer:
         """Sigmoid probabilities float32 (z, 6) for each slice of ``hu`` (z, y, x)."""
         win = window_resize(hu, self.size)  # the 2.5-D stack is built per batch: a long series never holds it whole
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.device.type):
             for i in range(0, win.shape[0], self.batch):
                 x = context_rows(win, torch.arange(i, min(i + self.batch, win.shape[0])), self.context)
                 out.append(torch.sigmoid(self.net(x.to(self.device))).float().cpu())

@@ -61,7 +61,7 @@ def locate(volume: Volume, mask: np.ndarray, registration: Registration) -> Loca
 class InfarctAnalyzer:
     """Analyzer for a ``models/infarct`` card (a crop-grid segmenter card with ``finding_label: infarct``)."""
 
-    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu") -> None:
+    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
         from triage_node.inference.segmenter import CropGridSegmenter
 
         self.card = card
@@ -69,7 +69,7 @@ class InfarctAnalyzer:
         self.version = card.version
         self.device_uid = card.device_uid
         self.threads = threads
-        self.segmenter = CropGridSegmenter(card, threads=threads, device=device)
+        self.segmenter = CropGridSegmenter(card, threads=threads, device=device, precision=precision)
 
     def analyze(self, volume: Volume) -> ModelOutput:
         t0 = time.monotonic()

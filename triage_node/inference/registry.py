@@ -1,7 +1,7 @@
 """The model registry: reads ``models/<name>/model.yaml``, verifies the weights' sha256, builds analyzers.
 
 The analyzer class is named in the card (``analyzer: package.module:ClassName``) and constructed as
-``Class(card, threads=..., device=...)``, so new models need a card and a class, not a registry change.
+``Class(card, threads=..., device=..., precision=...)``, so new models need a card and a class, not a registry change.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from triage_node.inference.card import CardError, ModelCard, sha256_file
+from triage_node.inference.precision import resolve
 from triage_node.inference.types import Analyzer
 
 log = logging.getLogger(__name__)
@@ -71,24 +72,27 @@ def _analyzer_class(card: ModelCard) -> type:
         raise ModelLoadError(f"model {card.name!r}: cannot import analyzer {card.analyzer!r}: {e}") from e
 
 
-def load_analyzer(card: ModelCard, threads: int = 1, device: str = "cpu") -> Analyzer:
+def load_analyzer(card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> Analyzer:
     verify_weights(card)
     cls = _analyzer_class(card)
     try:
-        analyzer: Analyzer = cls(card, threads=threads, device=device)
+        analyzer: Analyzer = cls(card, threads=threads, device=device, precision=precision)
     except (RuntimeError, KeyError, ValueError, OSError) as e:
         raise ModelLoadError(
             f"model {card.name!r}: building {card.analyzer} from {card.weights_path} failed: {e}"
         ) from e
-    log.info("loaded model %s %s (device UID %s)", card.name, card.version, card.device_uid)
+    log.info(
+        "loaded model %s %s (device UID %s, %s)",
+        card.name, card.version, card.device_uid, getattr(analyzer, "precision", resolve(precision, device)),
+    )
     return analyzer
 
 
 def load_analyzers(
-    models_dir: Path, names: Sequence[str], threads: int = 1, device: str = "cpu"
+    models_dir: Path, names: Sequence[str], threads: int = 1, device: str = "cpu", precision: str = "fp32"
 ) -> dict[str, Analyzer]:
     """Load and verify the named models; any problem raises ModelLoadError naming the model and file."""
-    return {name: load_analyzer(read_card(models_dir, name), threads, device) for name in names}
+    return {name: load_analyzer(read_card(models_dir, name), threads, device, precision) for name in names}
 
 
 def list_models(models_dir: Path) -> list[ModelCardSummary]:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from triage_node.inference.card import ModelCard
 from triage_node.inference.cropgrid import keep_components
 from triage_node.inference.nets import build_segmenter
+from triage_node.inference.precision import autocast, resolve
 from triage_node.inference.slices import square_pad, window_resize
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
@@ -61,7 +62,7 @@ def normalise(pixels: np.ndarray, kind: str, size: int) -> torch.Tensor:
 class CropGridSegmenter:
     """Analyzer for a crop-grid segmentation model card."""
 
-    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu") -> None:
+    def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
         self.card = card
         self.name = card.name
         self.version = card.version
@@ -79,6 +80,7 @@ class CropGridSegmenter:
         self.seg_threshold = float(card.thresholds.get("segmentation", 0.5))
         self.batch = 8  # slices per forward pass (x 16 crops)
         self.device = torch.device(device)
+        self.precision = resolve(precision, device)
         torch.set_num_threads(threads)
         torch.set_flush_denormal(True)  # see IchAnalyzer: denormals slow CPU inference several-fold
         net = build_segmenter(int(arch["in_channels"]), int(arch.get("base", 16)))
@@ -109,7 +111,7 @@ class CropGridSegmenter:
         z, h, w = pixels.shape
         x = normalise(pixels, self.kind, self.size)
         segs, gates = [], []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.device.type):
             for i in range(0, z, self.batch):
                 s, g = self._forward(x[i : i + self.batch])
                 segs.append(s)

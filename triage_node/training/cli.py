@@ -114,16 +114,33 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if a.model == "ich":
         from triage_node.training.evaluate import evaluate_ich
 
-        report = evaluate_ich(a.model_dir, a.cache, seeds, a.out)
+        report = evaluate_ich(a.model_dir, a.cache, seeds, a.out, a.precision)
     else:
         from triage_node.training.evaluate import evaluate_segmenter
 
-        report = evaluate_segmenter(a.model_dir, a.cache, seeds, a.out)
+        report = evaluate_segmenter(a.model_dir, a.cache, seeds, a.out, a.precision)
     if a.update_card:
         from triage_node.training.evaluate import write_metrics_to_card
 
         write_metrics_to_card(a.model_dir, report)
     print(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_tune_postprocess(a: argparse.Namespace) -> int:
+    from triage_node.training.evaluate import tune_segmenter_postprocess, write_postprocess_to_card
+    from triage_node.training.synthdata import split_seeds
+
+    _ensure_cache(a, {"val": a.n_val})
+    tuned = tune_segmenter_postprocess(a.model_dir, a.cache, split_seeds("val", a.n_val), precision=a.precision)
+    for r in tuned["grid"][:10]:
+        print(f"threshold {r['threshold']:.2f}  max_components {r['max_components']}  "
+              f"min_area_mm2 {r['min_area_mm2']:5.1f}  Dice {r['dice_mean']:.4f}")
+    if a.out is not None:
+        a.out.write_text(json.dumps(tuned, indent=1))
+    if a.update_card:
+        write_postprocess_to_card(a.model_dir, tuned)
+        print(f"wrote the chosen post-processing into {a.model_dir / 'model.yaml'}")
     return 0
 
 
@@ -148,7 +165,7 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``train``, ``evaluate``, ``lr-find`` and ``models`` to the main CLI; each sets ``func``."""
+    """Add ``train``, ``evaluate``, ``tune-postprocess``, ``lr-find`` and ``models`` to the main CLI (sets ``func``)."""
     p = subparsers.add_parser("train", help="train a CT model on synthetic (or RSNA / NIfTI) data")
     _train_args(p)
     p.set_defaults(func=cmd_train)
@@ -159,7 +176,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--out", type=Path, default=None, help="where to write eval.json and plots (default: model dir)")
     p.add_argument("--n-test", type=int, default=80, help="held-out cases (seeds 900000..)")
     p.add_argument("--update-card", action="store_true", help="write the figures into model.yaml's metrics")
+    p.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16"), help="inference precision (models.precision)"
+    )
     p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser(
+        "tune-postprocess", help="choose the segmenter's threshold / components / minimum size on validation cases"
+    )
+    _common(p)
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--n-val", type=int, default=40, help="validation cases (seeds 500000..)")
+    p.add_argument("--out", type=Path, default=None, help="write the whole grid as JSON here")
+    p.add_argument("--update-card", action="store_true", help="write the chosen values into model.yaml")
+    p.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16"), help="inference precision (models.precision)"
+    )
+    p.set_defaults(func=cmd_tune_postprocess)
 
     p = subparsers.add_parser("lr-find", help="learning-rate range test (Leslie Smith); prints and plots a suggestion")
     _common(p)

@@ -62,7 +62,9 @@ def _confusions(y: np.ndarray, p: np.ndarray, thresholds: dict[str, float]) -> d
     return m
 
 
-def evaluate_ich(model_dir: Path, cache: Path, seeds: Sequence[int], out_dir: Path | None = None) -> dict[str, Any]:
+def evaluate_ich(
+    model_dir: Path, cache: Path, seeds: Sequence[int], out_dir: Path | None = None, precision: str = "auto"
+) -> dict[str, Any]:
     """Evaluate the ich model in ``model_dir`` on cached cases ``seeds``; write eval.json and plots to ``out_dir``."""
     from triage_node.inference.ich import IchAnalyzer
     from triage_node.training.synthdata import iter_cases
@@ -70,7 +72,7 @@ def evaluate_ich(model_dir: Path, cache: Path, seeds: Sequence[int], out_dir: Pa
     out_dir = out_dir or model_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     card = ModelCard.load(model_dir / "model.yaml")
-    an = IchAnalyzer(card, threads=2)
+    an = IchAnalyzer(card, threads=2, precision=precision)
     ps, ys, cs = [], [], []
     n_slices, seconds = 0, 0.0
     for i, c in enumerate(iter_cases(cache, seeds)):
@@ -96,6 +98,7 @@ def evaluate_ich(model_dir: Path, cache: Path, seeds: Sequence[int], out_dir: Pa
         "rsna_weighted_log_loss_slice": round(weighted_log_loss(y, p), 4),
         "aggregation": an.aggregation,
         "slices_per_second_2_threads": round(n_slices / seconds, 1),
+        "precision": an.precision,
     }
     roc_plot(out_dir / "roc_slice.png", y, p, CLASSES, "ich ROC per class, slice level (held-out synthetic)")
     roc_plot(out_dir / "roc_series.png", sy, sp, CLASSES, "ich ROC per class, series level (held-out synthetic)")
@@ -110,7 +113,7 @@ def evaluate_ich(model_dir: Path, cache: Path, seeds: Sequence[int], out_dir: Pa
 
 
 def evaluate_segmenter(
-    model_dir: Path, cache: Path, seeds: Sequence[int], out_dir: Path | None = None
+    model_dir: Path, cache: Path, seeds: Sequence[int], out_dir: Path | None = None, precision: str = "auto"
 ) -> dict[str, Any]:
     """Evaluate the crop-grid segmenter on cached cases: Dice, IoU, lesion-wise F1, false-positive rate, volume error.
 
@@ -126,7 +129,7 @@ def evaluate_segmenter(
     out_dir = out_dir or model_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     card = ModelCard.load(model_dir / "model.yaml")
-    an = CropGridSegmenter(card, threads=2)
+    an = CropGridSegmenter(card, threads=2, precision=precision)
     rows = []
     n_slices, seconds = 0, 0.0
     for c in iter_cases(cache, seeds):
@@ -178,6 +181,7 @@ def evaluate_segmenter(
         "volume_abs_error_ml_mean": round(float(np.mean([abs(r["pred_ml"] - r["true_ml"]) for r in pos])), 2)
         if pos else None,
         "slices_per_second_2_threads": round(n_slices / seconds, 1),
+        "precision": an.precision,
     }
     seg_plots(out_dir, rows)
     hist = model_dir / "history.json"
@@ -202,9 +206,79 @@ def write_metrics_to_card(model_dir: Path, report: dict[str, Any]) -> None:
             "slice_level_auc": {k: v["auc"] for k, v in report["slice_level"].items()},
             "rsna_weighted_log_loss_slice": report["rsna_weighted_log_loss_slice"],
             "slices_per_second_2_threads": report["slices_per_second_2_threads"],
+            "precision": report.get("precision", "fp32"),
         }
     else:
         metrics = {k: v for k, v in report.items() if k not in ("model", "version", "sha256")}
     metrics["report"] = "eval.json (plots: *.png next to it)"
     metrics["caveat"] = "Held-out synthetic cases from the same two base heads; not patient data."
     dataclasses.replace(card, metrics=metrics).save(model_dir / "model.yaml")  # type: ignore[arg-type]
+
+
+def tune_segmenter_postprocess(
+    model_dir: Path,
+    cache: Path,
+    seeds: Sequence[int],
+    thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6),
+    max_components: Sequence[int] = (1, 2, 3, 4, 6, 0),
+    min_areas_mm2: Sequence[float] = (0.0, 15.0, 30.0, 60.0, 100.0),
+    precision: str = "auto",
+    tolerance: float = 0.005,
+) -> dict[str, Any]:
+    """Choose the segmenter's post-processing (segmentation threshold, how many of the largest 3-D components to
+    keep, minimum cross-section) by mean Dice over the positive cases of ``seeds`` - validation seeds, never the test
+    set. The network runs once per case; every combination is scored on the same probabilities.
+
+    Returns ``{"chosen": {...}, "grid": [{threshold, max_components, min_area_mm2, dice_mean}, ...]}`` (grid sorted
+    best first). The chosen rule is the most restrictive one within ``tolerance`` of the best Dice.
+    """
+    from triage_node.inference.cropgrid import keep_components
+    from triage_node.inference.segmenter import CropGridSegmenter
+    from triage_node.training.metrics import dice
+    from triage_node.training.synthdata import iter_cases
+
+    card = ModelCard.load(model_dir / "model.yaml")
+    an = CropGridSegmenter(card, threads=2, precision=precision)
+    cases = []
+    for c in iter_cases(cache, seeds):
+        truth = c.hemorrhage
+        if truth.any():
+            prob, _ = an.probabilities(c.hu.astype(np.float32))
+            cases.append((prob, truth, c.spacing))
+    if not cases:
+        raise ValueError("no positive case among the tuning seeds")
+    grid = []
+    for thr in thresholds:
+        raws = [(prob >= thr, truth, spacing) for prob, truth, spacing in cases]
+        for k in max_components:
+            for area in min_areas_mm2:
+                d = [dice(truth, keep_components(raw, spacing, area, k)) for raw, truth, spacing in raws]
+                grid.append({"threshold": thr, "max_components": k, "min_area_mm2": area,
+                             "dice_mean": round(float(np.mean(d)), 4)})
+    grid.sort(key=lambda r: -r["dice_mean"])
+    # Within ``tolerance`` of the best Dice, prefer the most restrictive rule: fewer kept components (0 = all is the
+    # least restrictive), then a larger minimum size, then the higher Dice.
+    near = [r for r in grid if r["dice_mean"] >= grid[0]["dice_mean"] - tolerance]
+    chosen = min(near, key=lambda r: (r["max_components"] or 10**6, -r["min_area_mm2"], -r["dice_mean"]))
+    return {"seeds": f"{min(seeds)}-{max(seeds)}", "positive_cases": len(cases), "precision": an.precision,
+            "tolerance": tolerance, "chosen": chosen, "grid": grid}
+
+
+def write_postprocess_to_card(model_dir: Path, tuned: dict[str, Any]) -> None:
+    """Write the chosen post-processing into ``model.yaml`` (thresholds.segmentation and postprocess), noting the
+    validation seeds it was chosen on. Weights and hash are untouched."""
+    import dataclasses
+
+    card = ModelCard.load(model_dir / "model.yaml")
+    best = tuned["chosen"]
+    thresholds = {**dict(card.thresholds), "segmentation": best["threshold"]}
+    post = {
+        **dict(card.postprocess),
+        "max_components": best["max_components"],
+        "min_area_mm2": best["min_area_mm2"],
+        "chosen_on": f"`triage-node tune-postprocess`: the most restrictive rule within {tuned['tolerance']} of the "
+        f"best mean Dice over the {tuned['positive_cases']} positive validation cases (seeds {tuned['seeds']})",
+    }
+    dataclasses.replace(card, thresholds=thresholds, postprocess=post).save(  # type: ignore[arg-type]
+        model_dir / "model.yaml"
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from triage_node.synth.cases import make_ct_case
+from triage_node.synth.cases import CTCase, make_ct_case
 from triage_node.synth.hemorrhage import SUBTYPES
 
 log = logging.getLogger(__name__)
@@ -64,20 +64,24 @@ def generate(cache: Path, seeds: Sequence[int], progress: bool = True) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     todo = [s for s in seeds if not case_path(cache, s).exists()]
     for seed in tqdm(todo, desc="synth cases", disable=not progress):
-        case = make_ct_case(seed, source=source_for_seed(seed))
-        lesions = np.zeros(case.hu.shape, np.uint8)
-        for name, m in case.masks.items():
-            lesions |= (m.astype(np.uint8) << SUBTYPES.index(name)).astype(np.uint8)
-        tmp = case_path(cache, seed).with_suffix(".tmp.npz")
-        np.savez(
-            tmp,
-            hu=case.hu,
-            lesions=lesions,
-            labels=case.labels,
-            spacing=np.asarray(case.spacing),
-            source=np.asarray(case.source),
-        )
-        os.replace(tmp, case_path(cache, seed))
+        write_case(cache, seed, make_ct_case(seed, source=source_for_seed(seed)))
+
+
+def write_case(cache: Path, seed: int, case: CTCase) -> None:
+    """Store ``case`` under ``seed`` (atomic): HU, the subtype masks as one bit each, labels, spacing, source."""
+    lesions = np.zeros(case.hu.shape, np.uint8)
+    for name, m in case.masks.items():
+        lesions |= (m.astype(np.uint8) << SUBTYPES.index(name)).astype(np.uint8)
+    tmp = case_path(cache, seed).with_suffix(".tmp.npz")
+    np.savez(
+        tmp,
+        hu=case.hu,
+        lesions=lesions,
+        labels=case.labels,
+        spacing=np.asarray(case.spacing),
+        source=np.asarray(case.source),
+    )
+    os.replace(tmp, case_path(cache, seed))
 
 
 def load(cache: Path, seed: int) -> CachedCase:
