@@ -154,12 +154,16 @@ class CropGridSegmenter:
             volume_ml=round(float(mask.sum()) * volume.voxel_volume_ml, 2) if present else 0.0,
             laterality=laterality(volume, mask) if present else None,
             key_slices=tuple(int(i) for i in order if per_slice[i] > 0),
-            positions=(tuple(float(v) for v in volume.voxel_to_patient(np.argwhere(mask).mean(axis=0))[0]),)
+            positions=(_xyz(volume.voxel_to_patient(np.argwhere(mask).mean(axis=0))[0]),)
             if present
             else (),
         )
         return ModelOutput(self.name, self.version, (finding,), masks={self.label: mask},
                            seconds=time.monotonic() - t0)
+
+
+def _xyz(p: np.ndarray) -> tuple[float, float, float]:
+    return float(p[0]), float(p[1]), float(p[2])
 
 
 def laterality(volume: Volume, mask: np.ndarray) -> str | None:

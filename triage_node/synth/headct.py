@@ -26,7 +26,8 @@ class HeadCTUnavailable(FileNotFoundError):
 class HeadCT:
     """A head CT volume.
 
-    ``hu`` is int16 Hounsfield units, shape (z, y, x), z running from the first stored slice. ``spacing`` is (z, y, x) in mm.
+    ``hu`` is int16 Hounsfield units, shape (z, y, x), z running from the first stored slice. ``spacing`` is
+    (z, y, x) in mm.
     """
 
     hu: np.ndarray
@@ -39,7 +40,7 @@ def _member(tar: tarfile.TarFile, name: str) -> bytes:
             f = tar.extractfile(m)
             if f is not None:
                 return f.read()
-    raise HeadCTUnavailable(f"{name} not found in {tar.name}")
+    raise HeadCTUnavailable(f"{name} not found in {tar.name!r}")
 
 
 @functools.lru_cache(maxsize=2)

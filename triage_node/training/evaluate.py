@@ -130,7 +130,7 @@ def evaluate_segmenter(
     out_dir.mkdir(parents=True, exist_ok=True)
     card = ModelCard.load(model_dir / "model.yaml")
     an = CropGridSegmenter(card, threads=2, precision=precision)
-    rows = []
+    rows: list[dict[str, Any]] = []
     n_slices, seconds = 0, 0.0
     for c in iter_cases(cache, seeds):
         t = time.perf_counter()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +62,7 @@ def synthetic_slices(cache: Path, seeds: Sequence[int], size: int) -> SliceSet:
 
 def batches(
     data: SliceSet, batch_size: int, aug: AugmentConfig, context: int = 0
-) -> callable:  # type: ignore[valid-type]
+) -> Callable[[int, int | None, torch.Generator], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
     """The ``batches(epoch, size, generator)`` callable for :func:`triage_node.training.loop.fit`."""
 
     def gen(epoch: int, size: int | None, g: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

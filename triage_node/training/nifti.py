@@ -7,6 +7,7 @@ A folder holds ``<id>_image.nii[.gz]`` with ``<id>_mask.nii[.gz]`` (mask > 0 is 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,8 @@ def load_pair(img: Path, mask: Path) -> tuple[np.ndarray, np.ndarray, tuple[floa
     """(pixels float32 (z, y, x), mask bool (z, y, x), spacing (z, y, x) mm)."""
     import nibabel as nib
 
-    im = nib.load(str(img))
-    mk = nib.load(str(mask))
+    im: Any = nib.load(str(img))  # a Nifti1Image; nibabel's stubs type load() as the generic FileBasedImage
+    mk: Any = nib.load(str(mask))
     a = np.asarray(im.get_fdata(), np.float32)
     m = np.asarray(mk.get_fdata()) > 0
     if a.shape != m.shape:
