@@ -251,6 +251,10 @@ class Web(Frozen):
     session_timeout_min: Annotated[float, _between(1, 1440)] = 30
     secret_key: str | None = None
     poll_interval_s: Annotated[float, _between(1, 3600)] = 5
+    # After this many failed logins for one user name from one address within lockout_min, further attempts from
+    # there are refused (429, Retry-After) without checking the password until lockout_min has passed.
+    max_failed_logins: Annotated[int, _between(1, 1000)] = 5
+    lockout_min: Annotated[float, _between(0.1, 1440)] = 15
 
 
 class Webhook(Frozen):

@@ -6,6 +6,7 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy import select
 from web_fixtures import PASSWORD, PATIENT_ID, USER, Clock, Seeded, login
@@ -180,3 +181,37 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert {"/api/worklist", "/api/studies/{uid}", "/api/studies/{uid}/ack"} <= spec["paths"].keys()
     assert "StudyOut" in spec["components"]["schemas"]
+
+
+def _try_login(client: TestClient, password: str) -> Response:
+    form = client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token is not None
+    return client.post("/login", data={"username": USER, "password": password, "csrf_token": token.group(1)})
+
+
+def test_repeated_failed_logins_lock_the_user_out_for_a_while(
+    client: TestClient, seeded: Seeded, clock: Clock, config: Config
+) -> None:
+    for _ in range(config.web.max_failed_logins):
+        assert _try_login(client, "guess").status_code == 401
+    locked = _try_login(client, PASSWORD)  # even the right password waits out the lockout
+    assert locked.status_code == 429
+    assert int(locked.headers["Retry-After"]) == config.web.lockout_min * 60
+    assert "Too many failed attempts" in locked.text
+    clock.advance(minutes=config.web.lockout_min)
+    assert _try_login(client, PASSWORD).status_code == 303
+    with transaction(seeded.sessions) as s:
+        actions = [a.action for a in s.scalars(select(AuditEntry))]
+    assert actions.count("login_failed") == config.web.max_failed_logins
+    assert actions[-2:] == ["login_locked", "login"]
+
+
+def test_a_successful_login_clears_earlier_failures(client: TestClient, config: Config) -> None:
+    for _ in range(config.web.max_failed_logins - 1):
+        assert _try_login(client, "guess").status_code == 401
+    assert _try_login(client, PASSWORD).status_code == 303
+    client.cookies.clear()  # logged out again
+    for _ in range(config.web.max_failed_logins - 1):  # counting started again
+        assert _try_login(client, "guess").status_code == 401
+    assert _try_login(client, PASSWORD).status_code == 303

@@ -6,7 +6,9 @@ with patient data is served without a session; every POST needs the session's CS
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,7 +24,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from triage_node.web import api, pages
 from triage_node.web.actions import audit
-from triage_node.web.auth import LOGIN_COOKIE, SESSION_COOKIE, SessionCodec, new_token, tokens_match, verify_password
+from triage_node.web.auth import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    LoginThrottle,
+    SessionCodec,
+    new_token,
+    tokens_match,
+    verify_password,
+)
 from triage_node.web.auth import Session as WebSession
 from triage_node.web.context import WebContext
 from triage_node.web.schemas import Health
@@ -44,6 +54,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         log.warning("web.auth is 'password' but web.users is empty: nobody can log in")
     secret = web.secret_key or secrets.token_urlsafe(32)
     guard = Guard(web, SessionCodec(secret, web.session_timeout_min * 60.0, ctx.clock))
+    throttle = LoginThrottle(web.max_failed_logins, dt.timedelta(minutes=web.lockout_min), ctx.clock)
     templates = Jinja2Templates(directory=HERE / "templates")
     add_filters(templates.env)
 
@@ -120,10 +131,24 @@ def create_app(ctx: WebContext) -> FastAPI:
         if not tokens_match(guard.codec.load_login(request.cookies.get(LOGIN_COOKIE)) or "", csrf_token):
             return JSONResponse({"detail": "CSRF token missing or wrong; reload the login page"}, status_code=403)
         now = ctx.clock()
+        address = request.client.host if request.client else "?"
+        wait = throttle.retry_after(address, username)
+        if wait > 0:
+            log.warning("login for user %r from %s refused: too many failed attempts", username, address)
+            audit(ctx.sessions, username, "login_locked", now)
+            minutes = max(1, math.ceil(wait / 60))
+            response = _login_page(
+                request, safe_next(next), error=f"Too many failed attempts. Try again in {minutes} min.",
+                status_code=429,
+            )
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            return response
         if not verify_password(web.users, username, password):
-            log.warning("failed login for user %r", username)
+            throttle.failed(address, username)
+            log.warning("failed login for user %r from %s", username, address)
             audit(ctx.sessions, username, "login_failed", now)
             return _login_page(request, safe_next(next), error="Wrong user name or password.", status_code=401)
+        throttle.succeeded(address, username)
         session = guard.codec.start(username)
         log.info("user %s logged in", username)
         audit(ctx.sessions, username, "login", now)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -109,3 +110,40 @@ class SessionCodec:
         except BadSignature:
             return None
         return token if isinstance(token, str) else None
+
+
+class LoginThrottle:
+    """Slows password guessing: after ``max_failures`` failed logins for one (address, user name) within ``window``,
+    that pair is refused until ``window`` has passed since its first counted failure. A success clears the pair.
+
+    In memory: a restart forgets it, which is acceptable for a throttle (the audit log keeps every failure). The
+    table is bounded: pairs whose window has passed are dropped on each failure.
+    """
+
+    def __init__(self, max_failures: int, window: timedelta, clock: Callable[[], datetime]):
+        self.max_failures = max_failures
+        self.window = window
+        self.clock = clock
+        self._failures: dict[tuple[str, str], tuple[datetime, int]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, address: str, user: str) -> float:
+        """Seconds until ``(address, user)`` may try again; 0 when it may try now."""
+        with self._lock:
+            entry = self._failures.get((address, user.casefold()))
+        if entry is None or entry[1] < self.max_failures:
+            return 0.0
+        left = (entry[0] + self.window - self.clock()).total_seconds()
+        return max(left, 0.0)
+
+    def failed(self, address: str, user: str) -> None:
+        now = self.clock()
+        key = (address, user.casefold())
+        with self._lock:
+            self._failures = {k: v for k, v in self._failures.items() if v[0] + self.window > now}
+            first, count = self._failures.get(key, (now, 0))
+            self._failures[key] = (first, count + 1)
+
+    def succeeded(self, address: str, user: str) -> None:
+        with self._lock:
+            self._failures.pop((address, user.casefold()), None)
