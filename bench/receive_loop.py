@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,6 +36,8 @@ from triage_node.receive.scp import ReceiveHooks, StorageSCP
 from triage_node.receive.store import Spool
 from triage_node.worklist.db import make_engine, migrate, session_factory
 
+CPU_MS: list[float] = []
+
 
 def _no_durability(engine: Engine) -> None:
     """For the CPU view only (``--durability off``): no fsync of files, folders or the SQLite WAL."""
@@ -56,10 +59,14 @@ def run_triage_node(folders: list[Path], n: int, max_pdu: int, durable: bool) ->
     cfg = SCP(host="127.0.0.1", port=free_port(), max_pdu=max_pdu)
     scp = StorageSCP(cfg, Spool(work / "spool"), session_factory(engine), ReceiveHooks())
     scp.start()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     try:
         seconds = storescu_folders(scp.port, folders, "TRIAGE_NODE")
     finally:
         scp.stop()
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    # This process's CPU per image (storescu is another process): steadier than images/s on a shared machine.
+    CPU_MS.append((cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) * 1e3 / n)
     with engine.connect() as conn:
         stored = conn.exec_driver_sql("select count(*) from instances").scalar()
     engine.dispose()
@@ -109,6 +116,7 @@ def main() -> int:
     for par in (int(p) for p in args.parallel.split(",")):
         folders = split_into_folders(paths, par)
         rates: dict[str, list[float]] = {r: [] for r in receivers}
+        CPU_MS.clear()
         for _ in range(args.repeats):
             for r in receivers:
                 try:
@@ -123,7 +131,8 @@ def main() -> int:
         parts = [f"{r} {median(v):.1f} images/s" for r, v in rates.items() if v]
         tn, dc = median(rates.get("triage-node", [])), median(rates.get("dcmtk", []))
         ratio = f" = {tn / dc:.3f}x DCMTK" if tn == tn and dc == dc else ""
-        print(f"{par} association(s), {len(paths)} slices: " + ", ".join(parts) + ratio, flush=True)
+        cpu = f" (triage-node CPU {median(CPU_MS):.2f} ms/image)" if CPU_MS else ""
+        print(f"{par} association(s), {len(paths)} slices: " + ", ".join(parts) + ratio + cpu, flush=True)
     return 0
 
 

@@ -19,7 +19,7 @@ from pynetdicom import AE
 from sqlalchemy import func, select
 
 from triage_node.config import SCP, TLS
-from triage_node.receive.reactor import EventAssociation
+from triage_node.receive.reactor import EventAssociation, encode_store_response
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
 from triage_node.receive.store import Spool
 from triage_node.synth.cli import phantom_head
@@ -84,6 +84,23 @@ def test_importing_with_another_pynetdicom_version_fails_with_a_clear_message(mo
     assert spec is not None and spec.loader is not None
     with pytest.raises(ImportError, match=r"pynetdicom 3\.0\.4 .* but pynetdicom 9\.9\.9 is installed"):
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xA700, 0xA900, 0xC210, 0x0110])
+@pytest.mark.parametrize("odd_uid", [False, True])
+def test_store_response_bytes_equal_pynetdicoms_encoding(status: int, odd_uid: bool) -> None:
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = CT
+    rsp.AffectedSOPInstanceUID = "1.2.3.45" if odd_uid else "1.2.3.4"
+    rsp.Status = status
+    msg = C_STORE_RSP()
+    msg.primitive_to_message(rsp)
+    (pdata,) = list(msg.encode_msg(1, 16384))
+    assert pdata.presentation_data_value_list == [(1, b"\x03" + encode_store_response(rsp))]
 
 
 def test_accepted_associations_are_event_driven_and_release_ends_them(scp: StorageSCP, series: list[Path]) -> None:

@@ -146,3 +146,26 @@ def test_four_parallel_senders_are_all_stored_once(scp_env, tmp_path) -> None:  
         assert s.scalars(select(Job.state)).one() == "complete"
     committer = scp_env.scp.committer
     assert committer.committed == 24 and 1 <= committer.groups <= 24
+
+
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.70"])
+@pytest.mark.parametrize("sop_instance", ["1.2.3.4", "1.2.3.45", "1.2.826.0.1.3680043.8.498.1234567890123456789"])
+def test_file_meta_prefix_is_byte_for_byte_what_pynetdicom_writes(ts: str, sop_instance: str) -> None:
+    from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+    from triage_node.receive.store import file_meta_prefix
+
+    meta = create_file_meta(sop_class_uid=CT, sop_instance_uid=sop_instance, transfer_syntax=ts)
+    assert file_meta_prefix(CT, sop_instance, ts) == b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
+
+
+@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small.dcm"])
+def test_image_attributes_are_read_raw_in_every_byte_order(name: str) -> None:
+    from pydicom.data import get_testdata_file
+
+    from triage_node.receive.store import _raw_us
+
+    found = get_testdata_file(name, download=False)
+    assert found, f"pydicom's bundled test file {name} is missing"
+    ds = dcmread(str(found), defer_size=1024)
+    assert (_raw_us(ds, "Rows"), _raw_us(ds, "Columns"), _raw_us(ds, "BitsAllocated")) == (64, 64, 16)

@@ -5,14 +5,15 @@ Every failure inside a handler becomes a DICOM status and one log line; nothing 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
-import queue
 import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any, cast
 
 from pynetdicom import AE, Association, evt
@@ -33,6 +34,7 @@ from triage_node.receive.store import (
     Refused,
     Spool,
     StudyIds,
+    file_meta_prefix,
     parse_header,
     record_instance,
     sha256,
@@ -102,13 +104,14 @@ class _Pending:
 
 
 class GroupCommitter:
-    """Makes received instances durable in groups: one thread takes every instance that is waiting (from all
-    associations), fsyncs each of their folders once, records all rows in one transaction (a savepoint each, so one
-    bad row fails alone) and then releases their senders together.
+    """Makes received instances durable in groups, with no thread of its own (leader-based group commit).
 
-    With one association a group is one instance and nothing changes; with several, the folder fsync and the
-    database commit (a WAL fsync) are shared. Each sender still gets its status only after its file, its folder
-    entry and its row are on disk.
+    The association thread whose instance arrives while nothing is being committed commits it itself, at once: on
+    one association no instance ever crosses to another thread. Instances that arrive while a commit is running
+    wait; when it ends, one of their threads becomes the next leader and commits all of them together: each folder
+    is fsynced once, all rows go into one transaction (a savepoint each, so one bad row fails alone), and then every
+    sender in the group is released. Each sender still gets its status only after its file, its folder entry and its
+    row are on disk.
     """
 
     MAX_GROUP = 64
@@ -118,63 +121,57 @@ class GroupCommitter:
         self.sessions = sessions
         self.clock = clock
         self.studies = StudyIds()
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._cond = threading.Condition()
+        self._pending: list[_Pending] = []
+        self._leading = False
+        self._running = False
         self.groups = 0  # how many commits, for the bench and tests
         self.committed = 0
 
     def start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="scp-commit", daemon=True)
-            self._thread.start()
+        with self._cond:
+            self._running = True
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Commit what is queued, then end the thread."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=timeout_s)
-            self._thread = None
+        """Refuse new instances, then wait for the group being committed (if any) and the ones queued behind it."""
+        with self._cond:
+            self._running = False
+            self._cond.wait_for(lambda: not self._leading and not self._pending, timeout=timeout_s)
 
     def commit(self, item: _Pending) -> Recorded:
-        """Queue ``item`` and wait until it is durable; raises what recording it raised."""
-        thread = self._thread
-        if thread is None:
-            raise OSError("the receive committer is not running")
-        self._queue.put(item)
-        while not item.done.wait(timeout=1.0):
-            if not thread.is_alive():  # stopped while this instance waited: not stored, the sender may retry
-                raise OSError("the receive committer stopped before this instance was recorded")
+        """Make ``item`` durable (leading a group or waiting in one); raises what recording it raised."""
+        with self._cond:
+            if not self._running:
+                raise OSError("the receive committer is not running")
+            self._pending.append(item)
+            while not item.done.is_set():
+                if self._leading:
+                    self._cond.wait()
+                    continue
+                self._leading = True
+                group = self._pending[: self.MAX_GROUP]
+                del self._pending[: self.MAX_GROUP]
+                self._cond.release()
+                try:
+                    self._commit_group(group)
+                finally:
+                    self._cond.acquire()
+                    self._leading = False
+                    self._cond.notify_all()
         if item.error is not None:
             raise item.error
         assert item.result is not None
         return item.result
 
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            group = [first]
-            while len(group) < self.MAX_GROUP:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                group.append(nxt)
-            self._commit_group(group)
-
     def _commit_group(self, group: list[_Pending]) -> None:
         try:
             self.spool.sync_dirs(p.rel for p in group)
             now = self.clock()
+            alone = len(group) == 1  # no savepoint needed: if its row fails, the whole transaction is its own
             with transaction(self.sessions) as session:
                 for p in group:
                     try:
-                        with session.begin_nested():
+                        with contextlib.nullcontext() if alone else session.begin_nested():
                             p.result = record_instance(
                                 session, p.header, p.rel, p.size, p.sha, p.calling_ae, now, self.studies
                             )
@@ -186,10 +183,12 @@ class GroupCommitter:
                                 complete_series(session, series, now, "declared size reached")
                     except (SQLAlchemyError, ValueError, TypeError, KeyError) as exc:
                         self.studies = StudyIds()  # a rolled-back insert may have left a cached id behind
+                        if alone:
+                            raise  # rolls the transaction back; the handler below reports it
                         p.result, p.error = None, exc
             self.groups += 1
             self.committed += sum(1 for p in group if p.error is None)
-        except (OSError, SQLAlchemyError) as exc:  # the folder fsync or the commit failed: nobody is stored
+        except (OSError, SQLAlchemyError, ValueError, TypeError, KeyError) as exc:  # nobody in the group is stored
             self.studies = StudyIds()
             for p in group:
                 p.result, p.error = None, exc
@@ -336,8 +335,12 @@ class StorageSCP:
         try:
             if not self.hooks.disk_ok():
                 raise Refused(STATUS_OUT_OF_RESOURCES, "spool disk below the configured free-space minimum")
-            data = event.encoded_dataset(include_meta=True)
-            header = parse_header(data, str(event.context.abstract_syntax), sop_uid or None)
+            # = event.encoded_dataset(include_meta=True), without a pydicom file meta dataset per instance
+            context = event.context
+            data = file_meta_prefix(
+                str(request.AffectedSOPClassUID), sop_uid, str(context.transfer_syntax)
+            ) + cast(BytesIO, request.DataSet).getvalue()
+            header = parse_header(data, str(context.abstract_syntax), sop_uid or None)
             digest = sha256(data)
             rel = self.spool.relative_path(header, digest)
             # The file is fsynced here, in this association's thread (in parallel with other associations); the

@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -135,15 +136,35 @@ def _raw_int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+def _raw_us(ds: Dataset, keyword: str) -> int | None:
+    """A US element's value straight from its two raw bytes (little endian unless the data set is big endian); any
+    other form goes through pydicom's conversion."""
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in ds:
+        return None
+    elem = ds.get_item(tag, keep_deferred=True)
+    if (
+        isinstance(elem, RawDataElement)
+        and elem.VR in (None, "US")
+        and isinstance(elem.value, bytes)
+        and len(elem.value) == 2
+    ):
+        return int.from_bytes(elem.value, "big" if ds.original_encoding[1] is False else "little")
+    return _int(ds, keyword)
+
+
 def _check_pixels(ds: Dataset, transfer_syntax: str, data_length: int) -> None:
+    values = {}
     for kw in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PixelRepresentation"):
-        if _int(ds, kw) is None:
+        value = _raw_us(ds, kw)
+        if value is None:
             raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"image attribute {kw} is missing")
+        values[kw] = value
     if PIXEL_DATA not in ds:
         raise Refused(STATUS_DATASET_DOES_NOT_MATCH, "PixelData is missing")
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    bits, spp = int(ds.BitsAllocated), int(ds.SamplesPerPixel)
-    frames = _int(ds, "NumberOfFrames") or 1
+    rows, cols = values["Rows"], values["Columns"]
+    bits, spp = values["BitsAllocated"], values["SamplesPerPixel"]
+    frames = _raw_int(ds, "NumberOfFrames") or 1
     if rows == 0 or cols == 0 or frames < 1 or frames > MAX_FRAMES:
         raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"image size {rows}x{cols}x{frames} frames is not plausible")
     if bits not in (1, 8, 16, 32) or spp not in (1, 3):
@@ -205,6 +226,34 @@ def parse_header(data: bytes, context_sop_class: str, affected_sop_instance: str
         expected_instances=expected if expected and expected > 0 else None,
         dataset=ds,
     )
+
+
+def _meta_element(elem: int, vr: bytes, value: bytes) -> bytes:
+    if vr in (b"OB", b"UN", b"SQ", b"UT", b"OW"):
+        return struct.pack("<HH2sHI", 0x0002, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, elem, vr, len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def file_meta_prefix(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information (PS3.10 7.1) pynetdicom writes for a received C-STORE
+    (``Event.encoded_dataset()``: pynetdicom's implementation UID and version name), byte for byte, without
+    building a pydicom dataset per instance. Prepended to the received data set, it makes the stored file."""
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+    body = b"".join((
+        _meta_element(0x0001, b"OB", b"\x00\x01"),
+        _meta_element(0x0002, b"UI", _padded(sop_class_uid, b"\0")),
+        _meta_element(0x0003, b"UI", _padded(sop_instance_uid, b"\0")),
+        _meta_element(0x0010, b"UI", _padded(transfer_syntax_uid, b"\0")),
+        _meta_element(0x0012, b"UI", _padded(str(PYNETDICOM_IMPLEMENTATION_UID), b"\0")),
+        _meta_element(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+    ))
+    return b"\x00" * 128 + b"DICM" + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
 def _safe(uid: str) -> str:
