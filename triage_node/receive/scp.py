@@ -337,10 +337,10 @@ class StorageSCP:
                 raise Refused(STATUS_OUT_OF_RESOURCES, "spool disk below the configured free-space minimum")
             # = event.encoded_dataset(include_meta=True), without a pydicom file meta dataset per instance
             context = event.context
-            data = file_meta_prefix(
-                str(request.AffectedSOPClassUID), sop_uid, str(context.transfer_syntax)
-            ) + cast(BytesIO, request.DataSet).getvalue()
-            header = parse_header(data, str(context.abstract_syntax), sop_uid or None)
+            transfer_syntax = str(context.transfer_syntax)
+            prefix = file_meta_prefix(str(request.AffectedSOPClassUID), sop_uid, transfer_syntax)
+            data = prefix + cast(BytesIO, request.DataSet).getvalue()
+            header = parse_header(data, str(context.abstract_syntax), sop_uid or None, transfer_syntax, len(prefix))
             digest = sha256(data)
             rel = self.spool.relative_path(header, digest)
             # The file is fsynced here, in this association's thread (in parallel with other associations); the

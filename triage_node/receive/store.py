@@ -22,6 +22,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
@@ -186,15 +187,36 @@ def _check_pixels(ds: Dataset, transfer_syntax: str, data_length: int) -> None:
         raise Refused(STATUS_CANNOT_UNDERSTAND, f"PixelData is cut short: {actual} of {raw.length} bytes arrived")
 
 
-def parse_header(data: bytes, context_sop_class: str, affected_sop_instance: str | None) -> Header:
-    """Parse an encoded dataset (with file meta) and check what storing it requires; raise Refused otherwise."""
+# (implicit VR, little endian) of a data set in each transfer syntax; Deflated is absent (read through dcmread).
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_BE = "1.2.840.10008.1.2.2"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def parse_header(
+    data: bytes,
+    context_sop_class: str,
+    affected_sop_instance: str | None,
+    transfer_syntax: str | None = None,
+    dataset_offset: int = 0,
+) -> Header:
+    """Parse an encoded dataset (with file meta) and check what storing it requires; raise Refused otherwise.
+
+    ``transfer_syntax`` and ``dataset_offset``: the caller made the file meta itself (the SCP does, from the
+    presentation context), so the data set is read from ``dataset_offset`` without parsing the meta again.
+    """
     try:
         # Values above DEFER_SIZE (the pixels) are skipped, not copied: only their length and offset are kept.
-        ds = dcmread(BytesIO(data), force=False, defer_size=DEFER_SIZE)
+        if transfer_syntax is not None and transfer_syntax != _DEFLATED:
+            fp = BytesIO(data)
+            fp.seek(dataset_offset)
+            implicit, little = transfer_syntax == _IMPLICIT_LE, transfer_syntax != _EXPLICIT_BE
+            ds = read_dataset(fp, implicit, little, defer_size=DEFER_SIZE)
+        else:
+            ds = dcmread(BytesIO(data), force=False, defer_size=DEFER_SIZE)
+            transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError, AttributeError) as exc:
         raise Refused(STATUS_CANNOT_UNDERSTAND, f"dataset cannot be parsed ({type(exc).__name__}: {exc})") from exc
-    meta = ds.file_meta
-    transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
     uids = {}
     for kw in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
         value = _raw_ascii(ds, kw)
