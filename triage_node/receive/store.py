@@ -23,10 +23,11 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from triage_node.receive.contexts import ENHANCED_SOP_CLASSES, NATIVE_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
+from triage_node.receive.fastsql import FastConnection
 from triage_node.worklist.models import Instance, Priority, Series, SeriesState, Study
 
 log = logging.getLogger(__name__)
@@ -432,7 +433,7 @@ _REOPEN_SERIES = (
 )
 
 
-def _study_id(conn: Connection, header: Header, now: dt.datetime, cache: StudyIds | None) -> int:
+def _study_id(conn: FastConnection, header: Header, now: dt.datetime, cache: StudyIds | None) -> int:
     cached = cache.get(header.study_uid) if cache else None
     if cached is not None:
         if conn.execute(_TOUCH_STUDY, {"p_id": cached, "p_now": now}).rowcount == 1:
@@ -480,10 +481,10 @@ def record_instance(
     """Insert the instance row and update its study and series, inside the caller's transaction.
 
     Prebuilt SQLAlchemy Core statements on the session's connection, not ORM objects: this runs once per received
-    instance, and the ORM's unit of work cost more CPU than the rest of the receive path. ``studies`` caches study
-    row ids between calls.
+    instance, and the ORM's unit of work cost more CPU than the rest of the receive path; on SQLite they run on the
+    DBAPI cursor (``fastsql``). ``studies`` caches study row ids between calls.
     """
-    conn = session.connection()
+    conn = FastConnection(session.connection())
     existing = conn.execute(_SELECT_VERSIONS, {"p_sop": header.sop_instance_uid}).all()
     for row in existing:
         if row.sha256 == sha:
