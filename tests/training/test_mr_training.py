@@ -3,7 +3,10 @@ bookkeeping, and the laterality rules of the direct location baseline."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
 from triage_node.inference.atlas import Region
@@ -102,3 +105,31 @@ def test_direct_baseline_classes_keep_side_and_never_flip_horizontally() -> None
 
     src = inspect.getsource(mr_infarct.run_direct_baseline)
     assert "hflip=False" in src  # a horizontal flip would need the side label swapped
+
+
+def test_operating_point_sweep_gates_like_the_analyzer(tmp_path: Path) -> None:
+    """The validation sweep scores each gate on one network pass; at the card's gate it must equal the analyzer."""
+    from triage_node.inference.card import ModelCard
+    from triage_node.inference.infarct import InfarctAnalyzer
+    from triage_node.inference.nets import build_segmenter
+    from triage_node.training.mr_cards import write_infarct_dir
+    from triage_node.training.mr_infarct import InfarctRecipe, gated_probability, ungated_probabilities
+
+    torch.manual_seed(0)
+    card = write_infarct_dir(tmp_path, build_segmenter(1, 4).state_dict(), InfarctRecipe(size=64, base=4), {}, "0")
+    seg = InfarctAnalyzer(ModelCard.load(card.directory / "model.yaml")).segmenter
+    rng = np.random.default_rng(0)
+    px = np.zeros((3, 50, 70), np.float32)
+    px[:, 5:45, 8:62] = rng.normal(500, 60, (3, 40, 54))
+    raw, gates = ungated_probabilities(seg, px)
+    for gate in (0.0, float(np.median(gates.numpy())), 1.1):
+        seg.gate_threshold = gate
+        expected, _ = seg.probabilities(px)
+        np.testing.assert_allclose(gated_probability(raw, gates, gate, seg.grid, (50, 70)), expected, atol=1e-6)
+
+
+def test_operating_point_is_never_chosen_on_test_seeds(tmp_path: Path) -> None:
+    from triage_node.training.mr_infarct import split_seeds, tune_infarct
+
+    with pytest.raises(ValueError, match="test seeds"):
+        tune_infarct(tmp_path, tmp_path, split_seeds("test", 2), split_seeds("val_negative", 2))

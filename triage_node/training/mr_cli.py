@@ -1,4 +1,4 @@
-"""``triage-node train-mr | evaluate-mr``: training and evaluation of the MR models (cmb, infarct).
+"""``triage-node train-mr | tune-mr | evaluate-mr``: training, operating point and evaluation of the MR models.
 
 Registered by :func:`register` (the main CLI adds it next to the CT ``train``/``evaluate``); also runnable on its own
 as ``python -m triage_node.training.mr_cli``.
@@ -47,6 +47,7 @@ def cmd_train_mr(a: argparse.Namespace) -> int:
         checkpoint_dir=a.out / "checkpoints",
         progress=not a.no_progress,
         max_steps_per_epoch=a.max_steps_per_epoch,
+        init_from=a.init_from,
     )
     if a.model == "cmb":
         from triage_node.training.mr_cmb import CmbRecipe, parse_seeds, train_cmb
@@ -69,7 +70,12 @@ def cmd_train_mr(a: argparse.Namespace) -> int:
         from triage_node.training.mr_infarct import InfarctRecipe, train_infarct
 
         recipe_i = InfarctRecipe(
-            n_train=a.n_train, n_val=a.n_val, batch_size=a.batch_size, base=a.base, steps_per_epoch=a.steps_per_epoch
+            n_train=a.n_train,
+            n_val=a.n_val,
+            n_train_negative=a.n_train_negative,
+            batch_size=a.batch_size,
+            base=a.base,
+            steps_per_epoch=a.steps_per_epoch,
         )
         train_infarct(_cache(a), a.out, recipe_i, cfg, a.version, workers=a.workers, progress=not a.no_progress)
     print(f"wrote {a.out}")
@@ -80,7 +86,9 @@ def cmd_evaluate_mr(a: argparse.Namespace) -> int:
     if a.model == "cmb":
         from triage_node.training.mr_cmb import evaluate_cmb
 
-        report = evaluate_cmb(a.model_dir, _cache(a), a.n_test, workers=a.workers, progress=not a.no_progress)
+        report = evaluate_cmb(
+            a.model_dir, _cache(a), a.n_test, workers=a.workers, progress=not a.no_progress, precision=a.precision
+        )
         report.pop("curve", None)
     else:
         from triage_node.training.mr_infarct import evaluate_infarct, run_direct_baseline
@@ -96,9 +104,30 @@ def cmd_evaluate_mr(a: argparse.Namespace) -> int:
             workers=a.workers,
             progress=not a.no_progress,
             baseline=baseline,
+            precision=a.precision,
         )
         report.pop("cases", None)
     print(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_tune_mr(a: argparse.Namespace) -> int:
+    from triage_node.training.mr_infarct import OperatingGrid, split_seeds, tune_infarct, write_operating_point
+
+    grid = OperatingGrid(max_fp_rate=a.max_fp_rate)
+    tuned = tune_infarct(
+        a.model_dir,
+        _cache(a),
+        split_seeds("val", a.n_val),
+        split_seeds("val_negative", a.n_val_negative),
+        grid,
+        precision=a.precision,
+        workers=a.workers,
+        progress=not a.no_progress,
+    )
+    if a.write:
+        write_operating_point(a.model_dir, tuned)
+    print(json.dumps({k: v for k, v in tuned.items() if k != "grid"} | {"top": tuned["grid"][:8]}, indent=1))
     return 0
 
 
@@ -119,6 +148,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CPU (fp16 on CUDA)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--init-from", type=Path, default=None, help="initialise from these weights (matching tensors; fine-tuning)"
+    )
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--max-fp", type=float, default=0.5, help="cmb: FP/subject budget for the validation threshold")
     p.add_argument(
@@ -129,6 +161,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--freeze-blocks", type=int, default=0, help="cmb: with --transfer-from, freeze the first N blocks")
     p.add_argument("--base", type=int, default=16, help="infarct: segmenter base channels")
+    p.add_argument(
+        "--n-train-negative", type=int, default=0, help="infarct: training cases without infarct (seeds 500000..)"
+    )
     p.add_argument("--train-seeds", default="", help="cmb: explicit training seeds, e.g. 0-45 (default: --n-train)")
     p.add_argument("--val-seeds", default="", help="cmb: explicit validation seeds, e.g. 46-61,100000-100004")
     p.set_defaults(func=cmd_train_mr)
@@ -144,7 +179,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=0,
         help="infarct: also train/evaluate the direct location classifier on this many training cases",
     )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="analyzer precision (auto, the daemon's default: bf16 where the CPU has it natively)",
+    )
     p.set_defaults(func=cmd_evaluate_mr)
+
+    p = subparsers.add_parser(
+        "tune-mr", help="infarct: choose gate / segmentation threshold / minimum size on validation cases only"
+    )
+    _common(p)
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--n-val", type=int, default=20, help="validation cases with infarct (seeds 100000..)")
+    p.add_argument("--n-val-negative", type=int, default=20, help="validation cases without infarct (400000..)")
+    p.add_argument("--max-fp-rate", type=float, default=0.05, help="false-positive budget on the cases without")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--write", action="store_true", help="write the chosen point into model.yaml and tune.json")
+    p.set_defaults(func=cmd_tune_mr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -409,8 +409,12 @@ def train_cmb(
     return {"operating_point": op, "history": hist.to_json()}
 
 
-def evaluate_cmb(model_dir: Path, cache: Path, n_test: int, workers: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Per-subject sensitivity and FP/subject on held-out test seeds; writes ``eval.json`` and FROC / count plots."""
+def evaluate_cmb(
+    model_dir: Path, cache: Path, n_test: int, workers: int = 1, progress: bool = True, precision: str = "fp32"
+) -> dict[str, Any]:
+    """Per-subject sensitivity and FP/subject on held-out test seeds; writes ``eval.json`` and FROC / count plots.
+
+    ``precision``: the analyzer's (fp32 | bf16 | auto, the daemon's default)."""
     from triage_node.inference.card import ModelCard
     from triage_node.inference.cmb import CmbAnalyzer, analyze_with
     from triage_node.synth.mr import make_swi_case, swi_volume
@@ -418,7 +422,7 @@ def evaluate_cmb(model_dir: Path, cache: Path, n_test: int, workers: int = 1, pr
     from triage_node.training.mr_plots import count_plot, froc_plot
 
     card = ModelCard.load(model_dir / "model.yaml")
-    an = CmbAnalyzer(card)
+    an = CmbAnalyzer(card, precision=precision)
     det = an.detector
     seeds = split_seeds("test", n_test)
     generate(cache, seeds, det.cfg, workers=workers, progress=progress)
@@ -450,6 +454,7 @@ def evaluate_cmb(model_dir: Path, cache: Path, n_test: int, workers: int = 1, pr
         "count_exact": at["count_exact"],
         "candidate_recall": candidate_recall(recs),
         "seconds_per_volume_mean": float(np.mean(t_sec)),
+        "precision": det.precision,
         "target": "sensitivity >= 0.90 at <= 1 FP/subject",
         "target_met": bool(at["sensitivity"] >= 0.9 and at["fp_per_subject"] <= 1.0),
         "curve": res["curve"],

@@ -6,8 +6,9 @@ atlas registered to the patient (``triage_node.inference.atlas``). The baseline 
 classifier (two conv layers, dense softmax over side x region classes) trained on the same cases; both are evaluated on
 the same held-out seeds so the choice is recorded with numbers.
 
-Cases are cached as ``dwi_<seed>.npz`` under the cache directory (derived data, never committed). Seeds: training 0..,
-validation 100000.. (infarcts) and 400000.. (without), test 200000.. (infarcts) and 300000.. (without).
+Cases are cached as ``dwi_<seed>.npz`` under the cache directory (derived data, never committed). Seeds: training 0..
+(infarcts) and 500000.. (without), validation 100000.. (infarcts) and 400000.. (without), test 200000.. (infarcts) and
+300000.. (without). Every seed at or above 300000 is a case without infarct.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ from triage_node.inference.atlas import Region
 
 log = logging.getLogger(__name__)
 
-SPLIT_BASE = {"train": 0, "val": 100_000, "test": 200_000, "test_negative": 300_000, "val_negative": 400_000}
+SPLIT_BASE = {
+    "train": 0,
+    "val": 100_000,
+    "test": 200_000,
+    "test_negative": 300_000,
+    "val_negative": 400_000,
+    "train_negative": 500_000,
+}
 DEFAULT_CACHE = Path("/tmp/triage-node-cache/infarct")
 INFARCT_ANALYZER = "triage_node.inference.infarct:InfarctAnalyzer"
 SIDES = ("right", "left")
@@ -60,7 +68,7 @@ def _write(args: tuple[Path, int]) -> int:
     path = cache / f"dwi_{seed}.npz"
     if path.exists():
         return seed
-    infarct = seed < SPLIT_BASE["test_negative"]  # test_negative and val_negative seeds have no infarct
+    infarct = seed < SPLIT_BASE["test_negative"]  # the *_negative seeds (300000 and above) have no infarct
     c = make_dwi_case(seed, infarct=infarct)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(
@@ -122,6 +130,8 @@ def load_records(cache: Path, seeds: Sequence[int]) -> Iterator[DwiRecord]:
 class InfarctRecipe:
     n_train: int = 120
     n_val: int = 20
+    # Volumes without infarct (seeds 500000..): their tissue crops show the gate what normal DWI looks like.
+    n_train_negative: int = 0
     size: int = 160
     grid: int = 4
     base: int = 16
@@ -156,7 +166,8 @@ def train_infarct(
     )
 
     tr, va = split_seeds("train", recipe.n_train), split_seeds("val", recipe.n_val)
-    generate(cache, tr + va, workers=workers, progress=progress)
+    tr_neg = split_seeds("train_negative", recipe.n_train_negative)
+    generate(cache, tr + tr_neg + va, workers=workers, progress=progress)
     seg_recipe = SegRecipe(
         base=recipe.base,
         size=recipe.size,
@@ -169,7 +180,7 @@ def train_infarct(
         neg_per_pos=recipe.neg_per_pos,
     )
     rng = np.random.default_rng(cfg.seed)
-    train = crops_from_volumes(((r.dwi, r.mask) for r in load_records(cache, tr)), seg_recipe, rng)
+    train = crops_from_volumes(((r.dwi, r.mask) for r in load_records(cache, tr + tr_neg)), seg_recipe, rng)
     val = crops_from_volumes(((r.dwi, r.mask) for r in load_records(cache, va)), seg_recipe, rng)
     log.info("infarct: %d training crops, %d validation crops", len(train), len(val))
     model = build_segmenter(1, recipe.base)
@@ -184,10 +195,16 @@ def train_infarct(
     hist, best = fit(
         model, crop_batches(train, recipe.batch_size, SEG_AUGMENT), steps, loss_fn, make_validate(val, seg_recipe), cfg
     )
+    negatives = (
+        f"; {len(tr_neg)} cases without infarct (seeds {tr_neg[0]}-{tr_neg[-1]}), 8 random tissue crops each"
+        if tr_neg
+        else ""
+    )
     training = {
         "data": (
             f"synthetic DWI b=1000 from MNI152 tissue maps: {len(tr)} cases (seeds {tr[0]}-{tr[-1]}), one infarct "
             "each in a random region and side of the atlas, random pose, size, deformation, slice spacing 3-5 mm"
+            + negatives
         ),
         "crops": len(train),
         "validation": f"{len(va)} cases (seeds {va[0]}-{va[-1]})",
@@ -203,6 +220,8 @@ def train_infarct(
             ),
             "loss": f"{recipe.cls_weight} x BCE(gate) + BCE(seg, pos_weight 2) + soft Dice(seg)",
             "seed": cfg.seed,
+            "steps": len(hist.train_loss) * steps,
+            "init_from": str(cfg.init_from) if cfg.init_from else None,
         },
         "seconds": round(time.monotonic() - t0, 1),
         "command": " ".join(shlex.quote(a) for a in sys.argv),
@@ -227,9 +246,11 @@ def evaluate_infarct(
     workers: int = 1,
     progress: bool = True,
     baseline: dict[str, Any] | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Run the shipped analyzer end to end on held-out cases: detection, Dice, side + region, speed.
 
+    ``precision`` is the analyzer's (``auto`` is what the daemon runs: bf16 autocast on a CPU with native bf16).
     Writes eval.json and PNG plots into ``model_dir`` and the figures into the card.
     """
     from tqdm import tqdm
@@ -241,7 +262,7 @@ def evaluate_infarct(
     from triage_node.training.mr_plots import confusion_plot, dice_plot
 
     card = ModelCard.load(model_dir / "model.yaml")
-    an = InfarctAnalyzer(card)
+    an = InfarctAnalyzer(card, precision=precision)
     pos, neg = split_seeds("test", n_test), split_seeds("test_negative", n_negative)
     generate(cache, pos + neg, workers=workers, progress=progress)
     rows = []
@@ -294,6 +315,7 @@ def evaluate_infarct(
         "false_positive_rate_negatives": float(np.mean([r["present"] for r in n_rows])) if n_rows else None,
         "location_accuracy_by_region": per_region,
         "seconds_per_volume_mean": float(np.mean([r["seconds"] for r in rows])),
+        "precision": an.segmenter.precision,
         "target": "detected and side + region correct >= 0.90; Dice >= 0.75",
         "cases": rows,
     }
@@ -307,6 +329,172 @@ def evaluate_infarct(
     dice_plot(model_dir / "dice.png", [r["dice"] for r in p_rows], [r["volume_ml"] for r in p_rows])
     update_metrics(model_dir, {k: v for k, v in report.items() if k != "cases"})
     return report
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Operating point on validation cases
+
+
+def ungated_probabilities(segmenter: Any, pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The segmenter's network outputs before gating, at network resolution: segmentation probability float32
+    (z, size, size) and gate probability per crop float32 (z, grid * grid), row-major over the grid.
+
+    ``segmenter``: a ``CropGridSegmenter``; its network runs once (same batching, TTA, air-crop skip and precision as
+    :meth:`CropGridSegmenter.probabilities`), so every gate threshold can be scored on the same outputs.
+    """
+    from triage_node.inference.precision import autocast
+    from triage_node.inference.segmenter import normalise
+
+    x = normalise(pixels, segmenter.kind, segmenter.size)
+    saved = segmenter.gate_threshold
+    segmenter.gate_threshold = 0.0  # every crop passes: the gate is applied later, per candidate threshold
+    segs, gates = [], []
+    try:
+        with torch.inference_mode(), autocast(segmenter.precision, segmenter.device.type):
+            for i in range(0, x.shape[0], segmenter.batch):
+                s, g = segmenter._forward(x[i : i + segmenter.batch])
+                segs.append(s)
+                gates.append(g)
+    finally:
+        segmenter.gate_threshold = saved
+    return torch.cat(segs).float(), torch.cat(gates).float()
+
+
+def gated_probability(
+    seg: torch.Tensor, gates: torch.Tensor, gate: float, grid: int, shape: tuple[int, int]
+) -> np.ndarray:
+    """Apply a gate threshold to :func:`ungated_probabilities` and map back to the image grid ``shape`` (h, w), as
+    :meth:`CropGridSegmenter.probabilities` does: float32 (z, h, w)."""
+    z, size, _ = seg.shape
+    cell = size // grid
+    keep = (gates >= gate).float().reshape(z, grid, grid)
+    keep = keep.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)
+    g = (seg * keep)[:, None]
+    h, w = shape
+    s = max(h, w)
+    if s != size:
+        g = F.interpolate(g, size=(s, s), mode="bilinear", align_corners=False)
+    y0, x0 = (s - h) // 2, (s - w) // 2
+    return g[:, 0, y0 : y0 + h, x0 : x0 + w].numpy()
+
+
+@dataclass(frozen=True)
+class OperatingGrid:
+    """Candidate operating points: crop-gate thresholds x segmentation thresholds x minimum cross-sections."""
+
+    gates: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+    segmentation: tuple[float, ...] = (0.4, 0.5, 0.6)
+    min_areas_mm2: tuple[float, ...] = (15.0, 30.0, 45.0, 60.0, 90.0)
+    max_fp_rate: float = 0.05
+    tolerance: float = 0.005
+
+
+def tune_infarct(
+    model_dir: Path,
+    cache: Path,
+    pos_seeds: Sequence[int],
+    neg_seeds: Sequence[int],
+    grid: OperatingGrid = OperatingGrid(),
+    precision: str = "auto",
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Choose the gate threshold, segmentation threshold and minimum cross-section on validation cases only.
+
+    Rule: among the points whose false-positive rate on the cases without infarct is at most ``grid.max_fp_rate``,
+    the highest mean Dice over the infarct cases (a missed infarct scores 0, so Dice also carries sensitivity); within
+    ``grid.tolerance`` of it, the most restrictive point (higher gate, then larger minimum size, then higher
+    segmentation threshold). The network runs once per case. Returns ``{"chosen": {...}, "grid": [...], ...}``.
+    """
+    from tqdm import tqdm
+
+    from triage_node.inference.card import ModelCard
+    from triage_node.inference.cropgrid import keep_components
+    from triage_node.inference.infarct import InfarctAnalyzer
+
+    if not pos_seeds or not neg_seeds:
+        raise ValueError("tune_infarct needs validation cases with and without infarct")
+    if any(s >= SPLIT_BASE["test"] and s < SPLIT_BASE["val_negative"] for s in [*pos_seeds, *neg_seeds]):
+        raise ValueError("tune_infarct: test seeds (200000-399999) must never choose the operating point")
+    card = ModelCard.load(model_dir / "model.yaml")
+    segmenter = InfarctAnalyzer(card, precision=precision).segmenter
+    generate(cache, [*pos_seeds, *neg_seeds], workers=workers, progress=progress)
+    points = [(g, t, a) for g in grid.gates for t in grid.segmentation for a in grid.min_areas_mm2]
+    dices: dict[tuple[float, float, float], list[float]] = {p: [] for p in points}
+    hits: dict[tuple[float, float, float], list[bool]] = {p: [] for p in points}
+    fps: dict[tuple[float, float, float], list[bool]] = {p: [] for p in points}
+    seeds = [*pos_seeds, *neg_seeds]
+    for r in tqdm(load_records(cache, seeds), total=len(seeds), desc="tune", disable=not progress):
+        seg, gates = ungated_probabilities(segmenter, r.dwi)
+        for g in grid.gates:
+            prob = gated_probability(seg, gates, g, segmenter.grid, r.dwi.shape[1:])
+            for t in grid.segmentation:
+                raw = prob >= t
+                for a in grid.min_areas_mm2:
+                    m = keep_components(raw, r.spacing, a, segmenter.max_components)
+                    if r.region is None:
+                        fps[(g, t, a)].append(bool(m.any()))
+                    else:
+                        dices[(g, t, a)].append(dice(m, r.mask))
+                        hits[(g, t, a)].append(bool((m & r.mask).any()))
+    rows = [
+        {
+            "gate": g,
+            "segmentation": t,
+            "min_area_mm2": a,
+            "dice_mean": round(float(np.mean(dices[(g, t, a)])), 4),
+            "detected": round(float(np.mean(hits[(g, t, a)])), 4),
+            "false_positive_rate_negatives": round(float(np.mean(fps[(g, t, a)])), 4),
+        }
+        for g, t, a in points
+    ]
+    rows.sort(key=lambda r: (-r["dice_mean"], r["false_positive_rate_negatives"]))
+    ok = [r for r in rows if r["false_positive_rate_negatives"] <= grid.max_fp_rate]
+    if not ok:
+        raise ValueError(f"no operating point has a validation false-positive rate <= {grid.max_fp_rate}")
+    near = [r for r in ok if r["dice_mean"] >= ok[0]["dice_mean"] - grid.tolerance]
+    chosen = max(near, key=lambda r: (r["gate"], r["min_area_mm2"], r["segmentation"]))
+    return {
+        "positive_seeds": f"{min(pos_seeds)}-{max(pos_seeds)}",
+        "negative_seeds": f"{min(neg_seeds)}-{max(neg_seeds)}",
+        "positive_cases": len(pos_seeds),
+        "negative_cases": len(neg_seeds),
+        "precision": segmenter.precision,
+        "max_fp_rate": grid.max_fp_rate,
+        "tolerance": grid.tolerance,
+        "chosen": chosen,
+        "grid": rows,
+    }
+
+
+def write_operating_point(model_dir: Path, tuned: dict[str, Any]) -> None:
+    """Write a :func:`tune_infarct` result into the card (thresholds, ``postprocess.min_area_mm2`` and
+    ``training.operating_point``) and ``tune.json``; weights and hash are untouched."""
+    import dataclasses
+    from types import MappingProxyType
+
+    from triage_node.inference.card import ModelCard, _thaw
+
+    c = tuned["chosen"]
+    card = ModelCard.load(model_dir / "model.yaml")
+    training = dict(_thaw(card.training))
+    training["operating_point"] = (
+        f"gate {c['gate']}, segmentation {c['segmentation']}, minimum cross-section {c['min_area_mm2']} mm^2, chosen "
+        f"by `mr_cli tune-mr infarct` on validation only ({tuned['positive_cases']} infarct cases seeds "
+        f"{tuned['positive_seeds']}, {tuned['negative_cases']} without seeds {tuned['negative_seeds']}, precision "
+        f"{tuned['precision']}): the highest mean Dice with a false-positive rate <= {tuned['max_fp_rate']} on the "
+        f"cases without infarct, the most restrictive point within {tuned['tolerance']} of it; validation Dice "
+        f"{c['dice_mean']}, detected {c['detected']}, false positives {c['false_positive_rate_negatives']} (tune.json)"
+    )
+    new = dataclasses.replace(
+        card,
+        thresholds=MappingProxyType({**dict(card.thresholds), "gate": c["gate"], "segmentation": c["segmentation"]}),
+        postprocess=MappingProxyType({**_thaw(card.postprocess), "min_area_mm2": c["min_area_mm2"]}),
+        training=MappingProxyType(training),
+        directory=model_dir,
+    )
+    new.save(model_dir / "model.yaml")
+    (model_dir / "tune.json").write_text(json.dumps(tuned, indent=1))
 
 
 def _class_of(location: str | None) -> int | None:
