@@ -57,8 +57,10 @@ def test_sigkill_during_four_parallel_transfers_keeps_every_acknowledged_instanc
         assert len(acked) >= 20  # usually fewer than all: the kill lands mid-transfer
 
         d.start()
-        rows = {str(uid): (str(path), int(size), str(sha))
-                for uid, path, size, sha in d.sql("select sop_instance_uid, path, size, sha256 from instances")}
+        rows = {
+            str(uid): (str(path), int(size), str(sha))
+            for uid, path, size, sha in d.sql("select sop_instance_uid, path, size, sha256 from instances")
+        }
         assert len(rows) == d.sql("select count(*) from instances")[0][0]  # nothing twice
         for uid in acked:  # every success is on disk, complete
             path, size, sha = rows[uid]

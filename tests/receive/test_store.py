@@ -40,7 +40,9 @@ def test_header_fields_match_pydicom_and_descriptive_ones_are_read_on_demand(ser
     header = parse_header(series4[1], CT, None)
     ds = dcmread(BytesIO(series4[1]))
     assert (header.sop_instance_uid, header.study_uid, header.series_uid) == (
-        ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID
+        ds.SOPInstanceUID,
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
     )
     assert (header.instance_number, header.expected_instances) == (2, 4)
     assert "patient_name" not in vars(header)  # not converted yet
@@ -60,8 +62,7 @@ def test_record_instance_counts_dedups_versions_and_reopens(sessions, series4) -
 
     def record(i: int, sha: str | None = None):  # type: ignore[no-untyped-def]
         with transaction(sessions) as s:
-            return record_instance(s, headers[i], f"p{i}", len(series4[i]), sha or sha256(series4[i]), "AE", NOW,
-                                   cache)
+            return record_instance(s, headers[i], f"p{i}", len(series4[i]), sha or sha256(series4[i]), "AE", NOW, cache)
 
     assert [record(i).complete_by_count for i in range(4)] == [False, False, False, True]
     assert record(0).duplicate

@@ -265,7 +265,8 @@ class StorageSCP:
 
     def start(self, extra_handlers: Sequence[tuple[Any, ...]] = ()) -> None:
         """Bind and listen. ``extra_handlers``: more pynetdicom event bindings (e.g. Storage Commitment reports)."""
-        handlers = [*extra_handlers,
+        handlers = [
+            *extra_handlers,
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -284,7 +285,10 @@ class StorageSCP:
         self._thread.start()
         log.info(
             "SCP %s listening on %s:%d (max %d associations, %s)",
-            self.cfg.ae_title, self.cfg.host, self.port, self.cfg.max_associations,
+            self.cfg.ae_title,
+            self.cfg.host,
+            self.port,
+            self.cfg.max_associations,
             "TLS" if self.cfg.tls.enabled else "no TLS",
         )
         if not self.cfg.allowed_callers:
@@ -314,7 +318,9 @@ class StorageSCP:
         self.hooks.on_association(True)
         log.info(
             "association accepted from %s (%s:%s)",
-            event.assoc.requestor.ae_title, event.assoc.requestor.address, event.assoc.requestor.port,
+            event.assoc.requestor.ae_title,
+            event.assoc.requestor.address,
+            event.assoc.requestor.port,
         )
 
     def _on_rejected(self, event: evt.Event) -> None:
@@ -324,7 +330,9 @@ class StorageSCP:
         log.warning(
             "association rejected: calling AE %r from %s, called AE %r "
             "(allow-list, called AE title or association limit)",
-            rq.ae_title, rq.address, called,
+            rq.ae_title,
+            rq.address,
+            called,
         )
 
     def _on_store(self, event: evt.Event) -> int | tuple[int, Any]:

@@ -268,14 +268,16 @@ def file_meta_prefix(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_
     building a pydicom dataset per instance. Prepended to the received data set, it makes the stored file."""
     from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-    body = b"".join((
-        _meta_element(0x0001, b"OB", b"\x00\x01"),
-        _meta_element(0x0002, b"UI", _padded(sop_class_uid, b"\0")),
-        _meta_element(0x0003, b"UI", _padded(sop_instance_uid, b"\0")),
-        _meta_element(0x0010, b"UI", _padded(transfer_syntax_uid, b"\0")),
-        _meta_element(0x0012, b"UI", _padded(str(PYNETDICOM_IMPLEMENTATION_UID), b"\0")),
-        _meta_element(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
-    ))
+    body = b"".join(
+        (
+            _meta_element(0x0001, b"OB", b"\x00\x01"),
+            _meta_element(0x0002, b"UI", _padded(sop_class_uid, b"\0")),
+            _meta_element(0x0003, b"UI", _padded(sop_instance_uid, b"\0")),
+            _meta_element(0x0010, b"UI", _padded(transfer_syntax_uid, b"\0")),
+            _meta_element(0x0012, b"UI", _padded(str(PYNETDICOM_IMPLEMENTATION_UID), b"\0")),
+            _meta_element(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+        )
+    )
     return b"\x00" * 128 + b"DICM" + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
@@ -496,24 +498,26 @@ def record_instance(
     increment = 0 if existing else 1
     if found is None:
         expected, received = header.expected_instances, increment
-        series_id = int(conn.execute(
-            _INSERT_SERIES,
-            {
-                "study_id": study_id,
-                "series_instance_uid": header.series_uid,
-                "modality": header.modality,
-                "series_number": header.series_number,
-                "series_description": header.series_description,
-                "body_part": header.body_part,
-                "calling_ae": calling_ae,
-                "expected_instances": expected,
-                "received_instances": received,
-                "first_received_at": now,
-                "last_received_at": now,
-                "state": SeriesState.RECEIVING.value,
-                "version": 1,
-            },
-        ).inserted_primary_key[0])  # type: ignore[index]
+        series_id = int(
+            conn.execute(
+                _INSERT_SERIES,
+                {
+                    "study_id": study_id,
+                    "series_instance_uid": header.series_uid,
+                    "modality": header.modality,
+                    "series_number": header.series_number,
+                    "series_description": header.series_description,
+                    "body_part": header.body_part,
+                    "calling_ae": calling_ae,
+                    "expected_instances": expected,
+                    "received_instances": received,
+                    "first_received_at": now,
+                    "last_received_at": now,
+                    "state": SeriesState.RECEIVING.value,
+                    "version": 1,
+                },
+            ).inserted_primary_key[0]
+        )  # type: ignore[index]
     else:
         series_id = int(found.id)
         expected = found.expected_instances or header.expected_instances
