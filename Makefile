@@ -34,7 +34,7 @@ peers:
 	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends dicom3tools; }; \
 	fi
 
-test: $(STAMP) peers
+test: $(STAMP) peers lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
