@@ -14,7 +14,7 @@ from triage_node.web.auth import Session as WebSession
 from triage_node.web.context import WebContext
 from triage_node.web.schemas import PriorityName, SessionOut, StudyDetailOut, StudyOut
 from triage_node.web.security import csrf_session, current_session
-from triage_node.worklist.db import transaction
+from triage_node.worklist.db import read_transaction
 from triage_node.worklist.queries import worklist
 
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "No session: log in first"}}
@@ -40,7 +40,7 @@ def add_routes(app: FastAPI, ctx: WebContext) -> None:
     ) -> Any:
         """Studies by priority (critical, urgent, routine, none), then arrival, oldest first."""
         try:
-            with transaction(ctx.sessions) as s:
+            with read_transaction(ctx.sessions) as s:
                 return worklist(s, priority=priority, modality=modality, state=state, limit=limit)
         except ValueError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc

@@ -15,7 +15,7 @@ from triage_node.web.actions import UnknownStudy, acknowledge, detail_with_urls,
 from triage_node.web.auth import Session as WebSession
 from triage_node.web.context import WebContext
 from triage_node.web.security import csrf_session, current_session
-from triage_node.worklist.db import transaction
+from triage_node.worklist.db import read_transaction
 from triage_node.worklist.models import Priority, Series
 from triage_node.worklist.queries import READ_FILTERS, StudyStatus, check_filters, count_unread, worklist
 from triage_node.worklist.render import RenderError, render_key_image
@@ -40,7 +40,7 @@ def add_routes(app: FastAPI, ctx: WebContext, templates: Jinja2Templates) -> Non
 
     def rows_and_count(filters: dict[str, str]) -> tuple[list[dict[str, Any]], bool, int]:
         """The rows to show, whether more matched than the page shows, and the unread critical count."""
-        with transaction(ctx.sessions) as s:
+        with read_transaction(ctx.sessions) as s:
             rows = worklist(
                 s,
                 priority=filters.get("priority"),
@@ -60,7 +60,7 @@ def add_routes(app: FastAPI, ctx: WebContext, templates: Jinja2Templates) -> Non
     ) -> Response:
         filters = _filters(priority, modality, state)
         rows, truncated, unread = rows_and_count(filters)
-        with transaction(ctx.sessions) as s:
+        with read_transaction(ctx.sessions) as s:
             modalities = sorted({m for m in s.scalars(select(Series.modality).distinct()) if m} | {"CT", "MR"})
         return templates.TemplateResponse(
             request,
