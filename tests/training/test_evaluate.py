@@ -48,3 +48,9 @@ def test_tune_needs_a_positive_case(seg_and_cache: tuple[Path, Path]) -> None:
     model_dir, cache = seg_and_cache
     with pytest.raises(ValueError, match="no positive case"):
         tune_segmenter_postprocess(model_dir, cache, [500001], precision="fp32")
+
+
+def test_tune_refuses_test_seeds(seg_and_cache: tuple[Path, Path]) -> None:
+    model_dir, cache = seg_and_cache
+    with pytest.raises(ValueError, match="test seeds"):
+        tune_segmenter_postprocess(model_dir, cache, [500000, 900000], precision="fp32")

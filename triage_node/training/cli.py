@@ -23,6 +23,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def precision_arg(p: argparse.ArgumentParser) -> None:
+    """``--precision``, as the daemon's ``models.precision`` (evaluations run the networks the way the daemon does)."""
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="inference precision")
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--out", type=Path, required=True, help="model directory to write (weights, model.yaml, plots)")
@@ -176,9 +181,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--out", type=Path, default=None, help="where to write eval.json and plots (default: model dir)")
     p.add_argument("--n-test", type=int, default=80, help="held-out cases (seeds 900000..)")
     p.add_argument("--update-card", action="store_true", help="write the figures into model.yaml's metrics")
-    p.add_argument(
-        "--precision", default="auto", choices=("auto", "fp32", "bf16"), help="inference precision (models.precision)"
-    )
+    precision_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser(
@@ -189,9 +192,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--n-val", type=int, default=40, help="validation cases (seeds 500000..)")
     p.add_argument("--out", type=Path, default=None, help="write the whole grid as JSON here")
     p.add_argument("--update-card", action="store_true", help="write the chosen values into model.yaml")
-    p.add_argument(
-        "--precision", default="auto", choices=("auto", "fp32", "bf16"), help="inference precision (models.precision)"
-    )
+    precision_arg(p)
     p.set_defaults(func=cmd_tune_postprocess)
 
     p = subparsers.add_parser("lr-find", help="learning-rate range test (Leslie Smith); prints and plots a suggestion")

@@ -239,8 +239,10 @@ def tune_segmenter_postprocess(
     from triage_node.inference.cropgrid import keep_components
     from triage_node.inference.segmenter import CropGridSegmenter
     from triage_node.training.metrics import dice
-    from triage_node.training.synthdata import iter_cases
+    from triage_node.training.synthdata import SPLIT_SEED_BASE, iter_cases
 
+    if any(s >= SPLIT_SEED_BASE["test"] for s in seeds):
+        raise ValueError("tune: held-out test seeds (900000..) must never choose the post-processing")
     card = ModelCard.load(model_dir / "model.yaml")
     an = CropGridSegmenter(card, threads=2, precision=precision)
     cases = []

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from triage_node.training.cli import precision_arg
+
 MR_MODELS = ("cmb", "infarct")
 DEFAULT_CACHE_ROOT = Path("/tmp/triage-node-cache")
 
@@ -179,12 +181,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=0,
         help="infarct: also train/evaluate the direct location classifier on this many training cases",
     )
-    p.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16"),
-        default="auto",
-        help="analyzer precision (auto, the daemon's default: bf16 where the CPU has it natively)",
-    )
+    precision_arg(p)
     p.set_defaults(func=cmd_evaluate_mr)
 
     p = subparsers.add_parser(
@@ -195,7 +192,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--n-val", type=int, default=20, help="validation cases with infarct (seeds 100000..)")
     p.add_argument("--n-val-negative", type=int, default=20, help="validation cases without infarct (400000..)")
     p.add_argument("--max-fp-rate", type=float, default=0.05, help="false-positive budget on the cases without")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    precision_arg(p)
     p.add_argument("--write", action="store_true", help="write the chosen point into model.yaml and tune.json")
     p.set_defaults(func=cmd_tune_mr)
 
