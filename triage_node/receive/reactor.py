@@ -38,9 +38,11 @@ from pynetdicom.dimse_primitives import C_STORE, DimsePrimitiveType
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.service_class import StatusType, StorageServiceClass, attempt
+from pynetdicom.service_class import StatusType, StorageServiceClass, VerificationServiceClass, attempt
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from triage_node.receive.fastlane import Context, FastLane, StoreFunction
 
 PINNED_PYNETDICOM = "3.0.4"
 if pynetdicom.__version__ != PINNED_PYNETDICOM:
@@ -187,6 +189,9 @@ class SelectDUL(DULServiceProvider):
     def __init__(self, assoc: Association, wake_user: Callable[[], None]):
         self._waker = _Waker()  # before super().__init__, which sets _kill_thread
         super().__init__(assoc)
+        self.lane: FastLane | None = None  # set once the data-transfer phase runs on receive/fastlane.py
+        self.lane_outcome: str | None = None
+        self._lane_checked = False
         self.event_queue = _WakingQueue(self._waker.wake)
         self.to_provider_queue = _WakingQueue(self._waker.wake)  # type: ignore[assignment]
         self.to_user_queue = _WakingQueue(wake_user)  # type: ignore[assignment]
@@ -278,6 +283,24 @@ class SelectDUL(DULServiceProvider):
                 continue
             self.state_machine.do_action(event)
             idle = False
+            if self.state_machine.current_state == "Sta6" and not self._lane_checked:
+                self._lane_checked = True  # the A-ASSOCIATE-AC has just been sent
+                lane = fast_lane_for(self.assoc, self._waker, lambda: self._kill_flag or bool(self.assoc._kill))
+                if lane is not None:
+                    self._run_lane(lane)
+                    return
+
+    def _run_lane(self, lane: FastLane) -> None:
+        """Serve the data-transfer phase on ``lane`` (this thread), then end as pynetdicom's DUL ends in Sta1."""
+        self.lane = lane
+        self._wake_user()  # the association thread stops watching this DUL's queues and timers
+        self._waker.armed = True  # queued primitives (an abort from the association) wake the lane's select()
+        try:
+            self.lane_outcome = lane.run()
+        finally:
+            self._waker.armed = False
+            self.state_machine.transition("Sta1")
+            self._kill_flag = True
 
     def stop_dul(self) -> bool:
         if self.state_machine.current_state == "Sta1":
@@ -286,6 +309,55 @@ class SelectDUL(DULServiceProvider):
                 self.join()
             return True
         return False
+
+
+# Events whose handlers see PDUs or DIMSE messages: an association where any is bound (other than pynetdicom's
+# debug loggers) stays on pynetdicom's path, where they are triggered.
+_OBSERVING_EVENTS = (
+    evt.EVT_PDU_RECV,
+    evt.EVT_PDU_SENT,
+    evt.EVT_DIMSE_RECV,
+    evt.EVT_DIMSE_SENT,
+    evt.EVT_DATA_RECV,
+    evt.EVT_DATA_SENT,
+    evt.EVT_FSM_TRANSITION,
+)
+
+
+def fast_lane_for(assoc: Association, waker: _Waker, should_stop: Callable[[], bool]) -> FastLane | None:
+    """A :class:`FastLane` for ``assoc`` when its AE has a ``fast_store`` and every accepted context is a Storage
+    SOP class or Verification with this node as SCP and no extended negotiation; None keeps pynetdicom's path."""
+    from triage_node.receive.store import file_meta_prefix
+
+    store = cast(StoreFunction | None, getattr(assoc.ae, "fast_store", None))
+    if store is None or _config.UNRESTRICTED_STORAGE_SERVICE or assoc.acceptor.accepted_common_extended:
+        return None
+    contexts = {}
+    for cx_id, cx in assoc._accepted_cx.items():
+        service = uid_to_service_class(cast(str, cx.abstract_syntax))
+        if service not in (StorageServiceClass, VerificationServiceClass) or not cx.as_scp or not cx.transfer_syntax:
+            return None
+        contexts[cx_id] = Context(
+            str(cx.abstract_syntax), str(cx.transfer_syntax[0]), storage=service is StorageServiceClass
+        )
+    for event in _OBSERVING_EVENTS:
+        handlers = cast(list[tuple[Any, Any]], assoc.get_handlers(event))
+        if any(not getattr(h[0], "__module__", "").startswith("pynetdicom._handlers") for h in handlers):
+            return None
+    sock = cast(AssociationSocket, assoc.dul.socket).socket
+    if sock is None:
+        return None
+    return FastLane(
+        sock,
+        contexts,
+        calling_ae=str(assoc.requestor.ae_title),
+        peer_max_pdu=int(assoc.requestor.maximum_length or 0),
+        store=store,
+        make_prefix=file_meta_prefix,
+        network_timeout=assoc.network_timeout,
+        wake_fd=waker._r,
+        should_stop=lambda: should_stop() or bool(assoc.dul.to_provider_queue.queue),
+    )
 
 
 class LeanStorageSCP(StorageServiceClass):
@@ -358,6 +430,22 @@ class EventAssociation(Association):
             log.exception("C-STORE service failed, aborting the association: %r", exc)
             self.abort()
 
+    def _follow_lane(self) -> None:
+        """The DUL thread serves the data-transfer phase itself (receive/fastlane.py): wait for it to end, then record
+        how the association ended as pynetdicom does."""
+        dul = cast(SelectDUL, self.dul)
+        while dul.is_alive():
+            dul.join(MAX_BLOCK_S)
+        self.is_established = False
+        if dul.lane_outcome == "released":
+            log.debug("association released by the peer")
+            self.is_released = True
+            evt.trigger(self, evt.EVT_RELEASED, {})
+        elif not self._sent_abort:  # abort() triggered EVT_ABORTED already
+            self.is_aborted = True
+            evt.trigger(self, evt.EVT_ABORTED, {})
+        self.kill()
+
     def _idle_wait(self) -> float:
         timer = self.dul._idle_timer
         if timer.timeout is None:
@@ -372,6 +460,9 @@ class EventAssociation(Association):
             self._reactor_checkpoint.wait()
             self._is_paused = False
             self._wake.clear()  # before the checks: anything arriving after them sets it again
+            if cast(SelectDUL, self.dul).lane is not None:
+                self._follow_lane()
+                return
 
             context_id, msg = self.dimse.get_msg(block=False)
             if msg:

@@ -19,6 +19,7 @@ from typing import Any, cast
 from pynetdicom import AE, Association, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,7 +41,6 @@ from triage_node.receive.store import (
     sha256,
 )
 from triage_node.series.completion import complete_series
-from triage_node.worklist.db import transaction
 from triage_node.worklist.models import Series
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,9 @@ class GroupCommitter:
 
     def __init__(self, spool: Spool, sessions: sessionmaker[Session], clock: Callable[[], dt.datetime]):
         self.spool = spool
-        self.sessions = sessions
+        self.engine = cast(Engine, sessions.kw["bind"])
         self.clock = clock
+        self._conn: Connection | None = None
         self.studies = StudyIds()
         self._cond = threading.Condition()
         self._pending: list[_Pending] = []
@@ -137,6 +138,7 @@ class GroupCommitter:
         with self._cond:
             self._running = False
             self._cond.wait_for(lambda: not self._leading and not self._pending, timeout=timeout_s)
+            self._drop_connection()
 
     def commit(self, item: _Pending) -> Recorded:
         """Make ``item`` durable (leading a group or waiting in one); raises what recording it raised."""
@@ -163,24 +165,39 @@ class GroupCommitter:
         assert item.result is not None
         return item.result
 
+    def _connection(self) -> Connection:
+        """The committer's own connection, kept between groups: a session and a pooled connection per group cost
+        more CPU than recording the rows. Only the leader uses it, so one at a time."""
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self.engine.connect()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self._conn.close()
+        self._conn = None
+
     def _commit_group(self, group: list[_Pending]) -> None:
         try:
             self.spool.sync_dirs(p.rel for p in group)
             now = self.clock()
             alone = len(group) == 1  # no savepoint needed: if its row fails, the whole transaction is its own
-            with transaction(self.sessions) as session:
+            conn = self._connection()
+            with conn.begin():  # BEGIN IMMEDIATE on SQLite (worklist.db); committed at the end of the block
                 for p in group:
                     try:
-                        with contextlib.nullcontext() if alone else session.begin_nested():
+                        with contextlib.nullcontext() if alone else conn.begin_nested():
                             p.result = record_instance(
-                                session, p.header, p.rel, p.size, p.sha, p.calling_ae, now, self.studies
+                                conn, p.header, p.rel, p.size, p.sha, p.calling_ae, now, self.studies
                             )
                             if p.result.complete_by_count:
-                                # populate_existing: an earlier instance of this group may have loaded the
-                                # series before a Core UPDATE (reopen) changed it.
-                                series = session.get(Series, p.result.series_id, populate_existing=True)
-                                assert series is not None
-                                complete_series(session, series, now, "declared size reached")
+                                # A session inside this transaction: its commit releases its own savepoint.
+                                with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
+                                    series = session.get(Series, p.result.series_id)
+                                    assert series is not None
+                                    complete_series(session, series, now, "declared size reached")
+                                    session.commit()
                     except (SQLAlchemyError, ValueError, TypeError, KeyError) as exc:
                         self.studies = StudyIds()  # a rolled-back insert may have left a cached id behind
                         if alone:
@@ -190,9 +207,12 @@ class GroupCommitter:
             self.committed += sum(1 for p in group if p.error is None)
         except (OSError, SQLAlchemyError, ValueError, TypeError, KeyError) as exc:  # nobody in the group is stored
             self.studies = StudyIds()
+            if isinstance(exc, SQLAlchemyError):
+                self._drop_connection()  # a broken connection must not serve the next group
             for p in group:
                 p.result, p.error = None, exc
         except Exception as exc:  # noqa: BLE001 - never leave a sender waiting; its handler turns this into a status
+            self._drop_connection()
             for p in group:
                 p.result, p.error = None, exc
         finally:
@@ -234,6 +254,9 @@ class StorageSCP:
 
     # Associations that block on events instead of polling every 1 ms (pynetdicom's RequestHandler for comparison).
     request_handler: type[RequestHandler] = EventRequestHandler
+    # The data-transfer phase of storage-only associations read straight off the socket (receive/fastlane.py);
+    # False keeps every association on pynetdicom's DIMSE path (for comparison in bench/receive_loop.py).
+    fast_lane: bool = True
 
     def __init__(self, cfg: SCP, spool: Spool, sessions: sessionmaker[Session], hooks: ReceiveHooks | None = None):
         self.cfg = cfg
@@ -242,6 +265,8 @@ class StorageSCP:
         self.hooks = hooks or ReceiveHooks()
         self.server: ThreadedAssociationServer | None = None
         self.ae = self._make_ae(cfg)
+        if self.fast_lane:
+            self.ae.fast_store = self.store  # type: ignore[attr-defined]  # read by receive/reactor.fast_lane_for
         self.committer = GroupCommitter(spool, sessions, self.hooks.clock)
 
     def _make_ae(self, cfg: SCP) -> PolicyAE:
@@ -335,20 +360,42 @@ class StorageSCP:
             called,
         )
 
-    def _on_store(self, event: evt.Event) -> int | tuple[int, Any]:
-        assoc = event.assoc
-        calling = assoc.requestor.ae_title
+    def _on_store(self, event: evt.Event) -> int:
+        """pynetdicom's EVT_C_STORE (associations not served by receive/fastlane.py)."""
         request = cast(C_STORE, event.request)  # this handler is bound to EVT_C_STORE only
         sop_uid = str(request.AffectedSOPInstanceUID or "")
+        sop_class = str(request.AffectedSOPClassUID or "")
+        context = event.context
+        transfer_syntax = str(context.transfer_syntax)
+        # = event.encoded_dataset(include_meta=True), without a pydicom file meta dataset per instance
+        prefix = file_meta_prefix(sop_class, sop_uid, transfer_syntax)
+        data = memoryview(prefix + cast(BytesIO, request.DataSet).getvalue())
+        return self.store(
+            event.assoc.requestor.ae_title,
+            sop_class,
+            sop_uid,
+            str(context.abstract_syntax),
+            transfer_syntax,
+            data,
+            len(prefix),
+        )
+
+    def store(
+        self,
+        calling: str,
+        sop_class_uid: str,
+        sop_uid: str,
+        context_abstract_syntax: str,
+        transfer_syntax: str,
+        data: memoryview,
+        prefix_len: int,
+    ) -> int:
+        """Make one received instance durable (file fsynced, folder entry and row committed) and return the C-STORE
+        status; any failure becomes a status and one log line. ``data`` is the file meta then the data set."""
         try:
             if not self.hooks.disk_ok():
                 raise Refused(STATUS_OUT_OF_RESOURCES, "spool disk below the configured free-space minimum")
-            # = event.encoded_dataset(include_meta=True), without a pydicom file meta dataset per instance
-            context = event.context
-            transfer_syntax = str(context.transfer_syntax)
-            prefix = file_meta_prefix(str(request.AffectedSOPClassUID), sop_uid, transfer_syntax)
-            data = prefix + cast(BytesIO, request.DataSet).getvalue()
-            header = parse_header(data, str(context.abstract_syntax), sop_uid or None, transfer_syntax, len(prefix))
+            header = parse_header(data, context_abstract_syntax, sop_uid or None, transfer_syntax, prefix_len)
             digest = sha256(data)
             rel = self.spool.relative_path(header, digest)
             # The file is fsynced here, in this association's thread (in parallel with other associations); the
@@ -378,6 +425,10 @@ class StorageSCP:
             self.hooks.on_refused(STATUS_PROCESSING_FAILURE)
             log.exception("C-STORE of %s from %s failed: 0x0110 (%s)", sop_uid, calling, type(exc).__name__)
             return STATUS_PROCESSING_FAILURE
+        except Exception as exc:  # noqa: BLE001 - a sender must get a status, never a dropped association
+            self.hooks.on_refused(0xC211)
+            log.exception("C-STORE of %s from %s failed: 0xC211 (%s)", sop_uid, calling, type(exc).__name__)
+            return 0xC211
 
     @staticmethod
     def _log_stored(rec: Recorded, sop_uid: str, series_uid: str) -> None:

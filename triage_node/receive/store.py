@@ -5,12 +5,13 @@ rename, fsync the folder), then record the row in one transaction. Only after bo
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import logging
 import os
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from io import BytesIO
@@ -23,11 +24,12 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from triage_node.receive.contexts import ENHANCED_SOP_CLASSES, NATIVE_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from triage_node.receive.fastsql import FastConnection
+from triage_node.receive.rawscan import UNDEFINED, ScanError, scan
 from triage_node.worklist.models import Instance, Priority, Series, SeriesState, Study
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,12 @@ class Header:
     transfer_syntax_uid: str
     instance_number: int | None
     expected_instances: int | None
-    dataset: Dataset = field(repr=False, compare=False)
+    # Makes the pydicom Dataset of the header (all but the pixels) when a descriptive attribute is first read.
+    source: Callable[[], Dataset] = field(repr=False, compare=False)
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        return self.source()
 
     # Converted on first use (see above).
     modality = _text_attr("Modality", 16)
@@ -156,27 +163,38 @@ def _raw_us(ds: Dataset, keyword: str) -> int | None:
 
 
 def _check_pixels(ds: Dataset, transfer_syntax: str, data_length: int) -> None:
-    values = {}
-    for kw in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PixelRepresentation"):
+    image = {}
+    for kw in _US_KEYWORDS:
         value = _raw_us(ds, kw)
         if value is None:
             raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"image attribute {kw} is missing")
-        values[kw] = value
+        image[kw] = value
     if PIXEL_DATA not in ds:
         raise Refused(STATUS_DATASET_DOES_NOT_MATCH, "PixelData is missing")
-    rows, cols = values["Rows"], values["Columns"]
-    bits, spp = values["BitsAllocated"], values["SamplesPerPixel"]
-    frames = _raw_int(ds, "NumberOfFrames") or 1
+    # The pixel bytes are not read (deferred): their declared length is checked against the bytes that arrived.
+    raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    declared: int | None = None
+    if isinstance(raw, RawDataElement) and raw.value is None:
+        actual = max(0, min(raw.length, data_length - raw.value_tell))
+        declared = raw.length
+    else:
+        actual = len(ds.PixelData)
+    _check_image(image, _raw_int(ds, "NumberOfFrames") or 1, transfer_syntax, actual, declared)
+
+
+def _check_image(
+    image: dict[str, int], frames: int, transfer_syntax: str, actual: int | None, declared: int | None
+) -> None:
+    """``actual``: pixel bytes that arrived (None: encapsulated, not counted); ``declared``: the length its element
+    declares when the value was not read."""
+    rows, cols = image["Rows"], image["Columns"]
+    bits, spp = image["BitsAllocated"], image["SamplesPerPixel"]
     if rows == 0 or cols == 0 or frames < 1 or frames > MAX_FRAMES:
         raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"image size {rows}x{cols}x{frames} frames is not plausible")
     if bits not in (1, 8, 16, 32) or spp not in (1, 3):
         raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"BitsAllocated {bits} / SamplesPerPixel {spp} is not valid")
-    # The pixel bytes are not read (deferred): their declared length is checked against the bytes that arrived.
-    raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
-    if isinstance(raw, RawDataElement) and raw.value is None:
-        actual = max(0, min(raw.length, data_length - raw.value_tell))
-    else:
-        actual = len(ds.PixelData)
+    if actual is None:
+        return
     if transfer_syntax in NATIVE_TRANSFER_SYNTAXES:
         expected = (rows * cols * frames * spp * bits + 7) // 8
         if actual < expected:
@@ -184,8 +202,8 @@ def _check_pixels(ds: Dataset, transfer_syntax: str, data_length: int) -> None:
                 STATUS_DATASET_DOES_NOT_MATCH,
                 f"PixelData holds {actual} bytes, the header declares {expected} ({rows}x{cols}x{frames}x{bits} bit)",
             )
-    elif isinstance(raw, RawDataElement) and raw.value is None and actual < raw.length:
-        raise Refused(STATUS_CANNOT_UNDERSTAND, f"PixelData is cut short: {actual} of {raw.length} bytes arrived")
+    elif declared is not None and actual < declared:
+        raise Refused(STATUS_CANNOT_UNDERSTAND, f"PixelData is cut short: {actual} of {declared} bytes arrived")
 
 
 # (implicit VR, little endian) of a data set in each transfer syntax; Deflated is absent (read through dcmread).
@@ -195,7 +213,7 @@ _DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
 def parse_header(
-    data: bytes,
+    data: bytes | memoryview,
     context_sop_class: str,
     affected_sop_instance: str | None,
     transfer_syntax: str | None = None,
@@ -204,8 +222,118 @@ def parse_header(
     """Parse an encoded dataset (with file meta) and check what storing it requires; raise Refused otherwise.
 
     ``transfer_syntax`` and ``dataset_offset``: the caller made the file meta itself (the SCP does, from the
-    presentation context), so the data set is read from ``dataset_offset`` without parsing the meta again.
+    presentation context), so the data set is read from ``dataset_offset`` without parsing the meta again. Little
+    Endian data sets are read by ``rawscan`` when it understands them, by pydicom otherwise (same checks, same
+    statuses: tested on both paths).
     """
+    if transfer_syntax is not None and transfer_syntax not in (_DEFLATED, _EXPLICIT_BE):
+        header = _parse_raw(data, context_sop_class, affected_sop_instance, transfer_syntax, dataset_offset)
+        if header is not None:
+            return header
+    return _parse_pydicom(data, context_sop_class, affected_sop_instance, transfer_syntax, dataset_offset)
+
+
+_TAGS = {
+    "SOPClassUID": 0x00080016,
+    "SOPInstanceUID": 0x00080018,
+    "StudyInstanceUID": 0x0020000D,
+    "SeriesInstanceUID": 0x0020000E,
+    "InstanceNumber": 0x00200013,
+    "ImagesInAcquisition": 0x00201002,
+    "SamplesPerPixel": 0x00280002,
+    "NumberOfFrames": 0x00280008,
+    "Rows": 0x00280010,
+    "Columns": 0x00280011,
+    "BitsAllocated": 0x00280100,
+    "PixelRepresentation": 0x00280103,
+}
+_WANTED = frozenset(_TAGS.values())
+_US_KEYWORDS = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PixelRepresentation")
+
+
+def _read_header_dataset(raw: bytes, implicit: bool) -> Dataset:
+    return read_dataset(BytesIO(raw), implicit, True, defer_size=DEFER_SIZE)
+
+
+def _parse_raw(
+    data: bytes | memoryview,
+    context_sop_class: str,
+    affected_sop_instance: str | None,
+    transfer_syntax: str,
+    dataset_offset: int,
+) -> Header | None:
+    """``parse_header`` for a Little Endian data set read by ``rawscan``; None when pydicom has to read it (rawscan
+    does not understand the data set, or a value is not in the form pydicom's path would read raw)."""
+    implicit = transfer_syntax == _IMPLICIT_LE
+    try:
+        found = scan(data, dataset_offset, implicit, _WANTED)
+    except ScanError:
+        return None
+    values = found.values
+
+    def text(keyword: str) -> str | None:
+        item = values.get(_TAGS[keyword])
+        if item is None:
+            return None
+        return item[1].decode("ascii", errors="replace").strip(" \x00") or None
+
+    def number(keyword: str) -> int | None:
+        value = text(keyword)
+        try:
+            return int(value.split("\\")[0]) if value else None
+        except ValueError:
+            return None
+
+    uids = {}
+    for kw in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = text(kw)
+        if value is None:
+            raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"{kw} is missing")
+        uids[kw] = value[:64]
+    _check_identity(uids, context_sop_class, affected_sop_instance)
+    image: dict[str, int] = {}
+    for kw in _US_KEYWORDS:
+        item = values.get(_TAGS[kw])
+        if item is None:
+            raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"image attribute {kw} is missing")
+        vr, raw = item
+        if vr not in (b"", b"US") or len(raw) != 2:
+            return None  # pydicom's path converts other forms
+        image[kw] = int.from_bytes(raw, "little")
+    if found.pixel_offset is None or found.pixel_length is None:
+        raise Refused(STATUS_DATASET_DOES_NOT_MATCH, "PixelData is missing")
+    if found.pixel_length == UNDEFINED:
+        if transfer_syntax in NATIVE_TRANSFER_SYNTAXES:
+            return None
+        actual = None  # encapsulated: its fragments were walked to their delimiter
+    else:
+        actual = max(0, min(found.pixel_length, len(data) - found.pixel_offset))
+        if actual < found.pixel_length and found.pixel_length <= DEFER_SIZE:
+            return None  # pydicom reads short values and fails on a cut one: let it
+    _check_image(image, number("NumberOfFrames") or 1, transfer_syntax, actual, found.pixel_length)
+    expected = number("ImagesInAcquisition")
+    if uids["SOPClassUID"] in ENHANCED_SOP_CLASSES:
+        expected = None  # counts frames of one acquisition, not instances of the series
+    raw_header = bytes(data[dataset_offset : found.header_end])
+    return Header(
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        transfer_syntax_uid=transfer_syntax,
+        instance_number=number("InstanceNumber"),
+        expected_instances=expected if expected and expected > 0 else None,
+        source=functools.partial(_read_header_dataset, raw_header, implicit),
+    )
+
+
+def _parse_pydicom(
+    data: bytes | memoryview,
+    context_sop_class: str,
+    affected_sop_instance: str | None,
+    transfer_syntax: str | None,
+    dataset_offset: int,
+) -> Header:
     try:
         # Values above DEFER_SIZE (the pixels) are skipped, not copied: only their length and offset are kept.
         if transfer_syntax is not None and transfer_syntax != _DEFLATED:
@@ -224,17 +352,7 @@ def parse_header(
         if value is None:
             raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"{kw} is missing")
         uids[kw] = value[:64]
-    if uids["SOPClassUID"] != context_sop_class:
-        raise Refused(
-            STATUS_DATASET_DOES_NOT_MATCH,
-            f"SOPClassUID {uids['SOPClassUID']} does not match the presentation context {context_sop_class}",
-        )
-    if uids["SOPClassUID"] not in STORAGE_SOP_CLASSES:
-        raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"SOP class {uids['SOPClassUID']} is not an accepted image class")
-    if affected_sop_instance and affected_sop_instance != uids["SOPInstanceUID"]:
-        raise Refused(
-            STATUS_DATASET_DOES_NOT_MATCH, "SOPInstanceUID differs from the request's Affected SOP Instance UID"
-        )
+    _check_identity(uids, context_sop_class, affected_sop_instance)
     _check_pixels(ds, transfer_syntax, len(data))
     expected = _raw_int(ds, "ImagesInAcquisition")
     if uids["SOPClassUID"] in ENHANCED_SOP_CLASSES:
@@ -247,8 +365,22 @@ def parse_header(
         transfer_syntax_uid=transfer_syntax,
         instance_number=_raw_int(ds, "InstanceNumber"),
         expected_instances=expected if expected and expected > 0 else None,
-        dataset=ds,
+        source=lambda: ds,
     )
+
+
+def _check_identity(uids: dict[str, str], context_sop_class: str, affected_sop_instance: str | None) -> None:
+    if uids["SOPClassUID"] != context_sop_class:
+        raise Refused(
+            STATUS_DATASET_DOES_NOT_MATCH,
+            f"SOPClassUID {uids['SOPClassUID']} does not match the presentation context {context_sop_class}",
+        )
+    if uids["SOPClassUID"] not in STORAGE_SOP_CLASSES:
+        raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"SOP class {uids['SOPClassUID']} is not an accepted image class")
+    if affected_sop_instance and affected_sop_instance != uids["SOPInstanceUID"]:
+        raise Refused(
+            STATUS_DATASET_DOES_NOT_MATCH, "SOPInstanceUID differs from the request's Affected SOP Instance UID"
+        )
 
 
 def _meta_element(elem: int, vr: bytes, value: bytes) -> bytes:
@@ -317,7 +449,7 @@ class Spool:
             _fsync_dir(p.parent)
         self._known_dirs.add(folder)
 
-    def write(self, rel: str, data: bytes, sync_dir: bool = True) -> Path:
+    def write(self, rel: str, data: bytes | memoryview, sync_dir: bool = True) -> Path:
         """Write ``data`` durably at ``rel`` (idempotent: an existing file of that name holds the same bytes).
 
         ``sync_dir=False`` leaves the folder's fsync (which makes the rename durable) to the caller, so a group of
@@ -471,7 +603,7 @@ def _study_id(conn: FastConnection, header: Header, now: dt.datetime, cache: Stu
 
 
 def record_instance(
-    session: Session,
+    db: Session | Connection,
     header: Header,
     rel_path: str,
     size: int,
@@ -486,7 +618,7 @@ def record_instance(
     instance, and the ORM's unit of work cost more CPU than the rest of the receive path; on SQLite they run on the
     DBAPI cursor (``fastsql``). ``studies`` caches study row ids between calls.
     """
-    conn = FastConnection(session.connection())
+    conn = FastConnection(db if isinstance(db, Connection) else db.connection())
     existing = conn.execute(_SELECT_VERSIONS, {"p_sop": header.sop_instance_uid}).all()
     for row in existing:
         if row.sha256 == sha:
@@ -551,5 +683,5 @@ def record_instance(
     )
 
 
-def sha256(data: bytes) -> str:
+def sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
