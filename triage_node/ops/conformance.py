@@ -193,6 +193,12 @@ def render() -> str:
         is rejected transiently (service-provider, local limit exceeded) when the maximum number of associations
         is reached.
 
+        On an established association the SCP serves C-STORE, C-ECHO, C-CANCEL (ignored: every C-STORE is
+        answered as soon as it is complete) and, when storage commitment is configured, N-EVENT-REPORT (3.2).
+        Another DIMSE command, an unexpected or malformed PDU, a fragment on a presentation context that was not
+        accepted, or no data for the network timeout ends the association with an A-ABORT (source
+        service-provider) and one log line; other associations are not affected.
+
         #### C-STORE response statuses
         """)
     L += _table(

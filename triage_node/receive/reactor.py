@@ -42,7 +42,7 @@ from pynetdicom.service_class import StatusType, StorageServiceClass, Verificati
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-from triage_node.receive.fastlane import Context, FastLane, StoreFunction
+from triage_node.receive.fastlane import Context, FastLane, Target
 
 PINNED_PYNETDICOM = "3.0.4"
 if pynetdicom.__version__ != PINNED_PYNETDICOM:
@@ -325,12 +325,12 @@ _OBSERVING_EVENTS = (
 
 
 def fast_lane_for(assoc: Association, waker: _Waker, should_stop: Callable[[], bool]) -> FastLane | None:
-    """A :class:`FastLane` for ``assoc`` when its AE has a ``fast_store`` and every accepted context is a Storage
+    """A :class:`FastLane` for ``assoc`` when its AE has a ``fast_lane`` target and every accepted context is a Storage
     SOP class or Verification with this node as SCP and no extended negotiation; None keeps pynetdicom's path."""
     from triage_node.receive.store import file_meta_prefix
 
-    store = cast(StoreFunction | None, getattr(assoc.ae, "fast_store", None))
-    if store is None or _config.UNRESTRICTED_STORAGE_SERVICE or assoc.acceptor.accepted_common_extended:
+    target = cast(Target | None, getattr(assoc.ae, "fast_lane", None))
+    if target is None or _config.UNRESTRICTED_STORAGE_SERVICE or assoc.acceptor.accepted_common_extended:
         return None
     contexts = {}
     for cx_id, cx in assoc._accepted_cx.items():
@@ -352,7 +352,7 @@ def fast_lane_for(assoc: Association, waker: _Waker, should_stop: Callable[[], b
         contexts,
         calling_ae=str(assoc.requestor.ae_title),
         peer_max_pdu=int(assoc.requestor.maximum_length or 0),
-        store=store,
+        target=target,
         make_prefix=file_meta_prefix,
         network_timeout=assoc.network_timeout,
         wake_fd=waker._r,

@@ -25,12 +25,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage_node.config import SCP, Caller
 from triage_node.receive.contexts import PREFERENCE, STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
+from triage_node.receive.fastlane import Target
 from triage_node.receive.reactor import EventRequestHandler
 from triage_node.receive.store import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
     STATUS_SUCCESS,
     Header,
+    Incoming,
     Recorded,
     Refused,
     Spool,
@@ -38,7 +40,6 @@ from triage_node.receive.store import (
     file_meta_prefix,
     parse_header,
     record_instance,
-    sha256,
 )
 from triage_node.series.completion import complete_series
 from triage_node.worklist.models import Series
@@ -265,8 +266,8 @@ class StorageSCP:
         self.hooks = hooks or ReceiveHooks()
         self.server: ThreadedAssociationServer | None = None
         self.ae = self._make_ae(cfg)
-        if self.fast_lane:
-            self.ae.fast_store = self.store  # type: ignore[attr-defined]  # read by receive/reactor.fast_lane_for
+        if self.fast_lane:  # read by receive/reactor.fast_lane_for
+            self.ae.fast_lane = Target(self.store, spool.incoming)  # type: ignore[attr-defined]
         self.committer = GroupCommitter(spool, sessions, self.hooks.clock)
 
     def _make_ae(self, cfg: SCP) -> PolicyAE:
@@ -389,18 +390,24 @@ class StorageSCP:
         transfer_syntax: str,
         data: memoryview,
         prefix_len: int,
+        incoming: Incoming | None = None,
     ) -> int:
         """Make one received instance durable (file fsynced, folder entry and row committed) and return the C-STORE
-        status; any failure becomes a status and one log line. ``data`` is the file meta then the data set."""
+        status; any failure becomes a status and one log line. ``data`` is the file meta then the data set;
+        ``incoming``, when given, already holds them (hashed and written while they arrived)."""
         try:
+            if incoming is None:
+                incoming = self.spool.incoming()
+                incoming.add(data)
             if not self.hooks.disk_ok():
                 raise Refused(STATUS_OUT_OF_RESOURCES, "spool disk below the configured free-space minimum")
             header = parse_header(data, context_abstract_syntax, sop_uid or None, transfer_syntax, prefix_len)
-            digest = sha256(data)
+            digest = incoming.hexdigest()
             rel = self.spool.relative_path(header, digest)
             # The file is fsynced here, in this association's thread (in parallel with other associations); the
             # committer makes its folder entry durable and commits its row, shared with whatever else is waiting.
-            self.spool.write(rel, data, sync_dir=False)
+            incoming.keep(rel)
+            incoming = None
             rec = self.committer.commit(_Pending(header, rel, len(data), digest, calling))
             self._log_stored(rec, header.sop_instance_uid, header.series_uid)
             self.hooks.on_stored(len(data), rec.series_id)
@@ -429,6 +436,9 @@ class StorageSCP:
             self.hooks.on_refused(0xC211)
             log.exception("C-STORE of %s from %s failed: 0xC211 (%s)", sop_uid, calling, type(exc).__name__)
             return 0xC211
+        finally:
+            if incoming is not None:  # refused or failed before its file was kept
+                incoming.discard()
 
     @staticmethod
     def _log_stored(rec: Recorded, sop_uid: str, series_uid: str) -> None:

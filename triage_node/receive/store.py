@@ -433,6 +433,8 @@ class Spool:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
+        self._lock = threading.Lock()
+        self._serial = 0
 
     def relative_path(self, header: Header, sha: str) -> str:
         return f"{_safe(header.study_uid)}/{_safe(header.series_uid)}/{_safe(header.sop_instance_uid)}.{sha[:16]}.dcm"
@@ -478,6 +480,32 @@ class Spool:
             _fsync_dir(final.parent)
         return final
 
+    def incoming(self) -> Incoming:
+        """A temporary file for an instance that is arriving (see :class:`Incoming`)."""
+        folder = self.root / ".incoming"
+        if folder not in self._known_dirs:
+            try:
+                folder.mkdir(exist_ok=True)
+                self._known_dirs.add(folder)
+            except OSError:
+                pass  # the file cannot be created either: Incoming keeps that error for its sender's status
+        with self._lock:
+            self._serial += 1
+            n = self._serial
+        return Incoming(self, folder / f".{os.getpid()}.{threading.get_ident()}.{n}.tmp")
+
+    def keep(self, tmp: Path, rel: str) -> Path:
+        """Move the fsynced temporary file ``tmp`` to ``rel``; an existing file of that name holds the same bytes
+        (the name carries their hash), so ``tmp`` is then dropped. The folder's fsync is the caller's
+        (``sync_dirs``)."""
+        final = self.root / rel
+        if final.exists():
+            tmp.unlink(missing_ok=True)
+            return final
+        self._ensure_dir(final.parent)
+        os.replace(tmp, final)
+        return final
+
     def sync_dirs(self, rels: Iterable[str]) -> None:
         """fsync each distinct folder of ``rels`` once: makes their renames durable."""
         for folder in {(self.root / rel).parent for rel in rels}:
@@ -490,6 +518,64 @@ class Spool:
             tmp.unlink(missing_ok=True)
             n += 1
         return n
+
+
+class Incoming:
+    """An instance's bytes hashed and written to a temporary file while its PDUs are still arriving, so the work
+    overlaps the sender's; ``keep`` fsyncs it and moves it to its final name. A write error (a full disk) is kept
+    and raised by ``keep``, after the whole message was read, so the sender still gets its status."""
+
+    def __init__(self, spool: Spool, tmp: Path):
+        self.spool = spool
+        self.tmp = tmp
+        self.size = 0
+        self.error: OSError | None = None
+        self._hash = hashlib.sha256()
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:  # reported by keep(), after the whole message was read
+            self.error = exc
+
+    def add(self, data: bytes | memoryview) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+        if self._fd is None:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            self.error = exc
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def keep(self, rel: str) -> Path:
+        """fsync the file and move it to ``rel`` (its folder's fsync is the caller's); raises a write error."""
+        try:
+            if self.error is not None:
+                raise self.error
+            assert self._fd is not None
+            os.fsync(self._fd)
+            self._close()
+            return self.spool.keep(self.tmp, rel)
+        except OSError:
+            self.discard()  # a full disk must not leave partial files behind
+            raise
+
+    def discard(self) -> None:
+        self._close()
+        try:
+            self.tmp.unlink(missing_ok=True)
+        except OSError as exc:  # never fail a sender, or an association's end, over a temporary file
+            log.warning("cannot remove the temporary file %s: %s", self.tmp.name, exc)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @dataclass(frozen=True)
