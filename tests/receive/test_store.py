@@ -100,7 +100,7 @@ def test_group_commit_records_a_group_in_one_transaction(tmp_path, sessions, ser
         header = parse_header(data, CT, None)
         digest = sha256(data)
         rel = spool.relative_path(header, digest)
-        spool.write(rel, data, sync_dir=False)
+        spool.write(rel, data)
         group.append(_Pending(header, rel, len(data), digest, "AE"))
     committer._commit_group(group)
     assert (committer.groups, committer.committed) == (1, 4)
@@ -111,15 +111,20 @@ def test_group_commit_records_a_group_in_one_transaction(tmp_path, sessions, ser
         assert s.scalars(select(Job.state)).one() == "complete"
 
 
-def test_a_failed_folder_fsync_fails_the_whole_group_and_records_nothing(tmp_path, sessions, series4) -> None:  # type: ignore[no-untyped-def]
-    spool = Spool(tmp_path / "spool")
-    committer = GroupCommitter(spool, sessions, lambda: NOW)
-    header = parse_header(series4[0], CT, None)
-    pending = _Pending(header, "no/such/folder/x.dcm", 1, "a" * 64, "AE")
-    committer._commit_group([pending])
-    assert isinstance(pending.error, OSError) and pending.done.is_set()
-    with sessions() as s:
+def test_a_failed_folder_fsync_refuses_the_instance_and_records_nothing(scp_env, series4, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import triage_node.receive.store as store
+
+    def failing(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store, "_fsync_dir", failing)
+    data = memoryview(series4[0])
+    meta_end = 144 + int.from_bytes(series4[0][140:144], "little")
+    status = scp_env.scp.store("AE", CT, "", CT, "1.2.840.10008.1.2.1", data, meta_end)
+    assert status == 0xA700
+    with scp_env.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Instance)) == 0
+    assert not [p for p in scp_env.spool.root.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
 
 
 def test_four_parallel_senders_are_all_stored_once(scp_env, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -92,7 +92,7 @@ class NoDelayServer(ThreadedAssociationServer):
 
 @dataclass(eq=False)
 class _Pending:
-    """One instance whose file is written and fsynced, waiting for its folder's fsync and its row's commit."""
+    """One instance whose file and folder entry are durable, waiting for its row's commit."""
 
     header: Header
     rel: str
@@ -105,14 +105,15 @@ class _Pending:
 
 
 class GroupCommitter:
-    """Makes received instances durable in groups, with no thread of its own (leader-based group commit).
+    """Commits received instances' rows in groups, with no thread of its own (leader-based group commit).
 
     The association thread whose instance arrives while nothing is being committed commits it itself, at once: on
     one association no instance ever crosses to another thread. Instances that arrive while a commit is running
-    wait; when it ends, one of their threads becomes the next leader and commits all of them together: each folder
-    is fsynced once, all rows go into one transaction (a savepoint each, so one bad row fails alone), and then every
-    sender in the group is released. Each sender still gets its status only after its file, its folder entry and its
-    row are on disk.
+    wait; when it ends, one of their threads becomes the next leader and commits all of them together: all rows go
+    into one transaction (a savepoint each, so one bad row fails alone), and then every sender in the group is
+    released. Files and folder entries are made durable before, by each association's thread in parallel
+    (``Incoming.keep``), so each sender gets its status only after its file, its folder entry and its row are on
+    disk; the commit, the one serial step, holds no other flush.
     """
 
     MAX_GROUP = 64
@@ -181,7 +182,6 @@ class GroupCommitter:
 
     def _commit_group(self, group: list[_Pending]) -> None:
         try:
-            self.spool.sync_dirs(p.rel for p in group)
             now = self.clock()
             alone = len(group) == 1  # no savepoint needed: if its row fails, the whole transaction is its own
             conn = self._connection()
@@ -404,8 +404,8 @@ class StorageSCP:
             header = parse_header(data, context_abstract_syntax, sop_uid or None, transfer_syntax, prefix_len)
             digest = incoming.hexdigest()
             rel = self.spool.relative_path(header, digest)
-            # The file is fsynced here, in this association's thread (in parallel with other associations); the
-            # committer makes its folder entry durable and commits its row, shared with whatever else is waiting.
+            # The file and its folder entry are made durable here, in this association's thread (in parallel with
+            # other associations); the committer commits its row, shared with whatever else is waiting.
             incoming.keep(rel)
             incoming = None
             rec = self.committer.commit(_Pending(header, rel, len(data), digest, calling))

@@ -11,7 +11,7 @@ import logging
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from io import BytesIO
@@ -451,12 +451,9 @@ class Spool:
             _fsync_dir(p.parent)
         self._known_dirs.add(folder)
 
-    def write(self, rel: str, data: bytes | memoryview, sync_dir: bool = True) -> Path:
-        """Write ``data`` durably at ``rel`` (idempotent: an existing file of that name holds the same bytes).
-
-        ``sync_dir=False`` leaves the folder's fsync (which makes the rename durable) to the caller, so a group of
-        writes to one folder shares it (``sync_dirs``); the file must not be recorded as stored before that.
-        """
+    def write(self, rel: str, data: bytes | memoryview) -> Path:
+        """Write ``data`` durably at ``rel`` (idempotent: an existing file of that name holds the same bytes); the
+        receive path streams instead (``incoming``)."""
         final = self.root / rel
         if final.exists():
             return final
@@ -476,8 +473,7 @@ class Spool:
         except OSError:
             tmp.unlink(missing_ok=True)  # a full disk must not leave partial files behind
             raise
-        if sync_dir:
-            _fsync_dir(final.parent)
+        _fsync_dir(final.parent)
         return final
 
     def incoming(self) -> Incoming:
@@ -495,21 +491,19 @@ class Spool:
         return Incoming(self, folder / f".{os.getpid()}.{threading.get_ident()}.{n}.tmp")
 
     def keep(self, tmp: Path, rel: str) -> Path:
-        """Move the fsynced temporary file ``tmp`` to ``rel``; an existing file of that name holds the same bytes
-        (the name carries their hash), so ``tmp`` is then dropped. The folder's fsync is the caller's
-        (``sync_dirs``)."""
+        """Move the fsynced temporary file ``tmp`` to ``rel`` and fsync its folder (the new entry is then durable);
+        an existing file of that name holds the same bytes (the name carries their hash), so ``tmp`` is dropped.
+        The folder is fsynced in that case too: another association may have renamed that file a moment ago and
+        not yet made its entry durable. Each association's thread does this in parallel; only the row commit is
+        shared (``GroupCommitter``)."""
         final = self.root / rel
         if final.exists():
             tmp.unlink(missing_ok=True)
-            return final
-        self._ensure_dir(final.parent)
-        os.replace(tmp, final)
+        else:
+            self._ensure_dir(final.parent)
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
         return final
-
-    def sync_dirs(self, rels: Iterable[str]) -> None:
-        """fsync each distinct folder of ``rels`` once: makes their renames durable."""
-        for folder in {(self.root / rel).parent for rel in rels}:
-            _fsync_dir(folder)
 
     def remove_temporaries(self) -> int:
         """Delete ``*.tmp`` files left by a crash mid-write (their senders never got a success status)."""
@@ -553,7 +547,7 @@ class Incoming:
         return self._hash.hexdigest()
 
     def keep(self, rel: str) -> Path:
-        """fsync the file and move it to ``rel`` (its folder's fsync is the caller's); raises a write error."""
+        """fsync the file, move it to ``rel`` and fsync the folder; raises a write error."""
         try:
             if self.error is not None:
                 raise self.error
