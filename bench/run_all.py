@@ -71,7 +71,10 @@ def table() -> str:
                       f"settings. The durability floor on this disk is "
                       f"{floor['total_ms']:g} ms per image (write+fsync {floor['write_fsync_ms']:g}, folder fsync "
                       f"{floor['rename_dir_fsync_ms']:g}, SQLite commit {floor['sqlite_commit_ms']:g}): at most "
-                      f"{floor['images_per_s_bound_one_association']:g} images/s on one association."]
+                      f"{floor['images_per_s_bound_one_association']:g} images/s on one association, before the "
+                      f"sender's own time per instance (it sends the next one only after our response) and before "
+                      f"any CPU: why 0.5x of tuned DCMTK is out of reach on one association, and what bounds four, is "
+                      f"in `bench/README.md` (\"What bounds it now\")."]
         lines.append("")
     ttf = _load("time_to_flag")
     if ttf:

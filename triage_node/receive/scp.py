@@ -120,7 +120,7 @@ class GroupCommitter:
 
     def __init__(self, spool: Spool, sessions: sessionmaker[Session], clock: Callable[[], dt.datetime]):
         self.spool = spool
-        self.engine = cast(Engine, sessions.kw["bind"])
+        self.sessions = sessions
         self.clock = clock
         self._conn: Connection | None = None
         self.studies = StudyIds()
@@ -171,7 +171,7 @@ class GroupCommitter:
         """The committer's own connection, kept between groups: a session and a pooled connection per group cost
         more CPU than recording the rows. Only the leader uses it, so one at a time."""
         if self._conn is None or self._conn.closed or self._conn.invalidated:
-            self._conn = self.engine.connect()
+            self._conn = cast(Engine, self.sessions.kw["bind"]).connect()
         return self._conn
 
     def _drop_connection(self) -> None:
@@ -267,7 +267,7 @@ class StorageSCP:
         self.server: ThreadedAssociationServer | None = None
         self.ae = self._make_ae(cfg)
         if self.fast_lane:  # read by receive/reactor.fast_lane_for
-            self.ae.fast_lane = Target(self.store, spool.incoming)  # type: ignore[attr-defined]
+            self.ae.fast_lane = Target(self.store, lambda: self.spool.incoming())  # type: ignore[attr-defined]
         self.committer = GroupCommitter(spool, sessions, self.hooks.clock)
 
     def _make_ae(self, cfg: SCP) -> PolicyAE:
