@@ -94,6 +94,9 @@ class SCP(Frozen):
     require_called_ae: bool = True
     allowed_callers: tuple[Caller, ...] = ()
     tls: TLS = TLS()
+    # Storage-only associations transfer on receive/fastlane.py; false keeps every association on pynetdicom's
+    # DIMSE path (slower; for a sender that misbehaves only with the fast lane).
+    fast_lane: bool = True
 
 
 class Storage(Frozen):

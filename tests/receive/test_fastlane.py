@@ -130,6 +130,26 @@ def test_an_association_with_a_context_the_lane_does_not_serve_stays_on_pynetdic
         engine.dispose()
 
 
+def test_fast_lane_false_in_the_config_keeps_pynetdicoms_path(tmp_path: Path, series: list[Path]) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'off.sqlite'}")
+    migrate(engine)
+    server = StorageSCP(
+        SCP(host="127.0.0.1", port=free_port(), fast_lane=False),
+        Spool(tmp_path / "off"),
+        session_factory(engine),
+        ReceiveHooks(),
+    )
+    server.start()
+    try:
+        assoc = _associate(server.port)
+        assert _lane_of(server) is None
+        assert int(assoc.send_c_store(dcmread(series[0])).Status) == 0
+        assoc.release()
+    finally:
+        server.stop()
+        engine.dispose()
+
+
 @pytest.mark.parametrize(
     ("name", "pdu"),
     [

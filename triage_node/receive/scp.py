@@ -255,9 +255,6 @@ class StorageSCP:
 
     # Associations that block on events instead of polling every 1 ms (pynetdicom's RequestHandler for comparison).
     request_handler: type[RequestHandler] = EventRequestHandler
-    # The data-transfer phase of storage-only associations read straight off the socket (receive/fastlane.py);
-    # False keeps every association on pynetdicom's DIMSE path (for comparison in bench/receive_loop.py).
-    fast_lane: bool = True
 
     def __init__(self, cfg: SCP, spool: Spool, sessions: sessionmaker[Session], hooks: ReceiveHooks | None = None):
         self.cfg = cfg
@@ -266,7 +263,7 @@ class StorageSCP:
         self.hooks = hooks or ReceiveHooks()
         self.server: ThreadedAssociationServer | None = None
         self.ae = self._make_ae(cfg)
-        if self.fast_lane:  # read by receive/reactor.fast_lane_for
+        if cfg.fast_lane:  # read by receive/reactor.fast_lane_for
             self.ae.fast_lane = Target(self.store, lambda: self.spool.incoming())  # type: ignore[attr-defined]
         self.committer = GroupCommitter(spool, sessions, self.hooks.clock)
 
