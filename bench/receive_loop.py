@@ -51,13 +51,13 @@ def _no_durability(engine: Engine) -> None:
         dbapi_conn.execute("PRAGMA synchronous=OFF")
 
 
-def run_triage_node(folders: list[Path], n: int, max_pdu: int, durable: bool) -> float:
+def run_triage_node(folders: list[Path], n: int, max_pdu: int, durable: bool, fast_lane: bool = True) -> float:
     work = fresh(WORK / "receive_loop")
     engine = make_engine(f"sqlite:///{work / 'db.sqlite'}")
     if not durable:
         _no_durability(engine)
     migrate(engine)
-    cfg = SCP(host="127.0.0.1", port=free_port(), max_pdu=max_pdu)
+    cfg = SCP(host="127.0.0.1", port=free_port(), max_pdu=max_pdu, fast_lane=fast_lane)
     scp = StorageSCP(cfg, Spool(work / "spool"), session_factory(engine), ReceiveHooks())
     scp.start()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -105,6 +105,12 @@ def main() -> int:
         default="event",
         help="pynetdicom: its own polling associations, for comparison",
     )
+    ap.add_argument(
+        "--fast-lane",
+        choices=("on", "off"),
+        default="on",
+        help="off: scp.fast_lane false, every association on pynetdicom's DIMSE path (for A/B)",
+    )
     ap.add_argument("--floor", action="store_true", help="also measure the disk's durability floor in this run")
     args = ap.parse_args()
     if args.reactor == "pynetdicom":
@@ -124,7 +130,9 @@ def main() -> int:
             for r in receivers:
                 try:
                     if r == "triage-node":
-                        rate = run_triage_node(folders, len(paths), args.max_pdu, args.durability == "on")
+                        rate = run_triage_node(
+                            folders, len(paths), args.max_pdu, args.durability == "on", args.fast_lane == "on"
+                        )
                     else:
                         rate = run_dcmtk(folders, len(paths))
                 except PeerMissing as exc:
