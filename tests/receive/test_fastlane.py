@@ -158,6 +158,7 @@ def test_fast_lane_false_in_the_config_keeps_pynetdicoms_path(tmp_path: Path, se
         ("a PDV on a context that was not accepted", p_data_pdus(77, b"\0" * 8, 0)[0]),
         ("a data set before its command", struct.pack(">BBIIBB", 4, 0, 8, 4, 1, 0x02) + b"\0\0"),
         ("a PDV item longer than its PDU", struct.pack(">BBIIBB", 4, 0, 6, 400, 1, 0x03)),
+        ("an A-RELEASE-RQ claiming 2 GB", struct.pack(">BBI", 5, 0, 2**31) + b"\0\0\0\0"),
         ("a C-FIND-RQ", p_data_pdus(1, _command(0x0020, 0x0101, CT, ""), 0)[0]),
     ],
 )

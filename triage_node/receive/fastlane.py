@@ -94,6 +94,10 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
+class IdleTimeout(ProtocolError):
+    """No PDU for the network timeout (already logged where it was detected)."""
+
+
 class Closed(Exception):
     """The peer closed the connection."""
 
@@ -247,7 +251,7 @@ class FastLane:
             wait = MAX_BLOCK_S if deadline is None else min(MAX_BLOCK_S, deadline - time.monotonic())
             if wait <= 0:
                 log.warning("network timeout (%s s without data): aborting the association", self.network_timeout)
-                raise ProtocolError("network timeout", ABORT_NOT_SPECIFIED)
+                raise IdleTimeout("network timeout", ABORT_NOT_SPECIFIED)
             fds = [self.sock] if self.wake_fd is None else [self.sock, self.wake_fd]
             ready, _, _ = select.select(fds, [], [], wait)
             if self.sock in ready:
@@ -288,7 +292,7 @@ class FastLane:
             self._abort(ABORT_NOT_SPECIFIED)
             return "aborted"
         except ProtocolError as exc:
-            if str(exc) != "network timeout":
+            if not isinstance(exc, IdleTimeout):
                 log.warning("association from %s aborted by this node: %s", self.calling_ae, exc)
             self._abort(exc.reason)
             return "aborted"
@@ -327,7 +331,7 @@ class FastLane:
                 self._send(RELEASE_RP)
                 return "released"
             if pdu_type == PDU_ABORT:
-                self._skip(min(length, 64))
+                self._skip(length)
                 log.info("association from %s aborted by the peer", self.calling_ae)
                 return "aborted"
             if pdu_type != PDU_P_DATA:
@@ -393,6 +397,9 @@ class FastLane:
                     self._shrink()
 
     def _skip(self, length: int) -> None:
+        """Read and drop the body of an A-RELEASE-RQ or A-ABORT (4 bytes; a larger length is a protocol error)."""
+        if length > 64:
+            raise ProtocolError(f"a release or abort PDU of {length} bytes", ABORT_INVALID_PARAMETER)
         if length:
             self._recv_into(memoryview(bytearray(length)))
 
