@@ -94,13 +94,16 @@ def test_a_stale_study_id_in_the_cache_is_looked_up_again(sessions, series4) -> 
 
 def test_group_commit_records_a_group_in_one_transaction(tmp_path, sessions, series4) -> None:  # type: ignore[no-untyped-def]
     spool = Spool(tmp_path / "spool")
-    committer = GroupCommitter(spool, sessions, lambda: NOW)
+    committer = GroupCommitter(sessions, lambda: NOW)
     group = []
     for data in series4:
         header = parse_header(data, CT, None)
-        digest = sha256(data)
+        incoming = spool.incoming()
+        incoming.add(data)
+        digest = incoming.hexdigest()
+        assert digest == sha256(data)
         rel = spool.relative_path(header, digest)
-        spool.write(rel, data)
+        incoming.keep(rel)
         group.append(_Pending(header, rel, len(data), digest, "AE"))
     committer._commit_group(group)
     assert (committer.groups, committer.committed) == (1, 4)

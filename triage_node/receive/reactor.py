@@ -21,7 +21,6 @@ import queue
 import select
 import socket
 import ssl
-import struct
 import threading
 from collections.abc import Callable
 from copy import deepcopy
@@ -42,7 +41,7 @@ from pynetdicom.service_class import StatusType, StorageServiceClass, Verificati
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-from triage_node.receive.fastlane import Context, FastLane, Target
+from triage_node.receive.fastlane import C_STORE_RSP, Context, FastLane, Target, encode_response
 
 PINNED_PYNETDICOM = "3.0.4"
 if pynetdicom.__version__ != PINNED_PYNETDICOM:
@@ -123,31 +122,17 @@ class RecvIntoSocket(AssociationSocket):
         return buf
 
 
-def _ui(tag: int, value: str) -> bytes:
-    raw = value.encode("ascii")
-    if len(raw) % 2:
-        raw += b"\0"
-    return struct.pack("<HHI", 0, tag, len(raw)) + raw
-
-
-def _us(tag: int, value: int) -> bytes:
-    return struct.pack("<HHIH", 0, tag, 2, value)
-
-
 def encode_store_response(rsp: C_STORE) -> bytes:
     """The command set of a C-STORE-RSP without optional status elements, in Implicit VR Little Endian (PS3.7 9.3.1.2,
-    E.1): what pynetdicom's DIMSEMessage makes through a pydicom Dataset, for a fraction of the CPU."""
-    body = b"".join(
-        (
-            _ui(0x0002, str(rsp.AffectedSOPClassUID)) if rsp.AffectedSOPClassUID else b"",
-            _us(0x0100, 0x8001),  # CommandField: C-STORE-RSP
-            _us(0x0120, int(cast(int, rsp.MessageIDBeingRespondedTo))),
-            _us(0x0800, 0x0101),  # CommandDataSetType: no data set
-            _us(0x0900, int(cast(int, rsp.Status))),
-            _ui(0x1000, str(rsp.AffectedSOPInstanceUID)) if rsp.AffectedSOPInstanceUID else b"",
-        )
+    E.1): what pynetdicom's DIMSEMessage makes through a pydicom Dataset, for a fraction of the CPU (the fast lane's
+    encoder, from the primitive)."""
+    return encode_response(
+        C_STORE_RSP,
+        int(cast(int, rsp.MessageIDBeingRespondedTo)),
+        int(cast(int, rsp.Status)),
+        str(rsp.AffectedSOPClassUID or ""),
+        str(rsp.AffectedSOPInstanceUID or ""),
     )
-    return struct.pack("<HHII", 0, 0x0000, 4, len(body)) + body
 
 
 class FastStoreDIMSE(DIMSEServiceProvider):

@@ -118,8 +118,7 @@ class GroupCommitter:
 
     MAX_GROUP = 64
 
-    def __init__(self, spool: Spool, sessions: sessionmaker[Session], clock: Callable[[], dt.datetime]):
-        self.spool = spool
+    def __init__(self, sessions: sessionmaker[Session], clock: Callable[[], dt.datetime]):
         self.sessions = sessions
         self.clock = clock
         self._conn: Connection | None = None
@@ -265,7 +264,7 @@ class StorageSCP:
         self.ae = self._make_ae(cfg)
         if cfg.fast_lane:  # read by receive/reactor.fast_lane_for
             self.ae.fast_lane = Target(self.store, lambda: self.spool.incoming())  # type: ignore[attr-defined]
-        self.committer = GroupCommitter(spool, sessions, self.hooks.clock)
+        self.committer = GroupCommitter(sessions, self.hooks.clock)
 
     def _make_ae(self, cfg: SCP) -> PolicyAE:
         ae = PolicyAE(cfg.ae_title, cfg.allowed_callers)

@@ -284,13 +284,7 @@ def _parse_raw(
         except ValueError:
             return None
 
-    uids = {}
-    for kw in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        value = text(kw)
-        if value is None:
-            raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"{kw} is missing")
-        uids[kw] = value[:64]
-    _check_identity(uids, context_sop_class, affected_sop_instance)
+    uids = _identity(text, context_sop_class, affected_sop_instance)
     image: dict[str, int] = {}
     for kw in _US_KEYWORDS:
         item = values.get(_TAGS[kw])
@@ -311,20 +305,9 @@ def _parse_raw(
         if actual < found.pixel_length and found.pixel_length <= DEFER_SIZE:
             return None  # pydicom reads short values and fails on a cut one: let it
     _check_image(image, number("NumberOfFrames") or 1, transfer_syntax, actual, found.pixel_length)
-    expected = number("ImagesInAcquisition")
-    if uids["SOPClassUID"] in ENHANCED_SOP_CLASSES:
-        expected = None  # counts frames of one acquisition, not instances of the series
     raw_header = bytes(data[dataset_offset : found.header_end])
-    return Header(
-        sop_instance_uid=uids["SOPInstanceUID"],
-        sop_class_uid=uids["SOPClassUID"],
-        study_uid=uids["StudyInstanceUID"],
-        series_uid=uids["SeriesInstanceUID"],
-        transfer_syntax_uid=transfer_syntax,
-        instance_number=number("InstanceNumber"),
-        expected_instances=expected if expected and expected > 0 else None,
-        source=functools.partial(_read_header_dataset, raw_header, implicit),
-    )
+    source = functools.partial(_read_header_dataset, raw_header, implicit)
+    return _header(uids, transfer_syntax, number("InstanceNumber"), number("ImagesInAcquisition"), source)
 
 
 def _parse_pydicom(
@@ -346,15 +329,21 @@ def _parse_pydicom(
             transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError, AttributeError) as exc:
         raise Refused(STATUS_CANNOT_UNDERSTAND, f"dataset cannot be parsed ({type(exc).__name__}: {exc})") from exc
-    uids = {}
-    for kw in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        value = _raw_ascii(ds, kw)
-        if value is None:
-            raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"{kw} is missing")
-        uids[kw] = value[:64]
-    _check_identity(uids, context_sop_class, affected_sop_instance)
+    uids = _identity(lambda kw: _raw_ascii(ds, kw), context_sop_class, affected_sop_instance)
     _check_pixels(ds, transfer_syntax, len(data))
-    expected = _raw_int(ds, "ImagesInAcquisition")
+    return _header(
+        uids, transfer_syntax, _raw_int(ds, "InstanceNumber"), _raw_int(ds, "ImagesInAcquisition"), lambda: ds
+    )
+
+
+def _header(
+    uids: dict[str, str],
+    transfer_syntax: str,
+    instance_number: int | None,
+    images_in_acquisition: int | None,
+    source: Callable[[], Dataset],
+) -> Header:
+    expected = images_in_acquisition
     if uids["SOPClassUID"] in ENHANCED_SOP_CLASSES:
         expected = None  # counts frames of one acquisition, not instances of the series
     return Header(
@@ -363,13 +352,22 @@ def _parse_pydicom(
         study_uid=uids["StudyInstanceUID"],
         series_uid=uids["SeriesInstanceUID"],
         transfer_syntax_uid=transfer_syntax,
-        instance_number=_raw_int(ds, "InstanceNumber"),
+        instance_number=instance_number,
         expected_instances=expected if expected and expected > 0 else None,
-        source=lambda: ds,
+        source=source,
     )
 
 
-def _check_identity(uids: dict[str, str], context_sop_class: str, affected_sop_instance: str | None) -> None:
+def _identity(
+    text: Callable[[str], str | None], context_sop_class: str, affected_sop_instance: str | None
+) -> dict[str, str]:
+    """The four UIDs read with ``text``, checked against the presentation context and the request."""
+    uids = {}
+    for kw in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = text(kw)
+        if value is None:
+            raise Refused(STATUS_DATASET_DOES_NOT_MATCH, f"{kw} is missing")
+        uids[kw] = value[:64]
     if uids["SOPClassUID"] != context_sop_class:
         raise Refused(
             STATUS_DATASET_DOES_NOT_MATCH,
@@ -381,6 +379,7 @@ def _check_identity(uids: dict[str, str], context_sop_class: str, affected_sop_i
         raise Refused(
             STATUS_DATASET_DOES_NOT_MATCH, "SOPInstanceUID differs from the request's Affected SOP Instance UID"
         )
+    return uids
 
 
 def _meta_element(elem: int, vr: bytes, value: bytes) -> bytes:
@@ -450,31 +449,6 @@ class Spool:
         for p in created:  # make each new folder's entry durable in its parent
             _fsync_dir(p.parent)
         self._known_dirs.add(folder)
-
-    def write(self, rel: str, data: bytes | memoryview) -> Path:
-        """Write ``data`` durably at ``rel`` (idempotent: an existing file of that name holds the same bytes); the
-        receive path streams instead (``incoming``)."""
-        final = self.root / rel
-        if final.exists():
-            return final
-        self._ensure_dir(final.parent)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # a full disk must not leave partial files behind
-            raise
-        _fsync_dir(final.parent)
-        return final
 
     def incoming(self) -> Incoming:
         """A temporary file for an instance that is arriving (see :class:`Incoming`)."""
