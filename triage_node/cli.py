@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
         from triage_node.training.mr_cli import register as register_mr_training
 
         register_mr_training(sub)
+        from triage_node.training.export import register as register_export
+
+        register_export(sub)
     return p
 
 

@@ -197,7 +197,7 @@ class Models(Frozen):
     threads: Annotated[int, _between(1, 256)] = 2
     device: str = "cpu"
     # bf16 autocast where the CPU has native bf16 (AMX / AVX512-BF16): 1.5-2x faster, probabilities within ~1e-3.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     pipelines: dict[Pipeline, tuple[str, ...]] = Field(
         default_factory=lambda: {
             Pipeline.CT_HEAD: ("ich", "ct_segmenter"),

@@ -19,7 +19,7 @@ def test_resolve() -> None:
     assert resolve("bf16") == "bf16"
     assert resolve("auto") == ("bf16" if native_bf16() else "fp32")
     assert resolve("auto", "cuda") == "fp32"
-    with pytest.raises(ValueError, match="precision must be auto, fp32 or bf16"):
+    with pytest.raises(ValueError, match="precision must be auto, fp32, bf16 or int8"):
         resolve("fp16")
 
 

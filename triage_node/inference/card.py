@@ -75,6 +75,7 @@ class ModelCard:
     postprocess: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     training: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     metrics: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    exports: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     limitations: str = NOT_FOR_CLINICAL_USE
     directory: Path = Path(".")
 
@@ -121,6 +122,7 @@ class ModelCard:
             postprocess=_frozen(dict(raw.get("postprocess") or {})),
             training=_frozen(dict(raw.get("training") or {})),
             metrics=_frozen(dict(raw.get("metrics") or {})),
+            exports=_frozen(dict(raw.get("exports") or {})),
             limitations=str(raw.get("limitations", NOT_FOR_CLINICAL_USE)),
             directory=path.parent,
         )
@@ -144,6 +146,8 @@ class ModelCard:
             "training": _thaw(self.training),
             "metrics": _thaw(self.metrics),
         }
+        if self.exports:
+            d["exports"] = _thaw(self.exports)
         return yaml.safe_dump(d, sort_keys=False, width=110)
 
     def save(self, path: Path) -> None:

@@ -22,6 +22,7 @@ from scipy import ndimage
 from torch import nn
 
 from triage_node.inference.card import ModelCard
+from triage_node.inference.onnxrt import OrtNet, network
 from triage_node.inference.precision import autocast, resolve
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
@@ -303,11 +304,11 @@ def estimate_radius_mm(img: np.ndarray, spacing: tuple[float, float, float], cen
 class CmbDetector:
     """The detection logic with a network in hand (used by the analyzer, training evaluation and tests)."""
 
-    net: CmbNet
+    net: CmbNet | OrtNet  # OrtNet: the int8 export (models.precision: int8)
     cfg: CandidateConfig
     threshold: float = 0.5
     batch_size: int = 128
-    precision: str = "fp32"  # resolved: fp32 | bf16
+    precision: str = "fp32"  # resolved: fp32 | bf16 | int8
 
     def score(self, patches: np.ndarray) -> np.ndarray:
         """CNN probabilities for patches (N, 3, p, p) -> (N,) float32."""
@@ -358,8 +359,10 @@ class CmbAnalyzer:
         net = build_cmb_net(**dict(card.architecture.get("params", {})))
         net.load_state_dict(load_file(str(card.weights_path)))
         cfg = CandidateConfig.from_dict(dict(card.input.get("candidates", {})))
+        precision = resolve(precision, device)
         self.detector = CmbDetector(
-            net.eval(), cfg, float(card.thresholds.get("microbleed", 0.5)), precision=resolve(precision, device)
+            network(card, net.eval(), precision, threads), cfg, float(card.thresholds.get("microbleed", 0.5)),
+            precision=precision,
         )
 
     def analyze(self, volume: Volume) -> ModelOutput:

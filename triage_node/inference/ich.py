@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from triage_node.inference.card import ModelCard
 from triage_node.inference.nets import build_classifier, gradcam_layer
+from triage_node.inference.onnxrt import network
 from triage_node.inference.precision import autocast, resolve
 from triage_node.inference.slices import context_rows, window_resize, with_context
 from triage_node.inference.types import Finding, ModelOutput
@@ -67,7 +68,8 @@ class IchAnalyzer:
         torch.set_flush_denormal(True)
         net = build_classifier(self.arch, int(arch["in_channels"]), int(arch["num_classes"]), float(arch["width"]))
         net.load_state_dict(load_file(str(card.weights_path)))
-        self.net = net.eval().to(self.device)
+        self.torch_net = net.eval().to(self.device)
+        self.net = network(card, self.torch_net, self.precision, threads)
         self._cam: object | None = None
 
     def _gradcam(self) -> object:
@@ -76,7 +78,7 @@ class IchAnalyzer:
         if self._cam is None:
             from monai.visualize import GradCAM
 
-            self._cam = GradCAM(nn_module=copy.deepcopy(self.net), target_layers=gradcam_layer(self.arch))
+            self._cam = GradCAM(nn_module=copy.deepcopy(self.torch_net), target_layers=gradcam_layer(self.arch))
         return self._cam
 
     def inputs(self, hu: np.ndarray) -> torch.Tensor:

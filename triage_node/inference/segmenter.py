@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from triage_node.inference.card import ModelCard
 from triage_node.inference.cropgrid import keep_components
 from triage_node.inference.nets import build_segmenter
+from triage_node.inference.onnxrt import network
 from triage_node.inference.precision import autocast, resolve
 from triage_node.inference.slices import square_pad, window_resize
 from triage_node.inference.types import Finding, ModelOutput
@@ -85,7 +86,7 @@ class CropGridSegmenter:
         torch.set_flush_denormal(True)  # see IchAnalyzer: denormals slow CPU inference several-fold
         net = build_segmenter(int(arch["in_channels"]), int(arch.get("base", 16)))
         net.load_state_dict(load_file(str(card.weights_path)))
-        self.net = net.eval().to(self.device)
+        self.net = network(card, net.eval().to(self.device), self.precision, threads)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         crops = grid_crops(x, self.grid)

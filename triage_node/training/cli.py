@@ -25,7 +25,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def precision_arg(p: argparse.ArgumentParser) -> None:
     """``--precision``, as the daemon's ``models.precision`` (evaluations run the networks the way the daemon does)."""
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="inference precision")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
+                   help="inference precision (int8: the card's ONNX export, see `triage-node export`)")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -124,7 +125,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         from triage_node.training.evaluate import evaluate_segmenter
 
         report = evaluate_segmenter(a.model_dir, a.cache, seeds, a.out, a.precision)
-    if a.update_card:
+    if a.update_card and a.precision != "int8":  # int8 figures are already in the card's exports.int8.metrics
         from triage_node.training.evaluate import write_metrics_to_card
 
         write_metrics_to_card(a.model_dir, report)

@@ -17,6 +17,7 @@ import numpy as np
 from triage_node.inference.card import ModelCard
 from triage_node.inference.ich import aggregate
 from triage_node.synth.cases import CLASSES
+from triage_node.training.export import record_int8_metrics
 from triage_node.training.metrics import roc_auc, sens_spec, weighted_log_loss, youden_threshold
 from triage_node.training.plots import calibration_plot, confusion_plot, history_plot, roc_plot
 
@@ -100,6 +101,9 @@ def evaluate_ich(
         "slices_per_second_2_threads": round(n_slices / seconds, 1),
         "precision": an.precision,
     }
+    if an.precision == "int8":  # the export's figures go next to the float model's, never over them
+        record_int8_metrics(model_dir, report)
+        return report
     roc_plot(out_dir / "roc_slice.png", y, p, CLASSES, "ich ROC per class, slice level (held-out synthetic)")
     roc_plot(out_dir / "roc_series.png", sy, sp, CLASSES, "ich ROC per class, series level (held-out synthetic)")
     confusion_plot(out_dir / "confusion_series.png", _confusions(sy, sp, thresholds),
@@ -187,6 +191,9 @@ def evaluate_segmenter(
         "slices_per_second_2_threads": round(n_slices / seconds, 1),
         "precision": an.precision,
     }
+    if an.precision == "int8":  # the export's figures go next to the float model's, never over them
+        record_int8_metrics(model_dir, {k: v for k, v in report.items() if k != "cases"})
+        return report
     seg_plots(out_dir, rows)
     hist = model_dir / "history.json"
     if hist.exists():

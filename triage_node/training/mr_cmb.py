@@ -459,6 +459,11 @@ def evaluate_cmb(
         "target_met": bool(at["sensitivity"] >= 0.9 and at["fp_per_subject"] <= 1.0),
         "curve": res["curve"],
     }
+    if det.precision == "int8":  # the export's figures go next to the float model's, never over them
+        from triage_node.training.export import record_int8_metrics
+
+        record_int8_metrics(model_dir, {k: v for k, v in report.items() if k != "curve"})
+        return report
     (model_dir / "eval.json").write_text(json.dumps(report, indent=1))
     froc_plot(model_dir / "froc.png", res["curve"], det.threshold)
     count_plot(model_dir / "counts.png", all_counts)

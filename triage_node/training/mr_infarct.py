@@ -323,6 +323,11 @@ def evaluate_infarct(
     report["target_met"] = bool(loc_ok and float(np.mean([r["dice"] for r in p_rows])) >= 0.75)
     if baseline is not None:
         report["baseline_direct_classification"] = baseline
+    if an.segmenter.precision == "int8":  # the export's figures go next to the float model's, never over them
+        from triage_node.training.export import record_int8_metrics
+
+        record_int8_metrics(model_dir, {k: v for k, v in report.items() if k != "cases"})
+        return report
     (model_dir / "eval.json").write_text(json.dumps(report, indent=1))
     names = [class_name(k) for k in range(22)] + ["missed"]
     confusion_plot(model_dir / "location_confusion.png", conf[:, :], names, "infarct location (rows: truth)")
