@@ -107,18 +107,27 @@ class Storage(Frozen):
 
 
 class Match(Frozen):
-    """Conditions on a series' attributes; every given condition must hold. Patterns are case-insensitive regexes
-    searched (not anchored) in the attribute; lists match when any item matches."""
+    """Conditions on a series; every given condition must hold. Patterns are case-insensitive regexes searched (not
+    anchored) in the attribute; lists match when any item matches.
+
+    Series conditions look at the first instance: ``modality``, ``body_part``, ``study_description``,
+    ``series_description``, ``protocol_name`` and ``series_description_excludes`` (the series is not picked when this
+    pattern is found). Image conditions look at each image: ``sequence_name``, ``image_type_contains`` (all of these
+    values), ``image_type_excludes`` (none of these values) and ``min_b_value``; the series matches when one of its
+    images meets them, and only such images are read. ``any_of``: at least one of these alternatives must hold too
+    (for the same image)."""
 
     modality: tuple[str, ...] = ()
     body_part: Regex = None
     study_description: Regex = None
     series_description: Regex = None
+    series_description_excludes: Regex = None
     protocol_name: Regex = None
     sequence_name: Regex = None
     image_type_contains: tuple[str, ...] = ()
     image_type_excludes: tuple[str, ...] = ()
     min_b_value: float | None = None
+    any_of: tuple[Match, ...] = ()
 
 
 class RoutingRule(Frozen):
@@ -134,32 +143,72 @@ class CountRule(Frozen):
     count: Annotated[int, _between(1, 100000)]
 
 
+# Default routing vocabulary (config.yaml repeats these rules verbatim; a test keeps the two identical).
+HEAD_PATTERN = r"head|brain|skull|cran|neuro|kopf|cerebr|schadel|schaedel"
+# SWI / T2*: the cmb model reads magnitude images only. Phase, real / imaginary, minimum- and maximum-intensity
+# projections and localizers are excluded by ImageType (Siemens P, MNIP; Philips PHASE MAP; GE's private type)...
+SWI_IMAGE_EXCLUDES = (
+    "P", "PHASE", "PHASE MAP", "R", "REAL", "I", "IMAGINARY", "MNIP", "MIN IP", "MIN_IP", "MINIP", "MIP", "MAX IP",
+    "MAX_IP", "PROJECTION IMAGE", "LOCALIZER",
+)  # fmt: skip
+# ...and by description, with the T1 / angiography gradient-echo series a bare "gre" or "ffe" would otherwise catch.
+SWI_DESCRIPTION_EXCLUDES = (
+    r"(^|[^a-z])(pha|phase|qsm)([^a-z]|$)|(^|[^a-z])(m|min|mn)[ _-]?ip([^a-z]|$)|t1(?!\d)|mprage|spgr|bravo|tof|angio"
+    r"|localizer|scout"
+)
+SWI_DESCRIPTION = r"swi|swan|susc|venbold|t2\*|t2star|t2_star|hemo|(^|[^a-z])(gre|ffe)([^a-z]|$)"
+# DWI: the infarct model reads b=1000 trace images; ADC, exponential ADC, FA and tensor maps are excluded.
+DWI_IMAGE_EXCLUDES = ("ADC", "EADC", "EXP", "FA", "TENSOR", "LOCALIZER")
+DWI_DESCRIPTION_EXCLUDES = (
+    r"(^|[^a-z]|[de])adc(map)?([^a-z]|$)|apparent|exponential|fractional|tensor|(^|[^a-z])(col)?fa([^a-z]|$)"
+)
+DWI_DESCRIPTION = r"dwi|diff|trace|b-?1000|isotropic"
+
+
 def _default_rules() -> tuple[RoutingRule, ...]:
-    head = r"head|brain|skull|cran|neuro|kopf|cerebr|schadel|schaedel"
     return (
         RoutingRule(
             name="ct-head",
             pipeline=Pipeline.CT_HEAD,
-            match=Match(
-                modality=("CT",),
-                body_part=head,
-                image_type_excludes=("LOCALIZER",),
-            ),
+            match=Match(modality=("CT",), body_part=HEAD_PATTERN, image_type_excludes=("LOCALIZER",)),
         ),
         RoutingRule(
             name="ct-head-by-description",
             pipeline=Pipeline.CT_HEAD,
-            match=Match(modality=("CT",), study_description=head, image_type_excludes=("LOCALIZER",)),
+            match=Match(modality=("CT",), study_description=HEAD_PATTERN, image_type_excludes=("LOCALIZER",)),
         ),
         RoutingRule(
             name="mr-swi",
             pipeline=Pipeline.MR_SWI,
-            match=Match(modality=("MR",), series_description=r"swi|swan|t2\*|t2star|ffe|hemo|gre"),
+            match=Match(
+                modality=("MR",),
+                series_description_excludes=SWI_DESCRIPTION_EXCLUDES,
+                image_type_excludes=SWI_IMAGE_EXCLUDES,
+                any_of=(
+                    Match(image_type_contains=("SWI",)),  # Siemens SWI_Images: ORIGINAL\PRIMARY\M\SWI
+                    Match(image_type_contains=("T2_STAR",)),  # enhanced MR: Acquisition Contrast T2_STAR
+                    Match(sequence_name=r"swi"),  # Siemens *swi3d1r (SWI_Images, Mag_Images)
+                    Match(series_description=SWI_DESCRIPTION),
+                    # a FLASH / GRE / FFE sequence with a T2 or SWI description is T2*-weighted (t2_fl2d_tra)
+                    Match(sequence_name=r"fl[23]d|gre|ffe", series_description=r"t2|swi|hemo|susc"),
+                ),
+            ),
         ),
         RoutingRule(
             name="mr-dwi",
             pipeline=Pipeline.MR_DWI,
-            match=Match(modality=("MR",), series_description=r"dwi|diff|trace|b1000", image_type_excludes=("ADC",)),
+            match=Match(
+                modality=("MR",),
+                series_description_excludes=DWI_DESCRIPTION_EXCLUDES,
+                image_type_excludes=DWI_IMAGE_EXCLUDES,
+                any_of=(
+                    Match(min_b_value=800),  # DiffusionBValue or the Siemens / GE / Philips private b-value
+                    Match(sequence_name=r"ep_b[1-9][0-9]{2,3}"),  # Siemens *ep_b1000t, *ep_b1000#1 (not *ep_b0_1000)
+                    Match(image_type_contains=("TRACEW",)),
+                    Match(image_type_contains=("DIFFUSION",)),
+                    Match(series_description=DWI_DESCRIPTION),
+                ),
+            ),
         ),
     )
 
@@ -196,7 +245,8 @@ class Models(Frozen):
     dir: Path = Path("models")
     threads: Annotated[int, _between(1, 256)] = 2
     device: str = "cpu"
-    # bf16 autocast where the CPU has native bf16 (AMX / AVX512-BF16): 1.5-2x faster, probabilities within ~1e-3.
+    # auto: bf16 autocast where the CPU has native bf16 (AMX / AVX512-BF16): 1.5-2x faster, probabilities within ~1e-3.
+    # int8: each model's statically quantised ONNX Runtime export named in its card (`triage-node export NAME`).
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     pipelines: dict[Pipeline, tuple[str, ...]] = Field(
         default_factory=lambda: {

@@ -32,7 +32,7 @@ from triage_node.results.build import AlgorithmInfo, ResultFile, ResultIdentity,
 from triage_node.send.outbox import enqueue
 from triage_node.series.diffusion import select_dwi
 from triage_node.series.geometry import GeometryError, Slice, build_volume, pixels, plan
-from triage_node.series.routing import SeriesAttributes, describe, route
+from triage_node.series.routing import SeriesAttributes, describe, route, select_images
 from triage_node.worklist import states
 from triage_node.worklist.db import transaction
 from triage_node.worklist.models import FindingRow, Instance, Job, JobState, Priority, Series, Study
@@ -190,6 +190,7 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
         assert job is not None
         job.pipeline, job.rule = pipeline, rule.name
 
+    datasets = select_images(rule.match, attrs, datasets)  # e.g. drop phase images, ADC maps, localizers
     if rule.pipeline == Pipeline.MR_DWI:
         datasets = select_dwi(datasets)
         if not datasets:

@@ -57,3 +57,30 @@ def test_invesalius_source() -> None:
     case = make_ct_case(5, ("epidural", "intraventricular"), source="invesalius", n_slices=20)
     assert set(case.masks) == {"epidural", "intraventricular"}
     assert case.labels[:, 0].any()
+
+
+def test_shifted_acquisitions_fall_outside_every_training_range() -> None:
+    from triage_node.synth.augment import draw_acquisition
+
+    train = [draw_acquisition(np.random.default_rng(s)) for s in range(300)]
+    shifted = [draw_acquisition(np.random.default_rng(s), shifted=True) for s in range(300)]
+
+    def span(accs: list, name: str) -> tuple[float, float]:  # type: ignore[type-arg]
+        vals = [getattr(a, name) for a in accs]
+        return min(vals), max(vals)
+
+    for name in ("yaw", "pitch", "roll", "head_scale", "slice_mm"):
+        lo, hi = span(train, name)
+        assert all(not lo <= getattr(a, name) <= hi for a in shifted), name
+    for name in ("pixel_mm", "warp_mm", "noise_hu", "blur_px"):  # drawn beyond the training maximum
+        assert span(shifted, name)[0] >= span(train, name)[1] - 1e-9, name
+
+
+def test_test_shifted_split_uses_shifted_settings_and_storage(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from triage_node.training.synthdata import SPLIT_SEED_BASE, is_shifted, split_seeds
+
+    seeds = split_seeds("test_shifted", 3)
+    assert seeds[0] == SPLIT_SEED_BASE["test_shifted"] and all(is_shifted(s) for s in seeds)
+    assert not any(is_shifted(s) for s in split_seeds("test", 3) + split_seeds("val", 3) + split_seeds("train", 3))
+    case = make_ct_case(seeds[0], (), source="mni", n_slices=8, shifted=True, vary_storage=True)
+    assert case.storage is not None and case.acquisition.noise_hu >= 7.0

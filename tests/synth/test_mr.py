@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from triage_node.inference.atlas import Region
 from triage_node.synth.mr import DwiCase, SwiCase, dwi_volume, make_dwi_case, make_swi_case, swi_volume
@@ -51,19 +52,75 @@ def test_swi_from_the_real_head_ct() -> None:
     assert case.source == "ct" and case.centres.shape == (2, 3)
 
 
-def test_dwi_infarct_is_bright_on_dwi_and_dark_on_adc(dwi: DwiCase) -> None:
-    assert dwi.region is Region.THALAMUS and dwi.side == "right"
+def test_swi_microbleeds_are_2_to_10_mm_and_bloom(swi: SwiCase) -> None:
+    """The dark spot of each bleed is larger than its nominal sphere (susceptibility blooming)."""
+    other = make_swi_case(22, n_bleeds=4, source="mni")
+    for case in (swi, other):
+        assert np.all((2 * case.radii >= 2.0) & (2 * case.radii <= 10.0))
+        sp = np.asarray(case.spacing)
+        zz, yy, xx = np.indices(case.volume.shape, sparse=True)
+        for centre, radius in zip(case.centres, case.radii, strict=True):
+            d = np.sqrt(
+                ((zz - centre[0]) * sp[0]) ** 2 + ((yy - centre[1]) * sp[1]) ** 2 + ((xx - centre[2]) * sp[2]) ** 2
+            )
+            background = np.median(case.volume[(d > 1.6 * radius + 4) & (d < 1.6 * radius + 10) & case.brain])
+            dark, _ = ndimage.label((case.volume < 0.7 * background) & (d < 2.5 * radius + 4))
+            spot = dark == dark[tuple(np.round(centre).astype(int))]
+            dark_radius = (3 * spot.sum() * np.prod(sp) / (4 * np.pi)) ** (1 / 3)
+            assert radius < dark_radius < 2.5 * radius
+
+
+def _bright_on_dwi_dark_on_adc(dwi: DwiCase) -> None:
     assert dwi.mask.any() and dwi.dwi.shape == dwi.adc.shape == dwi.mask.shape
     ring = np.logical_xor(dwi.mask, _dilate(dwi.mask, 3)) & (dwi.adc > 500) & (dwi.adc < 1200)
     assert dwi.dwi[dwi.mask].mean() > 1.4 * dwi.dwi[ring].mean()
     assert np.median(dwi.adc[dwi.mask]) < 650 < np.median(dwi.adc[ring])
 
 
-def test_dwi_right_side_is_patient_right(dwi: DwiCase) -> None:
+def _on_patient_right(dwi: DwiCase) -> bool:
     v = dwi_volume(dwi)
     lps = v.voxel_to_patient(np.argwhere(dwi.mask).mean(axis=0))[0]
     head = v.voxel_to_patient(np.argwhere(dwi.dwi > np.percentile(dwi.dwi, 60)).mean(axis=0))[0]
-    assert lps[0] < head[0]  # LPS: patient right has the smaller x
+    return bool(lps[0] < head[0])  # LPS: patient right has the smaller x
+
+
+def test_dwi_infarct_is_bright_on_dwi_and_dark_on_adc(dwi: DwiCase) -> None:
+    assert dwi.region is Region.THALAMUS and dwi.side == "right" and dwi.source == "mni"
+    _bright_on_dwi_dark_on_adc(dwi)
+    other = make_dwi_case(14, region="occipital lobe", side="left")
+    _bright_on_dwi_dark_on_adc(other)
+    assert not _on_patient_right(other)
+
+
+def test_dwi_right_side_is_patient_right(dwi: DwiCase) -> None:
+    assert _on_patient_right(dwi)
+
+
+def test_dwi_from_the_real_head_ct() -> None:
+    from peers import require
+
+    from triage_node.synth.headct import HeadCTUnavailable, load_head_ct
+
+    try:
+        load_head_ct()
+    except HeadCTUnavailable as exc:
+        require(False, str(exc))
+    case = make_dwi_case(2, region="frontal lobe", side="right", source="seeded")  # seed 2 draws the CT head
+    assert case.source == "ct" and case.region is Region.FRONTAL
+    _bright_on_dwi_dark_on_adc(case)
+    assert _on_patient_right(case)
+    deep = make_dwi_case(1, region="thalamus", side="left", source="ct")
+    _bright_on_dwi_dark_on_adc(deep)
+    assert not _on_patient_right(deep)
+
+
+def test_dwi_source_option_keeps_the_default_cases() -> None:
+    plain = make_dwi_case(0, infarct=False)
+    seeded = make_dwi_case(0, infarct=False, source="seeded")  # seed 0 draws the MNI head: the very same case
+    assert plain.source == seeded.source == "mni"
+    np.testing.assert_array_equal(plain.dwi, seeded.dwi)
+    with pytest.raises(ValueError, match="source must be one of"):
+        make_dwi_case(0, source="t1")
 
 
 def test_dwi_without_infarct_has_an_empty_mask() -> None:
@@ -78,6 +135,4 @@ def test_volume_wrappers_carry_one_uid_per_slice(swi: SwiCase) -> None:
 
 
 def _dilate(m: np.ndarray, it: int) -> np.ndarray:
-    from scipy import ndimage
-
     return ndimage.binary_dilation(m, iterations=it)

@@ -28,7 +28,29 @@ class Acquisition:
     matrix: int = 256
 
 
-def draw_acquisition(rng: np.random.Generator, matrix: int = 256) -> Acquisition:
+def draw_acquisition(rng: np.random.Generator, matrix: int = 256, shifted: bool = False) -> Acquisition:
+    """Training draws (``shifted=False``) or draws outside every training range (``shifted=True``): the shifted
+    held-out split measures a model on acquisitions it never saw (larger tilt, smaller and larger heads, thinner and
+    thicker slices, coarser pixels, stronger warp, noise and blur)."""
+    if shifted:
+        def outside(lo: float, hi: float, width: float) -> float:
+            """Uniform in [lo - width, lo) or (hi, hi + width]."""
+            v = float(rng.uniform(0.0, width))
+            return lo - v if rng.random() < 0.5 else hi + v
+
+        return Acquisition(
+            yaw=outside(-15, 15, 7),
+            pitch=outside(-8, 8, 4),
+            roll=outside(-6, 6, 3),
+            head_scale=outside(0.88, 1.12, 0.05),
+            pixel_mm=float(rng.uniform(1.1, 1.25)),
+            slice_mm=float(rng.choice([1.25, 6.0, 6.0, 7.0])),
+            shift_mm=(float(rng.uniform(-4, 4)), float(rng.uniform(-12, 12)), float(rng.uniform(-12, 12))),
+            warp_mm=float(rng.uniform(4.0, 6.0)),
+            noise_hu=float(rng.uniform(7.0, 10.0)),
+            blur_px=float(rng.uniform(0.7, 1.0)),
+            matrix=matrix,
+        )
     return Acquisition(
         yaw=float(rng.uniform(-15, 15)),
         pitch=float(rng.uniform(-8, 8)),

@@ -10,6 +10,7 @@ import numpy as np
 from triage_node.synth.anatomy import head_model
 from triage_node.synth.augment import Acquisition, acquire, draw_acquisition, resample_head
 from triage_node.synth.hemorrhage import SUBTYPES, Canvas, draw_lesion, paint_blood
+from triage_node.synth.storage import Storage, draw_storage, round_trip
 
 CLASSES: tuple[str, ...] = ("any_hemorrhage", *SUBTYPES)
 MIN_SLICE_AREA_MM2 = 12.0  # a subtype counts on a slice only when it covers at least this much of it
@@ -22,6 +23,7 @@ class CTCase:
     ``hu``: int16 (z, y, x) Hounsfield units. ``spacing``: (z, y, x) mm. ``masks``: subtype -> bool (z, y, x) for the
     subtypes drawn. ``labels``: bool (z, 6), columns in :data:`CLASSES` order (``any_hemorrhage`` first).
     ``tissue``: uint8 (z, y, x) :class:`~triage_node.synth.anatomy.Tissue` labels of the normal head.
+    ``storage``: the storage whose quantisation ``hu`` went through (``vary_storage``), else None.
     """
 
     seed: int
@@ -32,6 +34,7 @@ class CTCase:
     labels: np.ndarray
     tissue: np.ndarray
     acquisition: Acquisition
+    storage: Storage | None = None
 
     @property
     def hemorrhage(self) -> np.ndarray:
@@ -71,12 +74,18 @@ def make_ct_case(
     source: str = "invesalius",
     n_slices: int | None = None,
     matrix: int = 256,
+    vary_storage: bool = False,
+    shifted: bool = False,
 ) -> CTCase:
     """Generate one synthetic head CT.
 
     ``subtypes``: the hemorrhage subtypes to draw (one lesion each); ``()`` gives a negative case and ``None`` draws
     them at random (a quarter negative). ``source``: ``"invesalius"`` (the real head CT) or ``"mni"`` (pseudo-CT from
-    MNI152). ``n_slices`` fixes the slice count. The same arguments always give the same case.
+    MNI152). ``n_slices`` fixes the slice count. ``vary_storage`` passes the HU through the quantisation of a
+    storage kind drawn from the seed (``storage.draw_storage``: slope 2 keeps even HU only); off by default, so the
+    cached training data stay what the shipped models were trained on, and everything else in the case is the same
+    either way. ``shifted`` draws the acquisition outside every training range (``augment.draw_acquisition``). The
+    same arguments always give the same case.
     """
     for s in subtypes or ():
         if s not in SUBTYPES:
@@ -85,7 +94,7 @@ def make_ct_case(
     head = head_model(source)
     if subtypes is None:
         subtypes = draw_subtypes(rng)
-    acq = draw_acquisition(rng, matrix=matrix)
+    acq = draw_acquisition(rng, matrix=matrix, shifted=shifted)
     hu, tissue, spacing = resample_head(head, acq, rng, n_slices=n_slices)
     masks: dict[str, np.ndarray] = {}
     if subtypes:
@@ -96,4 +105,9 @@ def make_ct_case(
             masks[name] = m
     labels = slice_labels(masks, hu.shape, spacing)
     stored = acquire(hu, acq, rng)
-    return CTCase(seed, source, stored, spacing, masks, labels, tissue, acq)
+    storage = None
+    if vary_storage:
+        storage = draw_storage(seed)
+        # Every kind holds the case's -1024..3071 HU; what remains is the stored step, rounded back to integer HU.
+        stored = np.clip(np.rint(round_trip(stored, storage)), -1024, 3071).astype(np.int16)
+    return CTCase(seed, source, stored, spacing, masks, labels, tissue, acq, storage)

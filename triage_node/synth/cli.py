@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from triage_node.synth.dicom import resample_slices, write_series
+from triage_node.synth.storage import STORAGES
 
 KINDS = ("ct", "ct-hemorrhage", "phantom", "swi", "dwi")
 
@@ -33,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.outdir)
     kind = args.kind
     seed = args.seed
-    common = {"unsigned": args.unsigned, "declare_count": not args.no_count}
+    if args.unsigned and args.storage:
+        raise SystemExit("give either --unsigned or --storage")
+    common = {"unsigned": args.unsigned, "storage": args.storage, "declare_count": not args.no_count}
     if kind == "phantom":
         hu, spacing = phantom_head(args.slices or 40, args.size or 256)
         paths = write_series(out, hu, spacing, seed, **common)
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from triage_node.synth.mr import make_dwi_case
 
-        dwi = make_dwi_case(seed)
+        dwi = make_dwi_case(seed, source=args.dwi_source)
         paths = write_series(
             out,
             dwi.dwi,
@@ -93,5 +96,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sp.add_argument("--subtypes", nargs="*", help="hemorrhage subtypes (ct-hemorrhage)")
     sp.add_argument("--bleeds", type=int, default=None, help="number of microbleeds (swi)")
     sp.add_argument("--unsigned", action="store_true", help="store CT unsigned with intercept -1024")
+    sp.add_argument(
+        "--storage",
+        choices=[*STORAGES, "seeded"],
+        default=None,
+        help="CT pixel storage (seeded: drawn from --seed); default signed 16 bits",
+    )
+    sp.add_argument(
+        "--dwi-source", choices=["mni", "ct", "seeded"], default="mni", help="head the DWI is built from (dwi)"
+    )
     sp.add_argument("--no-count", action="store_true", help="omit ImagesInAcquisition (forces the quiet period)")
     sp.set_defaults(func=run)

@@ -15,6 +15,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
+from triage_node.synth.storage import STORAGES, Storage, draw_storage, storage_named
+
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
@@ -88,15 +90,21 @@ def write_series(
     series_description: str = "Head 5mm",
     series_number: int = 2,
     unsigned: bool = False,
+    storage: Storage | str | None = None,
     declare_count: bool = True,
     extra: dict[str, object] | None = None,
     per_slice_extra: Sequence[dict[str, object]] | None = None,
 ) -> list[Path]:
     """Write ``values`` (z, y, x; HU for CT, signal for MR) as one series, slice 0 most inferior; return the paths.
 
-    ``unsigned`` stores CT as unsigned with RescaleIntercept -1024 (as many scanners do); signed otherwise.
-    ``declare_count`` sets ImagesInAcquisition so a receiver can complete the series without waiting.
+    CT storage: ``storage`` is a :class:`~triage_node.synth.storage.Storage`, the name of one in ``STORAGES``
+    (``signed``, ``unsigned``, ``unsigned12``, ``half``, ``double``) or ``"seeded"`` (drawn from ``seed`` by
+    ``draw_storage``); PixelRepresentation, BitsStored, HighBit and the rescale tags follow it and values beyond its
+    range are clipped. Without it, ``unsigned`` stores unsigned 16 bits with RescaleIntercept -1024, else signed 16
+    bits with intercept 0 (the output of earlier versions). ``declare_count`` sets ImagesInAcquisition so a receiver
+    can complete the series without waiting.
     """
+    store = _ct_storage(storage, unsigned, seed, modality)
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = series_ids(seed, series_key, study_seed)
     sop_class = CT_IMAGE_STORAGE if modality == "CT" else MR_IMAGE_STORAGE
@@ -119,14 +127,10 @@ def write_series(
             ds.KVP = 120
             ds.RescaleType = "HU"
             ds.WindowCenter, ds.WindowWidth = 40, 80
-            if unsigned:
-                ds.PixelRepresentation = 0
-                ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-                raw = np.clip(np.rint(plane) + 1024, 0, 65535).astype(np.uint16)
-            else:
-                ds.PixelRepresentation = 1
-                ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-                raw = np.clip(np.rint(plane), -32768, 32767).astype(np.int16)
+            ds.PixelRepresentation = 1 if store.signed else 0
+            ds.BitsStored, ds.HighBit = store.bits_stored, store.bits_stored - 1
+            ds.RescaleIntercept, ds.RescaleSlope = store.intercept, store.slope
+            raw = store.encode(plane)
         else:
             ds.PixelRepresentation = 0
             ds.MagneticFieldStrength = 3
@@ -156,6 +160,18 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def _ct_storage(storage: Storage | str | None, unsigned: bool, seed: int, modality: str) -> Storage:
+    if storage is None:
+        return STORAGES["unsigned" if unsigned else "signed"]
+    if modality != "CT":
+        raise ValueError(f"storage applies to CT only, got modality {modality!r}")
+    if unsigned:
+        raise ValueError("give either unsigned=True or storage, not both")
+    if isinstance(storage, Storage):
+        return storage
+    return draw_storage(seed) if storage == "seeded" else storage_named(storage)
 
 
 def write_ct_series(

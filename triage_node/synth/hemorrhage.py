@@ -220,7 +220,11 @@ GENERATORS: dict[str, Callable[[Canvas, np.random.Generator], np.ndarray]] = {
 }
 
 MIN_LESION_ML = {
-    "epidural": 1.0, "intraparenchymal": 0.5, "intraventricular": 0.3, "subarachnoid": 0.3, "subdural": 1.0
+    "epidural": 1.0,
+    "intraparenchymal": 0.5,
+    "intraventricular": 0.3,
+    "subarachnoid": 0.3,
+    "subdural": 1.0,
 }
 
 

@@ -5,8 +5,9 @@ Two head sources, picked per case by the seed:
 * ``mni``: nilearn's MNI152 grey/white-matter/brain maps (1 mm), which also carry the region atlas of
   ``triage_node.inference.atlas`` so an infarct can be put in a named region;
 * ``ct``: tissue maps derived from the real head CT (Debian ``invesalius-examples``, GPL data read at run time, never
-  stored): intracranial CSF / grey / white matter split by HU, plus scalp and dark bone for SWI. Only SWI uses this
-  source, because the real CT has no region labels of its own.
+  stored): intracranial CSF / grey / white matter split by HU, plus scalp and dark bone for SWI. SWI draws it for ~30%
+  of seeds; DWI uses it on request (``source="ct"`` or ``"seeded"``) and places infarcts with the MNI region atlas
+  fitted to the CT brain by its centre and extent (:func:`ct_to_mni`), so their region labels are approximate there.
 
 Each case draws a random head pose and size (rotation, anisotropic scale, shift), a smooth random deformation, slice
 spacing and thickness (thick slices are averaged over sub-samples), tissue contrasts, bias field and Rician noise. All
@@ -84,6 +85,33 @@ def ct_source() -> HeadSource:
     m[:3, 3] = -m[:3, :3] @ centre
     f32 = np.float32
     return HeadSource("ct", gm.astype(f32), wm.astype(f32), csf.astype(f32), scalp, bone.astype(f32), m, None)
+
+
+@functools.lru_cache(maxsize=1)
+def ct_to_mni() -> np.ndarray:
+    """4x4 affine from the CT source's head space to the MNI source's (RAS mm): per-axis scale and shift that match
+    the robust centre and extent (2nd-98th percentile) of the two brains (grey + white matter > 0.5)."""
+
+    def centre_extent(src: HeadSource) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.argwhere((src.gm + src.wm) > 0.5).astype(np.float64)
+        ras = idx @ src.index_to_ras[:3, :3].T + src.index_to_ras[:3, 3]
+        lo, hi = np.percentile(ras, [2.0, 98.0], axis=0)
+        return (lo + hi) / 2.0, hi - lo
+
+    c_ct, e_ct = centre_extent(ct_source())
+    c_mni, e_mni = centre_extent(mni_source())
+    scale = e_mni / e_ct
+    out = np.eye(4)
+    out[:3, :3] = np.diag(scale)
+    out[:3, 3] = c_mni - scale * c_ct
+    return out
+
+
+def _ct_to_mni_index(pts: np.ndarray) -> np.ndarray:
+    """CT-source index coordinates (3, ...) -> MNI-source index coordinates (3, ...) float32."""
+    m = np.linalg.inv(mni_source().index_to_ras) @ ct_to_mni() @ ct_source().index_to_ras
+    flat = pts.reshape(3, -1).astype(np.float64)
+    return (m[:3, :3] @ flat + m[:3, 3:]).reshape(pts.shape).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -336,6 +364,10 @@ class DwiCase:
     region: Region | None
     side: str | None
     seed: int
+    source: str = "mni"
+
+
+DWI_SOURCES = ("mni", "ct", "seeded")
 
 
 # Radius ranges (mm) of the lesion seed ellipsoid per region: lacunes in the deep structures, larger cortical infarcts.
@@ -400,15 +432,34 @@ def _lesion_in_mni(rng: np.random.Generator, region: Region, side: str) -> np.nd
 
 
 def make_dwi_case(
-    seed: int, region: Region | str | None = None, side: str | None = None, infarct: bool = True
+    seed: int,
+    region: Region | str | None = None,
+    side: str | None = None,
+    infarct: bool = True,
+    source: str = "mni",
 ) -> DwiCase:
-    """A synthetic DWI b=1000 + ADC series from the MNI maps with an optional acute infarct, deterministic per seed.
+    """A synthetic DWI b=1000 + ADC series with an optional acute infarct, deterministic per seed.
 
     The infarct has restricted diffusion (ADC 350-550e-6 mm^2/s against ~750-850 in tissue) and T2 shine-through, so
     it is bright on b=1000 and dark on ADC. ``region`` (a ``Region`` or its name) and ``side`` are random when None.
+    ``source``: ``mni`` (the MNI152 maps; the default, and what the shipped infarct model's training and held-out
+    seeds were made with), ``ct`` (the real head CT's tissue maps; raises ``HeadCTUnavailable`` without it) or
+    ``seeded`` (~30% of seeds ``ct`` when it is installed, drawn from a separate stream so that the other seeds give
+    exactly their ``mni`` case).
     """
+    if source not in DWI_SOURCES:
+        raise ValueError(f"source must be one of {DWI_SOURCES}, got {source!r}")
     rng = np.random.default_rng([seed, 4_001])
-    src = mni_source()
+    if source == "seeded":
+        from triage_node.synth.headct import HeadCTUnavailable
+
+        source = "ct" if np.random.default_rng([seed, 4_002]).random() < 0.3 else "mni"
+        if source == "ct":
+            try:
+                ct_source()
+            except HeadCTUnavailable:
+                source = "mni"
+    src = ct_source() if source == "ct" else mni_source()
     reg: Region | None = None
     if infarct:
         reg = Region.from_name(region) if isinstance(region, str) else (region or Region(int(rng.integers(1, 12))))
@@ -421,7 +472,7 @@ def make_dwi_case(
     gm, wm, csf = (_sample(m, pts) for m in (src.gm, src.wm, src.csf))
     lesion = np.zeros(grid.shape, dtype=np.float32)
     if reg is not None and side is not None:
-        lesion = _sample(_lesion_in_mni(rng, reg, side), pts)
+        lesion = _sample(_lesion_in_mni(rng, reg, side), pts if src.name == "mni" else _ct_to_mni_index(pts))
     # Tissue S0 (T2-weighted b=0) and ADC (1e-3 mm^2/s); the lesion replaces the tissue values it covers.
     s0_gm, s0_wm, s0_csf = rng.uniform(0.95, 1.1), rng.uniform(0.8, 0.9), rng.uniform(1.6, 2.0)
     adc_gm, adc_wm, adc_csf = rng.uniform(0.78, 0.9), rng.uniform(0.68, 0.78), rng.uniform(2.8, 3.2)
@@ -445,11 +496,13 @@ def make_dwi_case(
         adc = -np.log(np.clip(dwi_n, 1e-4, None) / np.clip(b0_n, 1e-4, None)) * 1000.0
     adc = np.where(tissue > 0.3, np.clip(adc, 0.0, 4000.0), 0.0).astype(np.float32)
     gain = rng.uniform(400.0, 1600.0)
-    mask = lesion > 0.5
+    # On the CT head the fitted atlas can put part of the lesion over CSF, where it changes nothing: label only where
+    # it meets tissue. (The MNI maps and the atlas share one grid; their masks stay as the shipped model saw them.)
+    mask = (les if src.name == "ct" else lesion) > 0.5
     if reg is not None and mask.sum() == 0:
         # A lesion thinner than the slices: mark its strongest voxels so the label is never silently empty.
         mask = lesion >= max(float(lesion.max()) * 0.7, 1e-3)
-    return DwiCase((dwi_n * gain).astype(np.float32), adc, grid.spacing, mask, reg, side, seed)
+    return DwiCase((dwi_n * gain).astype(np.float32), adc, grid.spacing, mask, reg, side, seed, src.name)
 
 
 def dwi_volume(case: DwiCase) -> Volume:
