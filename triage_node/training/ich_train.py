@@ -20,7 +20,14 @@ from triage_node.inference.nets import build_classifier
 from triage_node.synth.cases import CLASSES
 from triage_node.training.augment import AugmentConfig
 from triage_node.training.ich_data import SliceSet, batches, synthetic_slices
-from triage_node.training.loop import TrainConfig, autocast, fit
+from triage_node.training.loop import (
+    TrainConfig,
+    autocast,
+    fit,
+    mixed_precision_text,
+    model_device,
+    seed_everything,
+)
 from triage_node.training.metrics import RSNA_WEIGHTS, roc_auc
 from triage_node.training.plots import history_plot
 from triage_node.training.synthdata import split_seeds
@@ -51,21 +58,33 @@ def weighted_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_slices(
-    model: torch.nn.Module, data: SliceSet, context: int, batch: int = 128, amp: bool = False
+    model: torch.nn.Module,
+    data: SliceSet,
+    context: int,
+    batch: int = 128,
+    amp: bool = False,
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
-    """Sigmoid probabilities (N, 6) for every slice of ``data``."""
+    """Sigmoid probabilities (N, 6) float32 for every slice of ``data``.
+
+    Batches go to ``device`` (default: where the model's parameters are); probabilities come back to the CPU.
+    """
+    dev = model_device(model) if device is None else torch.device(device)
     model.eval()
     out = []
     for i in range(0, len(data), batch):
         idx = torch.arange(i, min(i + batch, len(data)))
-        with autocast("cpu", amp):
-            out.append(torch.sigmoid(model(data.inputs(idx, context)).float()))
+        x = data.inputs(idx, context).to(dev, non_blocking=True)
+        with autocast(dev, amp):
+            out.append(torch.sigmoid(model(x).float()).cpu())
     return torch.cat(out).numpy()
 
 
 def make_validate(data: SliceSet, context: int) -> Any:
+    """``validate(model)`` for :func:`fit`: RSNA-weighted loss and AUCs on ``data``, run on the model's device."""
+
     def validate(model: torch.nn.Module) -> dict[str, float]:
-        p = predict_slices(model, data, context)
+        p = predict_slices(model, data, context, device=model_device(model))
         y = data.y.numpy()
         pt = torch.from_numpy(np.log(np.clip(p, 1e-7, 1)) - np.log(np.clip(1 - p, 1e-7, 1)))
         aucs = [roc_auc(y[:, i], p[:, i]) for i in range(len(CLASSES))]
@@ -98,10 +117,19 @@ def write_model_dir(
         weights=weights.name,
         sha256=sha,
         device_uid=device_uid_for(sha),
-        architecture={"net": recipe.arch, "width": recipe.width, "in_channels": 3 * (2 * recipe.context + 1),
-                      "num_classes": len(CLASSES), "framework": "monai.networks.nets"},  # type: ignore[arg-type]
-        input={"size": recipe.size, "windows": ["brain 40/80", "subdural 80/200", "bone 600/2800"],
-               "context": recipe.context, "resize": "pad to square with air, window, area-average to size"},  # type: ignore[arg-type]
+        architecture={
+            "net": recipe.arch,
+            "width": recipe.width,
+            "in_channels": 3 * (2 * recipe.context + 1),
+            "num_classes": len(CLASSES),
+            "framework": "monai.networks.nets",
+        },  # type: ignore[arg-type]
+        input={
+            "size": recipe.size,
+            "windows": ["brain 40/80", "subdural 80/200", "bone 600/2800"],
+            "context": recipe.context,
+            "resize": "pad to square with air, window, area-average to size",
+        },  # type: ignore[arg-type]
         classes=CLASSES,
         thresholds=thresholds or dict.fromkeys(CLASSES, 0.5),  # type: ignore[arg-type]
         intended_use=(
@@ -133,6 +161,7 @@ def train_ich(
     train = synthetic_slices(cache, train_seeds, recipe.size)
     val = synthetic_slices(cache, val_seeds, recipe.size)
     log.info("ich: %d training slices, %d validation slices", len(train), len(val))
+    seed_everything(cfg.seed)  # the initial weights follow --seed too, whatever ran before in this process
     model = build_classifier(recipe.arch, 3 * (2 * recipe.context + 1), len(CLASSES), recipe.width)
 
     def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -168,7 +197,7 @@ def train_ich(
             "epochs": cfg.epochs,
             "batch_size": recipe.batch_size,
             "progressive_sizes": list(cfg.sizes),
-            "mixed_precision": "bf16 autocast" if cfg.amp else "off",
+            "mixed_precision": mixed_precision_text(cfg),
             "augmentation": {k: v for k, v in vars(aug).items()},
             "loss": "RSNA-weighted BCE (any x2)",
             "seed": cfg.seed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +37,7 @@ class TrainConfig:
     init_from: Path | None = None
     progress: bool = True
     max_steps_per_epoch: int | None = None
+    resume: bool = False  # continue from checkpoint_dir/last.pt (same epochs and steps per epoch)
 
 
 @dataclass
@@ -58,12 +60,57 @@ def seed_everything(seed: int) -> torch.Generator:
     return g
 
 
-def autocast(device: str, enabled: bool) -> Any:
-    if not enabled:
+def autocast(device: str | torch.device, enabled: bool) -> Any:
+    """Mixed precision for ``device``: fp16 autocast on CUDA, bf16 on the CPU, nothing elsewhere or when disabled."""
+    kind = torch.device(device).type
+    if not enabled or kind not in ("cuda", "cpu"):
         return nullcontext()
-    if device.startswith("cuda"):
+    if kind == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def needs_grad_scaler(device: str | torch.device, amp: bool) -> bool:
+    """fp16 gradients underflow without loss scaling; bf16 (the CPU's autocast) has fp32's range and needs none."""
+    return amp and torch.device(device).type == "cuda"
+
+
+def grad_scaler(device: str | torch.device, amp: bool) -> torch.amp.GradScaler:
+    """A GradScaler that scales for fp16 on CUDA and is a pass-through everywhere else."""
+    return torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, amp))
+
+
+def mixed_precision_text(cfg: TrainConfig) -> str:
+    """The model card's words for ``cfg``'s mixed precision."""
+    if not cfg.amp:
+        return "off"
+    return "fp16 autocast with loss scaling" if torch.device(cfg.device).type == "cuda" else "bf16 autocast"
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (validation puts its batches there)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def train_step(
+    model: nn.Module,
+    batch: Batch,
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    amp: bool,
+) -> torch.Tensor:
+    """One optimiser step on ``batch`` (moved to ``device``); returns the detached loss (still on ``device``)."""
+    batch = tuple(t.to(device, non_blocking=True) for t in batch)
+    with autocast(device, amp):
+        loss = loss_fn(model, batch)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss.float()).backward()
+    scaler.step(opt)  # unscales first; skips the step when fp16 gradients overflowed
+    scaler.update()
+    return loss.detach()
 
 
 def size_for_epoch(sizes: tuple[int, ...], epoch: int, epochs: int) -> int | None:
@@ -74,18 +121,76 @@ def size_for_epoch(sizes: tuple[int, ...], epoch: int, epochs: int) -> int | Non
     return sizes[phase]
 
 
-def load_init(model: nn.Module, path: Path) -> None:
-    """Initialise from another checkpoint (transfer learning): copy every tensor whose name and shape match."""
+@dataclass(frozen=True)
+class InitReport:
+    """What :func:`load_init` did: tensor names copied, skipped for a shape mismatch, absent from the checkpoint."""
+
+    copied: tuple[str, ...]
+    shape_mismatch: tuple[str, ...]
+    missing: tuple[str, ...]
+
+
+def load_init(model: nn.Module, path: Path) -> InitReport:
+    """Initialise from another checkpoint (transfer learning): copy every tensor whose name and shape match.
+
+    ``path``: safetensors, a torch state dict, or a training checkpoint (``{"model": state dict, ...}``). Tensors of
+    the model that the checkpoint lacks or has in another shape keep their current values and are logged. A checkpoint
+    that shares no tensor with the model is an error (it is almost certainly the wrong file).
+    """
     from safetensors.torch import load_file
 
     state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu")
     if "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     own = model.state_dict()
-    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    own.update(matched)
+    copied = tuple(k for k, v in state.items() if k in own and own[k].shape == v.shape)
+    mismatch = tuple(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    missing = tuple(k for k in own if k not in state)
+    if not copied:
+        raise ValueError(f"init-from {path}: no tensor matches the model's names and shapes (wrong checkpoint?)")
+    own.update({k: state[k] for k in copied})
     model.load_state_dict(own)
-    log.info("initialised %d of %d tensors from %s", len(matched), len(own), path)
+    log.info("initialised %d of %d tensors from %s", len(copied), len(own), path)
+    if mismatch:
+        log.warning("init-from %s: %d tensors skipped for their shape: %s", path, len(mismatch), ", ".join(mismatch))
+    if missing:
+        log.info(
+            "init-from %s: %d tensors not in the checkpoint keep their init: %s", path, len(missing), ", ".join(missing)
+        )
+    return InitReport(copied, mismatch, missing)
+
+
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, total_steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.OneCycleLR | None]:
+    """AdamW (decoupled weight decay ``cfg.weight_decay``) over the trainable parameters, and the one-cycle schedule
+    peaking at ``cfg.lr`` a quarter of the way through ``total_steps`` (None with ``one_cycle`` off: constant LR)."""
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen blocks (transfer learning) stay out
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = max(total_steps, 1)
+    # OneCycleLR divides by (pct_start * total_steps - 1): a run of exactly 4 steps would divide by zero.
+    pct_start = 0.5 if total == 4 else 0.25
+    sched = (
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct_start)
+        if cfg.one_cycle
+        else None
+    )
+    return opt, sched
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` to a temporary name, fsync, rename: a crash never leaves a half-written ``last.pt``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def checkpoint_path(cfg: TrainConfig) -> Path | None:
+    return None if cfg.checkpoint_dir is None else cfg.checkpoint_dir / "last.pt"
 
 
 def fit(
@@ -100,7 +205,10 @@ def fit(
 ) -> tuple[History, dict[str, torch.Tensor]]:
     """Train ``model``; returns the history and the best state dict (by ``monitor`` on validation, else the last).
 
-    ``batches(epoch, size, generator)`` yields the epoch's batches, already augmented and resized to ``size``.
+    ``batches(epoch, size, generator)`` yields the epoch's batches (CPU tensors), already augmented and resized to
+    ``size``; each is moved to ``cfg.device``. ``validate(model)`` finds the model on that device and must put its own
+    batches there. With ``cfg.checkpoint_dir``, ``last.pt`` is written after every epoch (model, optimiser, schedule,
+    loss scaler, random state, history, best weights); ``cfg.resume`` continues from it exactly where it stopped.
     """
     from tqdm import tqdm
 
@@ -109,38 +217,61 @@ def fit(
     torch.set_flush_denormal(True)
     g = seed_everything(cfg.seed)
     device = torch.device(cfg.device)
-    if cfg.init_from is not None:
+    ckpt = checkpoint_path(cfg)
+    if cfg.resume and ckpt is None:
+        raise ValueError("resume needs a checkpoint_dir")
+    if cfg.init_from is not None and not cfg.resume:
         load_init(model, cfg.init_from)
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = steps_per_epoch if cfg.max_steps_per_epoch is None else min(steps_per_epoch, cfg.max_steps_per_epoch)
-    sched = (
-        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.epochs * steps, 1), pct_start=0.25)
-        if cfg.one_cycle
-        else None
-    )
+    total_steps = cfg.epochs * steps
+    opt, sched = make_optimizer(model, cfg, total_steps)
+    scaler = grad_scaler(device, cfg.amp)
     hist = History()
     best: dict[str, torch.Tensor] | None = None
     best_score: float | None = None
-    t0 = time.monotonic()
-    for epoch in range(cfg.epochs):
+    first_epoch = 0
+    if cfg.resume:
+        assert ckpt is not None
+        if not ckpt.exists():
+            raise FileNotFoundError(f"resume: no checkpoint at {ckpt}")
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state.get("total_steps") != total_steps:
+            raise ValueError(
+                f"resume: {ckpt} was written for {state.get('total_steps')} steps in all, this run has {total_steps} "
+                "(epochs x steps per epoch must match to continue the schedule)"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        g.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        hist = History(**state["history"])
+        best, best_score = state["best"], state["best_score"]
+        first_epoch = int(state["epoch"]) + 1
+        log.info("resumed from %s after epoch %d", ckpt, first_epoch)
+    t0 = time.monotonic() - hist.seconds
+    for epoch in range(first_epoch, cfg.epochs):
         model.train()
         size = size_for_epoch(cfg.sizes, epoch, cfg.epochs)
         running, count = 0.0, 0
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}" + (f" @{size}" if size else ""),
-                   disable=not cfg.progress, leave=False)
+        bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}" + (f" @{size}" if size else ""),
+            disable=not cfg.progress,
+            leave=False,
+        )
         for i, batch in enumerate(batches(epoch, size, g)):
             if i >= steps:
                 break
-            batch = tuple(t.to(device) for t in batch)
-            with autocast(cfg.device, cfg.amp):
-                loss = loss_fn(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.float().backward()
-            opt.step()
+            loss = train_step(model, batch, loss_fn, opt, scaler, device, cfg.amp)
             if sched is not None:
                 sched.step()
-            running += float(loss.detach())
+            running += float(loss)
             count += 1
             bar.update(1)
             bar.set_postfix(loss=f"{running / count:.4f}")
@@ -158,10 +289,26 @@ def fit(
         if score is None or best_score is None or (score < best_score if lower_is_better else score > best_score):
             best_score = score
             best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        if cfg.checkpoint_dir is not None:
-            cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model.state_dict(), "epoch": epoch, "history": hist.to_json()},
-                       cfg.checkpoint_dir / "last.pt")
+        hist.seconds = time.monotonic() - t0
+        if ckpt is not None:
+            save_checkpoint(
+                ckpt,
+                {
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict() if sched is not None else None,
+                    "scaler": scaler.state_dict(),
+                    "generator": g.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                    "epoch": epoch,
+                    "total_steps": total_steps,
+                    "history": hist.to_json(),
+                    "best": best,
+                    "best_score": best_score,
+                },
+            )
     hist.seconds = time.monotonic() - t0
-    assert best is not None
+    if best is None:
+        raise ValueError(f"nothing trained: epochs={cfg.epochs}, steps per epoch={steps}")
     return hist, best

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
-from triage_node.training.loop import Batch, autocast, seed_everything
+from triage_node.training.loop import Batch, grad_scaler, seed_everything, train_step
 
 
 def lr_find(
@@ -25,9 +26,12 @@ def lr_find(
     device: str = "cpu",
 ) -> tuple[list[float], list[float], float]:
     """Returns (lrs, smoothed losses, suggestion). The suggestion is the LR of steepest descent of the smoothed loss,
-    divided by 3 (a conservative pick below the minimum). The model is not modified (a copy is trained)."""
-    m = copy.deepcopy(model).to(device).train()
+    divided by 3 (a conservative pick below the minimum). The model is not modified (a copy is trained).
+    Batches go to ``device``; fp16 autocast on CUDA comes with loss scaling, as in :func:`fit`."""
+    dev = torch.device(device)
+    m = copy.deepcopy(model).to(dev).train()
     opt = torch.optim.AdamW(m.parameters(), lr=start_lr, weight_decay=weight_decay)
+    scaler = grad_scaler(dev, amp)
     gamma = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
     lrs: list[float] = []
     losses: list[float] = []
@@ -38,13 +42,8 @@ def lr_find(
         lr = start_lr * gamma**i
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = tuple(t.to(device) for t in batch)
-        with autocast(device, amp):
-            loss = loss_fn(m, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.float().backward()
-        opt.step()
-        avg = 0.9 * avg + 0.1 * float(loss.detach())
+        loss = train_step(m, batch, loss_fn, opt, scaler, dev, amp)
+        avg = 0.9 * avg + 0.1 * float(loss)
         smooth = avg / (1 - 0.9 ** (i + 1))
         lrs.append(lr)
         losses.append(smooth)
@@ -53,10 +52,20 @@ def lr_find(
             break
     if len(losses) < 3:
         return lrs, losses, start_lr
-    grads = [(losses[i + 1] - losses[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1]))
-             for i in range(1, len(losses) - 1)]
+    grads = [
+        (losses[i + 1] - losses[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1]))
+        for i in range(1, len(losses) - 1)
+    ]
     i_min = min(range(len(grads)), key=grads.__getitem__) + 1
     return lrs, losses, lrs[i_min] / 3
+
+
+def _endless(
+    batches: Callable[[int, int | None, torch.Generator], Iterable[Batch]], g: torch.Generator
+) -> Iterator[Batch]:
+    """Epoch after epoch of ``batches``: the range test may want more steps than one pass over small data gives."""
+    for epoch in itertools.count():
+        yield from batches(epoch, None, g)
 
 
 def lr_find_cli(a: argparse.Namespace) -> int:
@@ -76,9 +85,10 @@ def lr_find_cli(a: argparse.Namespace) -> int:
 
         data = synthetic_slices(a.cache, seeds, a.size)
         model = build_classifier(a.arch, 3, len(CLASSES), a.width)
-        gen = batches(data, a.batch_size, AugmentConfig(), 0)(0, None, g)
-        lrs, losses, sugg = lr_find(model, gen, lambda m, b: weighted_bce(m(b[0]), b[1]), a.steps, a.start_lr,
-                                    a.end_lr, device=a.device)
+        gen = _endless(batches(data, a.batch_size, AugmentConfig(), 0), g)
+        lrs, losses, sugg = lr_find(
+            model, gen, lambda m, b: weighted_bce(m(b[0]), b[1]), a.steps, a.start_lr, a.end_lr, device=a.device
+        )
     else:
         from triage_node.inference.nets import build_segmenter
         from triage_node.training.seg_train import SEG_AUGMENT, SegRecipe, crop_batches, seg_loss, synthetic_crops
@@ -86,7 +96,7 @@ def lr_find_cli(a: argparse.Namespace) -> int:
         recipe = SegRecipe(base=a.base, batch_size=a.batch_size)
         data_s = synthetic_crops(a.cache, seeds, recipe, a.seed)
         model = build_segmenter(3, a.base)
-        gen = crop_batches(data_s, a.batch_size, SEG_AUGMENT)(0, None, g)
+        gen = _endless(crop_batches(data_s, a.batch_size, SEG_AUGMENT), g)
 
         def loss_fn(m: nn.Module, b: Batch) -> torch.Tensor:
             seg, cls = m(b[0])

@@ -51,6 +51,10 @@ def cmd_train_mr(a: argparse.Namespace) -> int:
         max_steps_per_epoch=a.max_steps_per_epoch,
         init_from=a.init_from,
     )
+    if a.nifti_dir is not None and (a.train_seeds or a.val_seeds or a.n_train_negative):
+        raise SystemExit(
+            "--nifti-dir trains on that folder's subjects: drop --train-seeds / --val-seeds / --n-train-negative"
+        )
     if a.model == "cmb":
         from triage_node.training.mr_cmb import CmbRecipe, parse_seeds, train_cmb
 
@@ -66,7 +70,14 @@ def cmd_train_mr(a: argparse.Namespace) -> int:
             train_seeds=parse_seeds(a.train_seeds),
             val_seeds=parse_seeds(a.val_seeds),
         )
-        res = train_cmb(_cache(a), a.out, recipe, cfg, a.version, workers=a.workers, progress=not a.no_progress)
+        valdo = None
+        if a.nifti_dir is not None:
+            from triage_node.training.nifti_mr import valdo_split
+
+            valdo = valdo_split(a.nifti_dir, a.val_fraction)
+        res = train_cmb(
+            _cache(a), a.out, recipe, cfg, a.version, workers=a.workers, progress=not a.no_progress, cases=valdo
+        )
         print(json.dumps(res["operating_point"], indent=1))
     else:
         from triage_node.training.mr_infarct import InfarctRecipe, train_infarct
@@ -79,7 +90,14 @@ def cmd_train_mr(a: argparse.Namespace) -> int:
             base=a.base,
             steps_per_epoch=a.steps_per_epoch,
         )
-        train_infarct(_cache(a), a.out, recipe_i, cfg, a.version, workers=a.workers, progress=not a.no_progress)
+        isles = None
+        if a.nifti_dir is not None:
+            from triage_node.training.nifti_mr import isles_split
+
+            isles = isles_split(a.nifti_dir, a.val_fraction)
+        train_infarct(
+            _cache(a), a.out, recipe_i, cfg, a.version, workers=a.workers, progress=not a.no_progress, cases=isles
+        )
     print(f"wrote {a.out}")
     return 0
 
@@ -135,7 +153,7 @@ def cmd_tune_mr(a: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``train-mr`` and ``evaluate-mr`` to the main CLI; each sets ``func``."""
-    p = subparsers.add_parser("train-mr", help="train an MR model (cmb | infarct) on synthetic MR")
+    p = subparsers.add_parser("train-mr", help="train an MR model (cmb | infarct) on synthetic MR or NIfTI folders")
     _common(p)
     p.add_argument("--out", type=Path, required=True, help="model directory to write (weights, model.yaml, plots)")
     p.add_argument("--n-train", type=int, default=120, help="synthetic training cases (seeds 0..n-1)")
@@ -168,6 +186,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--train-seeds", default="", help="cmb: explicit training seeds, e.g. 0-45 (default: --n-train)")
     p.add_argument("--val-seeds", default="", help="cmb: explicit validation seeds, e.g. 46-61,100000-100004")
+    p.add_argument(
+        "--nifti-dir",
+        type=Path,
+        default=None,
+        help="train on real NIfTI data instead of synthetic cases: an ISLES'22 folder (infarct: rawdata/ + "
+        "derivatives/) or a VALDO folder (cmb: sub-*/..._T2S.nii.gz + ..._CMB.nii.gz); see docs/models_mr.md",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="with --nifti-dir: share of subjects held out for validation (spread over the sorted subject ids)",
+    )
     p.set_defaults(func=cmd_train_mr)
 
     p = subparsers.add_parser("evaluate-mr", help="evaluate an MR model on held-out synthetic cases; JSON + PNG")

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,7 +36,10 @@ from triage_node.inference.cmb import (
     extract_patches,
     find_candidates,
 )
-from triage_node.training.loop import TrainConfig, fit
+from triage_node.training.loop import TrainConfig, fit, mixed_precision_text, model_device
+
+if TYPE_CHECKING:
+    from triage_node.training.nifti_mr import SubjectSplit, ValdoCase
 
 log = logging.getLogger(__name__)
 
@@ -61,27 +64,44 @@ def case_record(seed: int, cfg: CandidateConfig) -> dict[str, np.ndarray]:
     from triage_node.synth.mr import make_swi_case
 
     case = make_swi_case(seed)
-    cands = find_candidates(case.volume, case.spacing, cfg)
-    sp = np.asarray(case.spacing)
+    return record_from_arrays(case.volume, case.spacing, case.centres, case.radii, case.source, cfg)
+
+
+def record_from_arrays(
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    centres: np.ndarray,
+    radii: np.ndarray,
+    source: str,
+    cfg: CandidateConfig,
+) -> dict[str, np.ndarray]:
+    """Candidate patches, labels and ground truth of one SWI / T2* volume (synthetic or read from a VALDO folder).
+
+    ``volume`` float (z, y, x); ``centres`` (N, 3) voxel (z, y, x) of the true bleeds; ``radii`` (N,) mm.
+    """
+    cands = find_candidates(volume, spacing, cfg)
+    centres = np.asarray(centres, np.float64).reshape(-1, 3)
+    radii = np.asarray(radii, np.float32)
+    sp = np.asarray(spacing)
     labels = np.zeros(len(cands.centres), dtype=np.int8)
-    nearest = np.full(len(case.centres), np.inf)
-    for k, (c, r) in enumerate(zip(case.centres, case.radii, strict=True)):
+    nearest = np.full(len(centres), np.inf)
+    for k, (c, r) in enumerate(zip(centres, radii, strict=True)):
         if len(cands.centres):
             d = np.linalg.norm((cands.centres - c) * sp, axis=1)
             labels[d <= match_radius_mm(r)] = 1
             nearest[k] = d.min()
-    patches = extract_patches(case.volume, case.spacing, cands.centres, cands.scale, cfg)
-    missed = [k for k in range(len(case.centres)) if nearest[k] > match_radius_mm(case.radii[k])]
-    extra = extract_patches(case.volume, case.spacing, case.centres[missed], cands.scale, cfg)
+    patches = extract_patches(volume, spacing, cands.centres, cands.scale, cfg)
+    missed = [k for k in range(len(centres)) if nearest[k] > match_radius_mm(radii[k])]
+    extra = extract_patches(volume, spacing, centres[missed], cands.scale, cfg)
     return {
         "patches": patches.astype(np.float16),
         "labels": labels,
         "centres": cands.centres.astype(np.float32),
         "extra_pos": extra.astype(np.float16),
-        "truth": case.centres.astype(np.float32),
-        "radii": case.radii.astype(np.float32),
-        "spacing": np.asarray(case.spacing, np.float32),
-        "source": np.asarray(case.source),
+        "truth": centres.astype(np.float32),
+        "radii": radii,
+        "spacing": np.asarray(spacing, np.float32),
+        "source": np.asarray(source),
     }
 
 
@@ -295,12 +315,50 @@ def _ranges(seeds: Sequence[int]) -> str:
     return ",".join(parts)
 
 
+def _stay_in_eval(module: torch.nn.Module, args: Any) -> None:
+    module.eval()
+
+
 def freeze(net: CmbNet, n_blocks: int) -> None:
     """Transfer-learning variant: keep the first ``n_blocks`` conv blocks fixed (batch-norm statistics too)."""
     for b in list(net.blocks)[:n_blocks]:
         for p in b.parameters():
             p.requires_grad_(False)
         b.eval()
+        # fit() switches the whole net to train mode every epoch; this puts the frozen blocks back before each forward,
+        # so their batch norm keeps normalising with (and never updates) the transferred statistics.
+        b.register_forward_pre_hook(_stay_in_eval)
+
+
+def cmb_net_for(recipe: CmbRecipe, seed: int) -> CmbNet:
+    """The network to train: initial weights from ``seed``, then the matching tensors of ``recipe.transfer_from``,
+    then the first ``recipe.freeze_blocks`` blocks frozen."""
+    from triage_node.training.loop import load_init, seed_everything
+
+    seed_everything(seed)
+    net = build_cmb_net(widths=recipe.widths)
+    if recipe.transfer_from is not None:
+        load_init(net, recipe.transfer_from)
+    if recipe.freeze_blocks:
+        freeze(net, recipe.freeze_blocks)
+    return net
+
+
+class TrainingDetector(CmbDetector):
+    """The detector as training validates with it: patches go to the network's device (the one :func:`fit` trains
+    on), probabilities come back to the CPU. The analyzer's :class:`CmbDetector` runs on the CPU only."""
+
+    def score(self, patches: np.ndarray) -> np.ndarray:
+        if not isinstance(self.net, torch.nn.Module):
+            return super().score(patches)
+        dev = model_device(self.net)
+        self.net.eval()
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(patches), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(patches[i : i + self.batch_size])).to(dev)
+                out.append(torch.sigmoid(self.net(x).float()).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 def train_cmb(
@@ -311,35 +369,48 @@ def train_cmb(
     version: str = "1.0.0",
     workers: int = 1,
     progress: bool = True,
+    cases: SubjectSplit[ValdoCase] | None = None,
 ) -> dict[str, Any]:
-    """Generate (if missing) and load the cached cases, train, pick the operating point on validation, write ``out``."""
+    """Generate (if missing) and load the cached cases, train, pick the operating point on validation, write ``out``.
+
+    ``cases``: train and validate on these real subjects (a VALDO folder, :func:`nifti_mr.valdo_split`) instead of
+    synthetic seeds."""
     from triage_node.training.mr_cards import write_cmb_dir
 
     ccfg = CandidateConfig()
-    tr = list(recipe.train_seeds) or split_seeds("train", recipe.n_train)
-    va = list(recipe.val_seeds) or split_seeds("val", recipe.n_val)
-    if set(tr) & set(va):
-        raise ValueError(f"training and validation seeds overlap: {sorted(set(tr) & set(va))[:5]}")
-    generate(cache, tr + va, ccfg, workers=workers, progress=progress)
-    train_recs, val_recs = load_records(cache, tr), load_records(cache, va)
+    if cases is None:
+        tr = list(recipe.train_seeds) or split_seeds("train", recipe.n_train)
+        va = list(recipe.val_seeds) or split_seeds("val", recipe.n_val)
+        if set(tr) & set(va):
+            raise ValueError(f"training and validation seeds overlap: {sorted(set(tr) & set(va))[:5]}")
+        generate(cache, tr + va, ccfg, workers=workers, progress=progress)
+        train_recs, val_recs = load_records(cache, tr), load_records(cache, va)
+        data_desc = (
+            f"synthetic SWI: {len(tr)} cases (seeds {tr[0]}-{tr[-1]}), ~70% from MNI152 tissue maps, ~30% from "
+            "the invesalius head CT; 0-8 microbleeds each (2-10 mm, blooming), veins as distractors"
+        )
+        val_desc = f"{len(va)} cases (seeds {_ranges(va)}), used to pick the operating threshold"
+    else:
+        train_recs = [
+            record_from_arrays(c.volume, c.spacing, c.centres, c.radii, c.source, ccfg) for c in cases.cases("train")
+        ]
+        val_recs = [
+            record_from_arrays(c.volume, c.spacing, c.centres, c.radii, c.source, ccfg) for c in cases.cases("val")
+        ]
+        data_desc = f"{cases.describe('train')}: {cases.content}"
+        val_desc = f"{cases.describe('val')}, used to pick the operating threshold"
     data = patch_set(train_recs)
     log.info("cmb: %d training patches (%d positive)", len(data), int(data.y.sum()))
-    net = build_cmb_net(widths=recipe.widths)
-    if recipe.transfer_from is not None:
-        from triage_node.training.loop import load_init
-
-        load_init(net, recipe.transfer_from)
+    net = cmb_net_for(recipe, cfg.seed)
     cfg_fit = cfg if recipe.transfer_from is None else TrainConfig(**{**cfg.__dict__, "init_from": None})
-    if recipe.freeze_blocks:
-        freeze(net, recipe.freeze_blocks)
-    pos_w = torch.tensor(1.0)
+    pos_w = torch.tensor(1.0, device=cfg.device)
 
     def loss_fn(m: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         x, y = batch
         return F.binary_cross_entropy_with_logits(m(x).float(), y, pos_weight=pos_w)
 
     val_set = patch_set(val_recs, with_extra=False)
-    detector = CmbDetector(net, ccfg)
+    detector = TrainingDetector(net, ccfg)
 
     def validate(m: torch.nn.Module) -> dict[str, float]:
         p = detector.score(val_set.x.float().numpy())
@@ -368,13 +439,10 @@ def train_cmb(
     val_curve = froc(detector, val_recs, grid)
     op = pick_threshold(val_curve["curve"], recipe.max_fp_per_subject)
     training = {
-        "data": (
-            f"synthetic SWI: {len(tr)} cases (seeds {tr[0]}-{tr[-1]}), ~70% from MNI152 tissue maps, ~30% from "
-            "the invesalius head CT; 0-8 microbleeds each (2-10 mm, blooming), veins as distractors"
-        ),
+        "data": data_desc,
         "patches": len(data),
         "positive_patches": int(data.y.sum()),
-        "validation": f"{len(va)} cases (seeds {_ranges(va)}), used to pick the operating threshold",
+        "validation": val_desc,
         "recipe": {
             "optimizer": f"AdamW lr {cfg.lr} weight_decay {cfg.weight_decay}",
             "schedule": "one-cycle" if cfg.one_cycle else "constant",
@@ -383,7 +451,7 @@ def train_cmb(
             "batch_size": recipe.batch_size,
             "positive_fraction": recipe.pos_fraction,
             "augmentation": "flips (x, y, slice order), rotation +-180 deg, gain +-10%" if recipe.augment else "off",
-            "mixed_precision": "bf16 autocast" if cfg.amp else "off",
+            "mixed_precision": mixed_precision_text(cfg),
             "transfer_from": str(recipe.transfer_from) if recipe.transfer_from else None,
             "freeze_blocks": recipe.freeze_blocks,
             "seed": cfg.seed,
@@ -406,6 +474,10 @@ def train_cmb(
         version,
         {"validation_operating_point": op},
     )
+    if cases is not None:
+        from triage_node.training.nifti import declare_real_data
+
+        declare_real_data(out, f"the {cases.dataset} NIfTI folder {cases.root}")
     return {"operating_point": op, "history": hist.to_json()}
 
 

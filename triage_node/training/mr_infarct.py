@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from triage_node.inference.atlas import Region
+
+if TYPE_CHECKING:
+    from triage_node.training.nifti_mr import IslesCase, SubjectSplit
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +153,14 @@ def train_infarct(
     version: str = "1.0.0",
     workers: int = 1,
     progress: bool = True,
+    cases: SubjectSplit[IslesCase] | None = None,
 ) -> dict[str, Any]:
-    """Train the crop-grid segmenter on synthetic DWI crops with the shared loop and write ``out`` (card + weights)."""
+    """Train the crop-grid segmenter on synthetic DWI crops with the shared loop and write ``out`` (card + weights).
+
+    ``cases``: train and validate on these real subjects (an ISLES'22 folder, :func:`nifti_mr.isles_split`) instead
+    of synthetic seeds."""
     from triage_node.inference.nets import build_segmenter
-    from triage_node.training.loop import fit
+    from triage_node.training.loop import fit, mixed_precision_text, seed_everything
     from triage_node.training.mr_cards import write_infarct_dir
     from triage_node.training.plots import history_plot
     from triage_node.training.seg_train import (
@@ -165,9 +172,6 @@ def train_infarct(
         seg_loss,
     )
 
-    tr, va = split_seeds("train", recipe.n_train), split_seeds("val", recipe.n_val)
-    tr_neg = split_seeds("train_negative", recipe.n_train_negative)
-    generate(cache, tr + tr_neg + va, workers=workers, progress=progress)
     seg_recipe = SegRecipe(
         base=recipe.base,
         size=recipe.size,
@@ -180,9 +184,30 @@ def train_infarct(
         neg_per_pos=recipe.neg_per_pos,
     )
     rng = np.random.default_rng(cfg.seed)
-    train = crops_from_volumes(((r.dwi, r.mask) for r in load_records(cache, tr + tr_neg)), seg_recipe, rng)
-    val = crops_from_volumes(((r.dwi, r.mask) for r in load_records(cache, va)), seg_recipe, rng)
+    if cases is None:
+        tr, va = split_seeds("train", recipe.n_train), split_seeds("val", recipe.n_val)
+        tr_neg = split_seeds("train_negative", recipe.n_train_negative)
+        generate(cache, tr + tr_neg + va, workers=workers, progress=progress)
+        train = crops_from_volumes(((r.dwi, r.mask) for r in load_records(cache, tr + tr_neg)), seg_recipe, rng)
+        val = crops_from_volumes(((r.dwi, r.mask) for r in load_records(cache, va)), seg_recipe, rng)
+        negatives = (
+            f"; {len(tr_neg)} cases without infarct (seeds {tr_neg[0]}-{tr_neg[-1]}), 8 random tissue crops each"
+            if tr_neg
+            else ""
+        )
+        data_desc = (
+            f"synthetic DWI b=1000 from MNI152 tissue maps: {len(tr)} cases (seeds {tr[0]}-{tr[-1]}), one infarct "
+            "each in a random region and side of the atlas, random pose, size, deformation, slice spacing 3-5 mm"
+            + negatives
+        )
+        val_desc = f"{len(va)} cases (seeds {va[0]}-{va[-1]})"
+    else:
+        train = crops_from_volumes(((c.dwi, c.mask) for c in cases.cases("train")), seg_recipe, rng)
+        val = crops_from_volumes(((c.dwi, c.mask) for c in cases.cases("val")), seg_recipe, rng)
+        data_desc = f"{cases.describe('train')}: {cases.content}"
+        val_desc = cases.describe("val")
     log.info("infarct: %d training crops, %d validation crops", len(train), len(val))
+    seed_everything(cfg.seed)  # the initial weights follow the seed too, whatever ran before in this process
     model = build_segmenter(1, recipe.base)
 
     def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -195,25 +220,16 @@ def train_infarct(
     hist, best = fit(
         model, crop_batches(train, recipe.batch_size, SEG_AUGMENT), steps, loss_fn, make_validate(val, seg_recipe), cfg
     )
-    negatives = (
-        f"; {len(tr_neg)} cases without infarct (seeds {tr_neg[0]}-{tr_neg[-1]}), 8 random tissue crops each"
-        if tr_neg
-        else ""
-    )
     training = {
-        "data": (
-            f"synthetic DWI b=1000 from MNI152 tissue maps: {len(tr)} cases (seeds {tr[0]}-{tr[-1]}), one infarct "
-            "each in a random region and side of the atlas, random pose, size, deformation, slice spacing 3-5 mm"
-            + negatives
-        ),
+        "data": data_desc,
         "crops": len(train),
-        "validation": f"{len(va)} cases (seeds {va[0]}-{va[-1]})",
+        "validation": val_desc,
         "recipe": {
             "optimizer": f"AdamW lr {cfg.lr} weight_decay {cfg.weight_decay}",
             "schedule": "one-cycle" if cfg.one_cycle else "constant",
             "epochs": cfg.epochs,
             "batch_size": recipe.batch_size,
-            "mixed_precision": "bf16 autocast" if cfg.amp else "off",
+            "mixed_precision": mixed_precision_text(cfg),
             "augmentation": (
                 "horizontal/vertical flips, zoom +-8%, contrast +-5% (flips are safe: the segmenter has "
                 "no laterality label; side comes from the registered atlas)"
@@ -230,6 +246,10 @@ def train_infarct(
     (out / "history.json").write_text(json.dumps(hist.to_json(), indent=1))
     history_plot(out / "train_history.png", hist.to_json())
     write_infarct_dir(out, best, recipe, training, version)
+    if cases is not None:
+        from triage_node.training.nifti import declare_real_data
+
+        declare_real_data(out, f"the {cases.dataset} NIfTI folder {cases.root}")
     return {"history": hist.to_json()}
 
 
