@@ -8,15 +8,16 @@ derived from the weights hash, so it changes exactly when the model is retrained
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import yaml
-from pydicom.uid import generate_uid
 
 MANUFACTURER = "triage-node project"
+WEIGHTS_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/triage-node/triage-node/model-weights")
 NOT_FOR_CLINICAL_USE = (
     "Trained on synthetic lesions only. Not validated on patients. Not for clinical use: research and testing of the "
     "triage pipeline only."
@@ -36,8 +37,9 @@ def sha256_file(path: Path) -> str:
 
 
 def device_uid_for(sha256: str) -> str:
-    """A DICOM UID (2.25 root) determined by the weights hash."""
-    return str(generate_uid(prefix=None, entropy_srcs=[sha256]))
+    """The DICOM UID (2.25 root, PS3.5 B.2) of the name-based UUID (RFC 9562 version 5) of the weights hash: the same
+    weights always give the same Device UID, and new weights a new one."""
+    return f"2.25.{uuid.uuid5(WEIGHTS_NAMESPACE, sha256.lower()).int}"
 
 
 def _frozen(d: Any) -> Any:
@@ -102,6 +104,12 @@ class ModelCard:
         sha = str(raw["sha256"])
         if len(sha) != 64:
             raise CardError(f"model card {path}: sha256 must be 64 hex digits, got {sha!r}")
+        device_uid = device_uid_for(sha)
+        if raw.get("device_uid") not in (None, device_uid):
+            raise CardError(
+                f"model card {path}: device_uid {raw['device_uid']} is not the one derived from its sha256 "
+                f"({device_uid}); the Device UID identifies the weights, so it must change exactly when they do"
+            )
         thresholds = {str(k): float(v) for k, v in dict(raw["thresholds"]).items()}
         for k, v in thresholds.items():
             if not 0.0 <= v <= 1.0:
@@ -112,7 +120,7 @@ class ModelCard:
             analyzer=str(raw["analyzer"]),
             weights=str(raw["weights"]),
             sha256=sha,
-            device_uid=str(raw.get("device_uid") or device_uid_for(sha)),
+            device_uid=device_uid,
             architecture=_frozen(dict(raw["architecture"])),
             input=_frozen(dict(raw["input"])),
             classes=tuple(str(c) for c in raw["classes"]),

@@ -37,11 +37,16 @@ def reassemble_grid(crops: np.ndarray, n: int = 4) -> np.ndarray:
 
 
 def keep_components(
-    mask: np.ndarray, spacing: tuple[float, float, float], min_area_mm2: float, max_components: int = 1
+    mask: np.ndarray,
+    spacing: tuple[float, float, float],
+    min_area_mm2: float,
+    max_components: int = 1,
+    min_extent_mm: float = 0.0,
 ) -> np.ndarray:
     """Keep the ``max_components`` largest 3-D connected components of ``mask`` (bool (z, y, x)), then drop any kept
     component whose largest in-plane cross-section is under ``min_area_mm2`` (the source study's minimum size, made
-    independent of resolution). ``max_components=0`` keeps all. Returns bool (z, y, x)."""
+    independent of resolution) or whose through-plane extent (slices it spans x slice spacing) is under
+    ``min_extent_mm``. ``max_components=0`` keeps all. Returns bool (z, y, x)."""
     lab, n = ndimage.label(mask)
     if n == 0:
         return np.zeros_like(mask, dtype=bool)
@@ -54,7 +59,7 @@ def keep_components(
     px_mm2 = spacing[1] * spacing[2]
     keep = []
     for label_id in order:
-        comp = lab == label_id
-        if comp.sum(axis=(1, 2)).max() * px_mm2 >= min_area_mm2:
+        per_slice = (lab == label_id).sum(axis=(1, 2))
+        if per_slice.max() * px_mm2 >= min_area_mm2 and (per_slice > 0).sum() * spacing[0] >= min_extent_mm:
             keep.append(label_id)
     return np.isin(lab, keep)

@@ -4,7 +4,7 @@ Per slice: resample to ``input.size`` (square), cut into a 4 x 4 grid of crops, 
 horizontal flip (TTA, averaged), zero the segmentation of crops whose classifier gate is below ``gate_threshold``,
 reassemble and resample back. Per volume: threshold, keep the largest 3-D connected component (``max_components``)
 and drop it when its largest in-plane cross-section is under ``min_area_mm2`` (the study's 1200 px at its resolution,
-expressed in mm^2 here).
+expressed in mm^2 here) or its through-plane extent under ``min_extent_mm`` (0 when the card has none).
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class CropGridSegmenter:
         self.tta = bool(post.get("flip_tta", True))
         self.min_area_mm2 = float(post.get("min_area_mm2", 0.0))
         self.max_components = int(post.get("max_components", 1))
+        self.min_extent_mm = float(post.get("min_extent_mm", 0.0))
         self.label = str(post.get("finding_label", "hemorrhage"))
         self.gate_threshold = float(card.thresholds.get("gate", 0.5))
         self.seg_threshold = float(card.thresholds.get("segmentation", 0.5))
@@ -127,7 +128,9 @@ class CropGridSegmenter:
     def segment(self, pixels: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, float]:
         """Post-processed mask bool (z, y, x) and the gate probability backing it (max over the crops it touches)."""
         prob, gates = self.probabilities(pixels)
-        mask = keep_components(prob >= self.seg_threshold, spacing, self.min_area_mm2, self.max_components)
+        mask = keep_components(
+            prob >= self.seg_threshold, spacing, self.min_area_mm2, self.max_components, self.min_extent_mm
+        )
         z, h, w = pixels.shape
         if mask.any():
             s = max(h, w)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,37 @@ def precision_arg(p: argparse.ArgumentParser) -> None:
                    help="inference precision (int8: the card's ONNX export, see `triage-node export`)")
 
 
+AUGMENT_CHOICES = ("full", "flips-zoom", "off")  # keys of augment.AUGMENT_PRESETS (not imported: torch is slow)
+SEG_CROP = 64  # SegRecipe().size // SegRecipe().grid: the crop size the CT segmenter trains and runs at
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    """``"96,128"`` -> (96, 128); an argparse type, so a bad value is a usage error naming ``--sizes``."""
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated pixel sizes such as 96,128, got {text!r}") from None
+    if any(s <= 0 for s in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return sizes
+
+
+def _sizes_problem(a: argparse.Namespace) -> str | None:
+    """Why ``--sizes`` cannot work with this model and its final input size (None: it can)."""
+    sizes: tuple[int, ...] = a.sizes
+    if not sizes:
+        return None
+    if a.model == "ich":
+        if sizes[-1] != a.size:
+            return f"--sizes {','.join(map(str, sizes))}: the last size must equal --size {a.size}"
+        return None
+    if any(s % 4 for s in sizes):
+        return f"--sizes {','.join(map(str, sizes))}: ct_segmenter crop sizes must be multiples of 4"
+    if sizes[-1] != SEG_CROP:
+        return f"--sizes {','.join(map(str, sizes))}: the last size must be the ct_segmenter crop size {SEG_CROP}"
+    return None
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--out", type=Path, required=True, help="model directory to write (weights, model.yaml, plots)")
@@ -40,10 +72,24 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-one-cycle", action="store_true", help="constant learning rate instead of one-cycle")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision (bf16 on CPU, fp16 on CUDA)")
-    p.add_argument("--sizes", default="", help="progressive resizing, e.g. 96,128 (ich: last must equal --size)")
+    p.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=(),
+        help="progressive resizing, small first, e.g. 96,128 (ich: slice sizes, the last equal to --size; "
+        "ct_segmenter: crop sizes in multiples of 4, the last equal to the crop size 64)",
+    )
     p.add_argument("--init-from", type=Path, default=None, help="initialise from a checkpoint (transfer learning)")
-    p.add_argument("--no-augment", action="store_true")
+    p.add_argument(
+        "--augment",
+        choices=sorted(AUGMENT_CHOICES),
+        default=None,
+        help="full: flips, rotation +-15 deg, zoom, shift, shear, blur, contrast; flips-zoom: flips, zoom +-8%%, "
+        "contrast (what the segmenter study kept); off. Default: full for ich, flips-zoom for ct_segmenter",
+    )
+    p.add_argument("--no-augment", dest="augment", action="store_const", const="off", help="same as --augment off")
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt (same epochs/steps)")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--no-progress", action="store_true")
     # ich
@@ -55,7 +101,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", type=int, default=16, help="segmenter: base channel count")
     p.add_argument("--rsna-csv", type=Path, default=None, help="ich: RSNA 2019 label CSV (with --dicom-dir)")
     p.add_argument("--dicom-dir", type=Path, default=None, help="ich: folder of RSNA DICOM slices")
-    p.add_argument("--nifti-dir", type=Path, default=None, help="segmenter: folder of *_image.nii.gz/*_mask.nii.gz")
+    p.add_argument(
+        "--nifti-dir",
+        type=Path,
+        default=None,
+        help="segmenter: folder of <id>_image.nii.gz / <id>_mask.nii.gz (reoriented to L,P,S)",
+    )
 
 
 def _train_config(a: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -70,11 +121,12 @@ def _train_config(a: argparse.Namespace):  # type: ignore[no-untyped-def]
         device=a.device,
         seed=a.seed,
         threads=a.threads,
-        sizes=tuple(int(s) for s in a.sizes.split(",") if s),
+        sizes=a.sizes,
         checkpoint_dir=a.out / "checkpoints",
         init_from=a.init_from,
         progress=not a.no_progress,
         max_steps_per_epoch=a.max_steps_per_epoch,
+        resume=a.resume,
     )
 
 
@@ -86,9 +138,13 @@ def _ensure_cache(a: argparse.Namespace, splits: dict[str, int]) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from triage_node.training.augment import AugmentConfig
+    problem = _sizes_problem(a)
+    if problem is not None:
+        print(f"triage-node train: error: {problem}", file=sys.stderr)
+        return 2
+    from triage_node.training.augment import AUGMENT_PRESETS
 
-    aug = AugmentConfig.off() if a.no_augment else AugmentConfig()
+    aug = AUGMENT_PRESETS[a.augment or ("full" if a.model == "ich" else "flips-zoom")]
     cfg = _train_config(a)
     if a.model == "ich":
         from triage_node.training.ich_train import IchRecipe, train_ich
@@ -107,7 +163,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         recipe_s = SegRecipe(base=a.base, batch_size=a.batch_size, n_train=a.n_train, n_val=a.n_val)
         if a.nifti_dir is None:
             _ensure_cache(a, {"train": a.n_train, "val": a.n_val})
-        card = train_segmenter(a.cache, a.out, recipe_s, cfg, a.version, nifti_dir=a.nifti_dir)
+        card = train_segmenter(a.cache, a.out, recipe_s, cfg, a.version, nifti_dir=a.nifti_dir, aug=aug)
+        if a.nifti_dir is not None:
+            from triage_node.inference.card import ModelCard
+            from triage_node.training.nifti import declare_real_data
+
+            declare_real_data(a.out, f"the NIfTI image/mask pairs of {a.nifti_dir}")
+            card = ModelCard.load(a.out / "model.yaml")
     print(f"wrote {card.directory} (sha256 {card.sha256[:12]}, device UID {card.device_uid})")
     return 0
 
@@ -115,38 +177,51 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from triage_node.training.synthdata import split_seeds
 
-    _ensure_cache(a, {"test": a.n_test})
-    seeds = split_seeds("test", a.n_test)
+    _ensure_cache(a, {a.split: a.n_test})
+    seeds = split_seeds(a.split, a.n_test)
+    out = a.out if a.out is not None or a.split == "test" else a.model_dir / "shifted"
     if a.model == "ich":
         from triage_node.training.evaluate import evaluate_ich
 
-        report = evaluate_ich(a.model_dir, a.cache, seeds, a.out, a.precision)
+        report = evaluate_ich(a.model_dir, a.cache, seeds, out, a.precision)
     else:
         from triage_node.training.evaluate import evaluate_segmenter
 
-        report = evaluate_segmenter(a.model_dir, a.cache, seeds, a.out, a.precision)
+        report = evaluate_segmenter(a.model_dir, a.cache, seeds, out, a.precision)
     if a.update_card and a.precision != "int8":  # int8 figures are already in the card's exports.int8.metrics
         from triage_node.training.evaluate import write_metrics_to_card
 
-        write_metrics_to_card(a.model_dir, report)
+        write_metrics_to_card(a.model_dir, report, a.split)
     print(json.dumps(report, indent=1))
     return 0
 
 
 def cmd_tune_postprocess(a: argparse.Namespace) -> int:
-    from triage_node.training.evaluate import tune_segmenter_postprocess, write_postprocess_to_card
+    from triage_node.training.evaluate import PostprocessGrid, tune_segmenter_postprocess, write_postprocess_to_card
     from triage_node.training.synthdata import split_seeds
 
+    if a.model != "ct_segmenter":
+        print("tune-postprocess: only ct_segmenter has a tunable post-processing (ich thresholds come from training)")
+        return 2
     _ensure_cache(a, {"val": a.n_val})
-    tuned = tune_segmenter_postprocess(a.model_dir, a.cache, split_seeds("val", a.n_val), precision=a.precision)
-    for r in tuned["grid"][:10]:
-        print(f"threshold {r['threshold']:.2f}  max_components {r['max_components']}  "
-              f"min_area_mm2 {r['min_area_mm2']:5.1f}  Dice {r['dice_mean']:.4f}")
+    grid = PostprocessGrid(max_fp_rate=a.max_fp_rate, tolerance=a.tolerance)
+    tuned = tune_segmenter_postprocess(a.model_dir, a.cache, split_seeds("val", a.n_val), grid, precision=a.precision)
+    print(
+        f"{tuned['positive_cases']} positive, {tuned['negative_cases']} negative validation cases "
+        f"(seeds {tuned['seeds']}); false-positive budget {tuned['max_fp_rate']}"
+    )
+    for r in [tuned["chosen"], *tuned["grid"][:10]]:
+        print(
+            f"gate {r['gate']:.2f}  threshold {r['threshold']:.2f}  max_components {r['max_components']}  "
+            f"min_area_mm2 {r['min_area_mm2']:5.1f}  min_extent_mm {r['min_extent_mm']:4.1f}  "
+            f"Dice {r['dice_mean']:.4f}  FP rate {r['false_positive_rate_negatives']:.3f}  lesion F1 {r['lesion_f1']}"
+            + ("  <- chosen" if r is tuned["chosen"] else "")
+        )
     if a.out is not None:
         a.out.write_text(json.dumps(tuned, indent=1))
     if a.update_card:
         write_postprocess_to_card(a.model_dir, tuned)
-        print(f"wrote the chosen post-processing into {a.model_dir / 'model.yaml'}")
+        print(f"wrote the chosen post-processing into {a.model_dir / 'model.yaml'} (grid: tune_postprocess.json)")
     return 0
 
 
@@ -180,17 +255,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _common(p)
     p.add_argument("--model-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, default=None, help="where to write eval.json and plots (default: model dir)")
-    p.add_argument("--n-test", type=int, default=80, help="held-out cases (seeds 900000..)")
+    p.add_argument("--n-test", type=int, default=80, help="held-out cases (seeds 900000.., test_shifted 950000..)")
+    p.add_argument(
+        "--split", choices=("test", "test_shifted"), default="test",
+        help="test_shifted: held-out cases made with acquisition and storage settings never used in training "
+        "(plots to MODEL_DIR/shifted unless --out)",
+    )
     p.add_argument("--update-card", action="store_true", help="write the figures into model.yaml's metrics")
     precision_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser(
-        "tune-postprocess", help="choose the segmenter's threshold / components / minimum size on validation cases"
+        "tune-postprocess",
+        help="choose the segmenter's gate / threshold / components / minimum size on validation cases, within a "
+        "false-positive budget on the negative ones",
     )
     _common(p)
     p.add_argument("--model-dir", type=Path, required=True)
-    p.add_argument("--n-val", type=int, default=40, help="validation cases (seeds 500000..)")
+    p.add_argument(
+        "--n-val", type=int, default=80, help="validation cases (seeds 500000..; about a quarter are negative)"
+    )
+    p.add_argument(
+        "--max-fp-rate",
+        type=float,
+        default=0.10,
+        help="largest admissible fraction of negative validation cases with any output",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.005,
+        help="mean Dice that may be given up for fewer false positives and a more restrictive rule",
+    )
     p.add_argument("--out", type=Path, default=None, help="write the whole grid as JSON here")
     p.add_argument("--update-card", action="store_true", help="write the chosen values into model.yaml")
     precision_arg(p)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage
 
@@ -81,11 +83,41 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if u == 0 else float((a & b).sum() / u)
 
 
-def lesion_matches(truth: np.ndarray, pred: np.ndarray) -> tuple[int, int, int]:
-    """Lesion-wise (true positives, false positives, false negatives) over 3-D connected components: a component
-    counts as found / correct when it overlaps any component of the other mask."""
-    lt, nt = ndimage.label(truth)
-    lp, np_ = ndimage.label(pred)
-    found = len(np.setdiff1d(np.unique(lt[pred]), [0]))
-    correct = len(np.setdiff1d(np.unique(lp[truth]), [0]))
-    return found, np_ - correct, nt - found
+def unpack_lesions(bits: np.ndarray) -> list[np.ndarray]:
+    """One bool mask (z, y, x) per set bit of a uint8 bit-packed lesion volume (``CachedCase.lesions``: bit i is the
+    lesion drawn for subtype i); bits never set give no mask."""
+    bits = np.asarray(bits, np.uint8)
+    masks = [(bits >> i) & 1 for i in range(8)]
+    return [m.astype(bool) for m in masks if m.any()]
+
+
+def lesion_matches(truth: Sequence[np.ndarray], pred: np.ndarray) -> tuple[int, int, int]:
+    """Lesion-wise (true positives, false positives, false negatives) of a predicted mask against drawn lesions.
+
+    ``truth``: one bool mask (z, y, x) per drawn lesion, however many pieces it falls into (a subarachnoid lesion is
+    many sulcal bits, still one lesion); empty masks are ignored. ``pred``: the bool mask the model ships; a predicted
+    lesion is one of its 3-D face-connected components. Matching rule (any overlap, as ISLES 2022's lesion-wise F1):
+    a truth lesion is a true positive when at least one voxel of it is predicted, a false negative otherwise; a
+    predicted component that shares no voxel with any truth lesion is a false positive. One prediction touching two
+    lesions therefore gives two true positives; a lesion found by two predicted pieces gives one. Feed the counts to
+    :func:`lesion_scores`.
+    """
+    masks = [np.asarray(m, bool) for m in truth if np.any(m)]
+    pred = np.asarray(pred, bool)
+    tp = sum(bool((m & pred).any()) for m in masks)
+    lab, n_pred = ndimage.label(pred)
+    union = np.zeros(pred.shape, bool)
+    for m in masks:
+        union |= m
+    hit = len(np.setdiff1d(np.unique(lab[union]), [0]))
+    return tp, n_pred - hit, len(masks) - tp
+
+
+def lesion_scores(tp: int, fp: int, fn: int) -> dict[str, float | None]:
+    """Precision TP / (TP + FP), recall TP / (TP + FN) and F1 2TP / (2TP + FP + FN) from :func:`lesion_matches`
+    counts (summed over cases); None where the denominator is 0."""
+
+    def ratio(a: int, b: int) -> float | None:
+        return round(a / b, 4) if b else None
+
+    return {"precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn)}

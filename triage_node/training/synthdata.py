@@ -4,7 +4,9 @@ Generating a case costs one to four seconds of CPU, so training reads cases gene
 GPL data (the invesalius head) and lives outside the repository (default ``~/.cache/triage-node/synth``).
 
 Splits use disjoint seed ranges: training seeds start at 0, validation (early stopping, threshold choice) at 500 000,
-held-out test at 900 000. Nothing generated from test seeds is ever used in training.
+held-out test at 900 000, and a second held-out test at 950 000 whose cases are also made with settings never used in
+training: acquisitions drawn outside every training range and a stored-pixel encoding (unsigned, 12-bit, rescale
+slope 0.5 or 2) drawn per case. Nothing generated from test seeds is ever used in training.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from triage_node.synth.hemorrhage import SUBTYPES
 
 log = logging.getLogger(__name__)
 
-SPLIT_SEED_BASE = {"train": 0, "val": 500_000, "test": 900_000}
+SPLIT_SEED_BASE = {"train": 0, "val": 500_000, "test": 900_000, "test_shifted": 950_000}
 DEFAULT_CACHE = Path(os.environ.get("TRIAGE_NODE_SYNTH_CACHE", Path.home() / ".cache" / "triage-node" / "synth"))
 
 
@@ -53,6 +55,11 @@ def source_for_seed(seed: int, mni_fraction: float = 0.4) -> str:
     return "mni" if (seed * 2654435761 % 1000) / 1000.0 < mni_fraction else "invesalius"
 
 
+def is_shifted(seed: int) -> bool:
+    """Seeds of the ``test_shifted`` split: generated with settings never used in training."""
+    return seed >= SPLIT_SEED_BASE["test_shifted"]
+
+
 def case_path(cache: Path, seed: int) -> Path:
     return cache / f"case_{seed:07d}.npz"
 
@@ -64,7 +71,8 @@ def generate(cache: Path, seeds: Sequence[int], progress: bool = True) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     todo = [s for s in seeds if not case_path(cache, s).exists()]
     for seed in tqdm(todo, desc="synth cases", disable=not progress):
-        write_case(cache, seed, make_ct_case(seed, source=source_for_seed(seed)))
+        shifted = is_shifted(seed)
+        write_case(cache, seed, make_ct_case(seed, source=source_for_seed(seed), vary_storage=shifted, shifted=shifted))
 
 
 def write_case(cache: Path, seed: int, case: CTCase) -> None:

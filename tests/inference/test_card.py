@@ -1,0 +1,39 @@
+"""Model cards: the Device UID is a function of the weights hash, checked on every load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydicom.uid import UID
+
+from triage_node.inference.card import CardError, ModelCard, device_uid_for
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def test_device_uid_is_derived_from_the_weights_hash() -> None:
+    a, b = "a" * 64, "b" * 64
+    assert device_uid_for(a) == device_uid_for(a) == device_uid_for(a.upper())
+    assert device_uid_for(a) != device_uid_for(b)
+    uid = UID(device_uid_for(a))
+    assert uid.startswith("2.25.") and uid.is_valid and len(uid) <= 64
+
+
+def test_card_without_device_uid_gets_the_derived_one_and_a_wrong_one_is_refused(tiny_ich_dir: Path) -> None:
+    path = tiny_ich_dir / "model.yaml"
+    raw = yaml.safe_load(path.read_text())
+    assert raw["device_uid"] == device_uid_for(raw["sha256"])  # training writes the derived UID
+    del raw["device_uid"]
+    path.write_text(yaml.safe_dump(raw))
+    assert ModelCard.load(path).device_uid == device_uid_for(raw["sha256"])
+    path.write_text(yaml.safe_dump(raw | {"device_uid": "2.25.1234"}))
+    with pytest.raises(CardError, match="device_uid 2.25.1234 is not the one derived from its sha256"):
+        ModelCard.load(path)
+
+
+@pytest.mark.parametrize("name", ["ich", "ct_segmenter", "cmb", "infarct"])
+def test_shipped_cards_carry_their_derived_device_uid(name: str) -> None:
+    raw = yaml.safe_load((MODELS / name / "model.yaml").read_text())
+    assert raw["device_uid"] == device_uid_for(raw["sha256"])
