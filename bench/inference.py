@@ -1,7 +1,9 @@
 """Inference: slices/s per model on its production input (256x256 head CT, SWI, DWI), torch threads 1 and 2, through
 the same ``Analyzer`` the daemon loads (card, sha256, weights), whole ``analyze()`` (pre- and post-processing, Grad-CAM,
-atlas location) included. Two paths: eager float32, and eager under bfloat16 autocast (``models.precision: bf16``,
-what ``auto`` picks on a CPU with AMX / AVX512-BF16; skipped on a CPU without native bf16, where it is emulated).
+atlas location) included. Three paths: eager float32; eager under bfloat16 autocast (``models.precision: bf16``,
+what ``auto`` picks on a CPU with AMX / AVX512-BF16; skipped on a CPU without native bf16, where it is emulated); and
+the int8 ONNX Runtime export (``models.precision: int8``; for models whose card has one, see ``triage-node export``).
+Each row also gives the speed-up over eager float32 at the same thread count.
 
     .venv/bin/python bench/inference.py [--slices 40] [--repeats 3]
 """
@@ -64,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     for m in usable:
         volume = volume_for_model(m.name, args.slices)
         n = int(volume.pixels.shape[0])
-        for precision, path in paths.items():
+        model_paths = dict(paths)
+        if "int8" in read_card(ROOT / "models", m.name).exports:
+            model_paths["int8"] = "onnxruntime int8 export"
+        eager: dict[int, float] = {}
+        for precision, path in model_paths.items():
             for threads in (1, 2):
                 card = read_card(ROOT / "models", m.name)
                 analyzer = load_analyzer(card, threads=threads, precision=precision)
@@ -75,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
                     analyzer.analyze(volume)
                     times.append(time.perf_counter() - t0)
                 s = median(times)
+                eager.setdefault(threads, s)  # fp32 runs first
                 rows.append({"model": m.name, "version": m.version, "path": path, "threads": threads,
-                             "slices": n, "seconds_median": round(s, 3), "slices_per_s": round(n / s, 1)})
-                print(f"{m.name:14s} {precision}  {threads} thread(s): {n / s:7.1f} slices/s ({s:.2f} s, {n} slices)",
-                      flush=True)
+                             "slices": n, "seconds_median": round(s, 3), "slices_per_s": round(n / s, 1),
+                             "x_eager_fp32": round(eager[threads] / s, 2)})
+                print(f"{m.name:14s} {precision:5s} {threads} thread(s): {n / s:7.1f} slices/s ({s:.2f} s, {n} slices, "
+                      f"x{eager[threads] / s:.2f} of eager fp32)", flush=True)
     if not args.no_write:
         path = write_result("inference", {
             "models_found": [{"name": m.name, "status": m.status, "detail": m.detail} for m in models],

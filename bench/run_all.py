@@ -88,6 +88,8 @@ def table() -> str:
         for name, c in ttf["cases"].items():
             m = c["median"]
             label = f"CT {c['slices']} slices {c['matrix']}²" if c.get("slices") else name
+            if c.get("precision"):
+                label += f", precision {c['precision']}"
             if c.get("models"):
                 label += f" ({', '.join(c['models'])})"
             model_s = sum(v for k, v in m.items() if k.startswith("model:"))
@@ -100,9 +102,10 @@ def table() -> str:
     inf = _load("inference")
     if inf:
         if inf["rows"]:
-            lines += ["**Inference**:", "", "| model | path | threads | slices/s |", "|---|---|---:|---:|"]
-            lines += [f"| {r['model']} | {r['path']} | {r['threads']} | {_fmt(r['slices_per_s'])} |"
-                      for r in inf["rows"]]
+            lines += ["**Inference** (whole analysis: pre- and post-processing included):", "",
+                      "| model | path | threads | slices/s | x eager fp32 |", "|---|---|---:|---:|---:|"]
+            lines += [f"| {r['model']} | {r['path']} | {r['threads']} | {_fmt(r['slices_per_s'])} | "
+                      f"{_fmt(r.get('x_eager_fp32'))} |" for r in inf["rows"]]
         else:
             lines.append(f"**Inference**: not measured ({inf['note']}).")
         lines.append("")

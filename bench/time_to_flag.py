@@ -76,12 +76,13 @@ def _seconds(a: Any, b: Any) -> float | None:
     return round((tb - ta).total_seconds(), 3)
 
 
-def measure(folders: list[Path], models: list[str], with_orthanc: bool, tag: str, pipeline: str = "ct_head"
-            ) -> dict[str, Any]:
+def measure(folders: list[Path], models: list[str], with_orthanc: bool, tag: str, pipeline: str = "ct_head",
+            precision: str = "auto") -> dict[str, Any]:
     pipelines: dict[str, list[str]] = {"ct_head": [], "mr_swi": [], "mr_dwi": []}
     pipelines[pipeline] = models
     env = {
         "TRIAGE_NODE__MODELS__PIPELINES": json.dumps(pipelines),
+        "TRIAGE_NODE__MODELS__PRECISION": precision,
         "TRIAGE_NODE__MODELS__THREADS": "2",
         "TRIAGE_NODE__SERIES__QUIET_PERIOD_S": "30",  # completion must come from the declared size, not the timer
     }
@@ -167,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     cases: dict[str, Any] = {}
     cases["head_40"] = {"slices": 40, "matrix": 256, **measure(hemorrhage_series(40, 256, args.runs), models,
                                                               with_orthanc, "40")}
+    from triage_node.inference.registry import read_card
+
+    if models and all("int8" in read_card(ROOT / "models", m).exports for m in models):
+        cases["head_40_int8"] = {"slices": 40, "matrix": 256, "precision": "int8",
+                                 **measure(hemorrhage_series(40, 256, args.runs), models, with_orthanc, "40i",
+                                           precision="int8")}
     if not args.skip_thin:
         cases[f"thin_{args.thin_slices}"] = {
             "slices": args.thin_slices, "matrix": args.thin_matrix,

@@ -105,3 +105,14 @@ def test_recorder_keeps_a_bounded_uniform_sample() -> None:
         assert torch.equal(out, torch.full((5, 1), 2.0 * i))  # forwards unchanged
     assert rec.seen == 100 and len(rec.samples) == 10
     assert len({float(s[0]) for s in rec.samples}) > 3  # drawn from across the run, not only the first batches
+
+
+def test_models_listing_reports_the_int8_export(tiny_ich_dir: Path) -> None:
+    from triage_node.inference.registry import list_models
+
+    exported(tiny_ich_dir, lambda an: [an.slice_probabilities(v.pixels) for v in calibration_volumes(1)])
+    (row,) = list_models(tiny_ich_dir.parent)
+    assert row.status == "ok" and "int8 export model.int8.onnx verified" in row.detail
+    (tiny_ich_dir / EXPORT_FILE).write_bytes(b"not onnx")
+    (row,) = list_models(tiny_ich_dir.parent)
+    assert row.status == "ok" and "int8 unusable" in row.detail  # the float model still loads

@@ -1,5 +1,5 @@
 """The RSNA 2019 DICOM side: a tiny RSNA-style folder (label CSV + ``ID_<sop>.dcm`` CT slices written with pydicom)
-read by ``iter_series`` and trained on by ``train_ich_rsna`` for a few steps."""
+read by ``index_series`` / ``load_series`` and trained on by ``train_ich_rsna`` for a few steps."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from triage_node.synth.cases import CLASSES
 from triage_node.training.augment import AugmentConfig
 from triage_node.training.ich_train import IchRecipe
 from triage_node.training.loop import TrainConfig
-from triage_node.training.rsna import iter_series, split_series, train_ich_rsna
+from triage_node.training.rsna import index_series, load_series, split_series, train_ich_rsna
 
 SUBTYPES = ["any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural"]
 
@@ -94,7 +94,7 @@ def _rsna_folder(
     return csv_path, dicom_dir, truth
 
 
-def test_iter_series_groups_orders_and_aligns_labels(tmp_path: Path) -> None:
+def test_series_are_grouped_ordered_and_labels_aligned(tmp_path: Path) -> None:
     series = [
         ("1.2.826.0.1.3680043.99.2", [10.0, 0.0, 5.0, 15.0], ["", "", "subdural", "subdural"]),
         ("1.2.826.0.1.3680043.99.1", [-5.0, 5.0, 0.0], ["epidural", "", ""]),
@@ -102,7 +102,7 @@ def test_iter_series_groups_orders_and_aligns_labels(tmp_path: Path) -> None:
     csv_path, dicom_dir, truth = _rsna_folder(tmp_path, series)
     # A labelled image without its DICOM file is skipped, not an error (RSNA downloads are often partial).
     (dicom_dir / "ID_00000abc.dcm").unlink()
-    out = list(iter_series(csv_path, dicom_dir))
+    out = [load_series(s) for s in index_series(csv_path, dicom_dir)]
     assert len(out) == 2
     (hu_a, y_a), (hu_b, y_b) = out  # SeriesInstanceUID order: ...99.1 first
     assert hu_a.shape == (3, 32, 32) and y_a.shape == (3, 6)

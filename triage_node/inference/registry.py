@@ -111,5 +111,12 @@ def list_models(models_dir: Path) -> list[ModelCardSummary]:
         except ModelLoadError as e:
             status = "missing" if not card.weights_path.is_file() else "mismatch"
             detail = str(e)
+        if status == "ok" and card.exports.get("int8"):
+            from triage_node.inference.onnxrt import int8_export
+
+            try:
+                detail += f"; int8 export {int8_export(card).name} verified"
+            except ModelLoadError as e:  # the float model still loads; only models.precision int8 would fail
+                detail += f"; int8 unusable: {e}"
         rows.append(ModelCardSummary(card.name, card.version, card.device_uid, card.sha256, status, detail, card_path))
     return rows

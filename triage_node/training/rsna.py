@@ -13,7 +13,7 @@ import logging
 import shlex
 import sys
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,15 +142,6 @@ def load_series(series: RsnaSeries) -> tuple[np.ndarray, np.ndarray]:
     for i, h in enumerate(slices):
         vol[i, : h.shape[0], : h.shape[1]] = h
     return vol, series.labels
-
-
-def iter_series(csv_path: Path, dicom_dir: Path, size: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(hu (z, S, S), labels (z, 6)) per series of :func:`index_series`, one series in memory at a time.
-
-    ``size`` is unused here (resizing happens when windows are built) and kept for call compatibility.
-    """
-    for series in index_series(csv_path, dicom_dir):
-        yield load_series(series)
 
 
 def split_series(any_positive: Sequence[bool], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
