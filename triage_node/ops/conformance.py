@@ -135,7 +135,10 @@ def render() -> str:
         - **Storage SCP**: a PACS or modality sends CT and MR series (C-STORE). Each instance is written durably to
           the spool and recorded in the database *before* the success status is returned. A series is complete
           after a quiet period without new instances, or when it holds its declared number of instances; routing
-          rules then select an analysis pipeline (head CT, MR SWI, MR DWI) or skip the series.
+          rules then select an analysis pipeline (head CT, MR SWI, MR DWI) or skip the series. The default rules read
+          Modality, Body Part Examined, Study / Series Description, Image Type, Sequence Name and the diffusion b-value
+          (0018,9087) with the common private b-value tags; phase, minimum-intensity-projection, ADC and FA images are
+          never analysed (the rules are listed in models_mr.md and config.yaml).
         - **Storage SCU**: the results (a Segmentation when a lesion is found, a fractional Segmentation holding the
           models' attention maps, and a Comprehensive 3D SR following TID 1500) are kept in a persistent outbox
           and sent to each configured destination until delivered.
