@@ -34,7 +34,7 @@ def negative() -> CTCase:
     return make_ct_case(900_901, (), source="mni", n_slices=24)
 
 
-@pytest.mark.parametrize("name", ["ich", "ct_segmenter"])
+@pytest.mark.parametrize("name", ["ich", "ct_segmenter", "cmb", "infarct"])
 def test_card_hash_matches_weights(name: str) -> None:
     card = ModelCard.load(MODELS / name / "model.yaml")
     assert sha256_file(card.weights_path) == card.sha256

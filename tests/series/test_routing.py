@@ -29,60 +29,43 @@ def routed(datasets: list[Dataset], rules: tuple[RoutingRule, ...] = RULES) -> P
 # --- vendor-style headers ------------------------------------------------------------------------------------------
 
 
+def mr_images(manufacturer: str, description: str, image_type: str, n: int, **extra: object) -> list[Dataset]:
+    """``n`` MR headers of one series, 5 mm apart; ``extra`` are further attributes."""
+    return [
+        ds(Modality="MR", Manufacturer=manufacturer, SeriesDescription=description,
+           ImageType=image_type.split("\\"), ImagePositionPatient=[0, 0, 5.0 * i], **extra)
+        for i in range(n)
+    ]  # fmt: skip
+
+
 def siemens(description: str, sequence: str, image_type: str, b: int | None = None, n: int = 3) -> list[Dataset]:
-    out = []
-    for i in range(n):
-        d = ds(
-            Modality="MR",
-            Manufacturer="SIEMENS",
-            SeriesDescription=description,
-            ProtocolName=description.split("_Images")[0],
-            SequenceName=sequence,
-            ImageType=image_type.split("\\"),
-            ScanningSequence="EP" if sequence.startswith("*ep") else "GR",
-            ImagePositionPatient=[0, 0, 5.0 * i],
-        )
+    out = mr_images("SIEMENS", description, image_type, n, ProtocolName=description.split("_Images")[0],
+                    SequenceName=sequence, ScanningSequence="EP" if sequence.startswith("*ep") else "GR")  # fmt: skip
+    for d in out:
         if b is not None:
             d.add_new((0x0019, 0x0010), "LO", "SIEMENS CSA HEADER")
             d.add_new((0x0019, 0x100C), "IS", b)
-        out.append(d)
     return out
 
 
 def ge(description: str, image_type: str = "ORIGINAL\\PRIMARY\\OTHER", ge_type: int | None = None,
        b: int | None = None, n: int = 3) -> list[Dataset]:  # fmt: skip
-    out = []
-    for i in range(n):
-        d = ds(
-            Modality="MR",
-            Manufacturer="GE MEDICAL SYSTEMS",
-            SeriesDescription=description,
-            ImageType=image_type.split("\\"),
-            ImagePositionPatient=[0, 0, 5.0 * i],
-        )
+    out = mr_images("GE MEDICAL SYSTEMS", description, image_type, n)
+    for d in out:
         d.add_new((0x0043, 0x0010), "LO", "GEMS_PARM_01")
         if ge_type is not None:
             d.add_new((0x0043, 0x102F), "SS", ge_type)
         if b is not None:
             d.add_new((0x0043, 0x1039), "IS", [1_000_000_000 + b, 8, 0, 0])
-        out.append(d)
     return out
 
 
 def philips(description: str, image_type: str, b: float | None = None, n: int = 3) -> list[Dataset]:
-    out = []
-    for i in range(n):
-        d = ds(
-            Modality="MR",
-            Manufacturer="Philips Medical Systems",
-            SeriesDescription=description,
-            ImageType=image_type.split("\\"),
-            ImagePositionPatient=[0, 0, 5.0 * i],
-        )
+    out = mr_images("Philips Medical Systems", description, image_type, n)
+    for d in out:
         if b is not None:
             d.add_new((0x2001, 0x0010), "LO", "Philips Imaging DD 001")
             d.add_new((0x2001, 0x1003), "FL", b)
-        out.append(d)
     return out
 
 

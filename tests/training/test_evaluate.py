@@ -14,7 +14,7 @@ import torch
 from triage_node.inference.card import ModelCard, sha256_file
 from triage_node.inference.cropgrid import keep_components
 from triage_node.inference.nets import build_classifier, build_segmenter
-from triage_node.synth.cases import make_ct_case
+from triage_node.synth.cases import CLASSES, make_ct_case
 from triage_node.training.evaluate import (
     Components,
     PostprocessGrid,
@@ -101,14 +101,7 @@ def test_evaluate_ich_writes_report_and_plots(ich_dir: Path, test_cache: Path, t
     assert anyh["sensitivity"] in (0.0, 0.5, 1.0) and anyh["specificity"] in (0.0, 1.0)
     assert anyh["threshold"] == 0.5 and anyh["positives"] == 2 and anyh["negatives"] == 1
     assert saved["series_level"]["epidural"]["positives"] == 1
-    assert set(saved["slice_level"]) == {
-        "any_hemorrhage",
-        "epidural",
-        "intraparenchymal",
-        "intraventricular",
-        "subarachnoid",
-        "subdural",
-    }
+    assert set(saved["slice_level"]) == set(CLASSES)
     assert saved["rsna_weighted_log_loss_slice"] > 0
     for png in (
         "roc_slice.png",
