@@ -38,8 +38,8 @@ test: $(STAMP) peers lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check triage_node tests bench
-	$(BIN)/mypy triage_node
+	$(BIN)/ruff check triage_node triage_lab tests bench
+	$(BIN)/mypy triage_node triage_lab
 
 # The whole fault-injection suite at full size (30+ kills, 8 x 250 load); `make test` runs a smaller version.
 reliability: $(STAMP) peers

@@ -117,7 +117,7 @@ class _PhantomStack:
     whole 1000 x 512 x 512 float volume (1 GB) never has to exist."""
 
     def __init__(self, n_slices: int, size: int, base_slices: int = 100):
-        from triage_node.synth.cli import phantom_head
+        from triage_lab.synth.cli import phantom_head
 
         self.base, spacing = phantom_head(base_slices, size)
         self.shape = (n_slices, size, size)
@@ -130,7 +130,7 @@ class _PhantomStack:
 
 def ct_series(n_slices: int, size: int = 512, seed: int = 9000, declare_count: bool = False) -> list[Path]:
     """``n_slices`` synthetic ``size`` x ``size`` CT slices (phantom head), written once and cached in bench/work."""
-    from triage_node.synth.dicom import write_series
+    from triage_lab.synth.dicom import write_series
 
     out = WORK / "data" / f"ct_{n_slices}x{size}_s{seed}_{'count' if declare_count else 'nocount'}"
     done = out.with_name(out.name + ".complete")  # beside, not inside: storescu +sd sends every file it finds

@@ -2,7 +2,7 @@
 the same ``Analyzer`` the daemon loads (card, sha256, weights), whole ``analyze()`` (pre- and post-processing, Grad-CAM,
 atlas location) included. Three paths: eager float32; eager under bfloat16 autocast (``models.precision: bf16``,
 what ``auto`` picks on a CPU with AMX / AVX512-BF16; skipped on a CPU without native bf16, where it is emulated); and
-the int8 ONNX Runtime export (``models.precision: int8``; for models whose card has one, see ``triage-node export``).
+the int8 ONNX Runtime export (``models.precision: int8``; for models whose card has one, see ``triage-lab export``).
 Each row also gives the speed-up over eager float32 at the same thread count.
 
     .venv/bin/python bench/inference.py [--slices 40] [--repeats 3]
@@ -35,11 +35,11 @@ def volume_for(n_slices: int) -> Any:
 def volume_for_model(name: str, n_slices: int) -> Any:
     """The input the model sees in production: MR DWI for infarct, SWI for microbleeds, head CT otherwise."""
     if name == "infarct":
-        from triage_node.synth.mr import dwi_volume, make_dwi_case
+        from triage_lab.synth.mr import dwi_volume, make_dwi_case
 
         return dwi_volume(make_dwi_case(11))
     if name == "cmb":
-        from triage_node.synth.mr import make_swi_case, swi_volume
+        from triage_lab.synth.mr import make_swi_case, swi_volume
 
         return swi_volume(make_swi_case(11))
     return volume_for(n_slices)

@@ -32,9 +32,9 @@ def available_models(wanted: tuple[str, ...] = PIPELINE_MODELS) -> list[str]:
 
 
 def dwi_series(runs: int) -> list[Path]:
-    """``runs`` copies (distinct UIDs) of one synthetic DWI with an infarct, as ``triage-node synth dwi`` writes it."""
-    from triage_node.synth.dicom import write_series
-    from triage_node.synth.mr import make_dwi_case
+    """``runs`` copies (distinct UIDs) of one synthetic DWI with an infarct, as ``triage-lab synth dwi`` writes it."""
+    from triage_lab.synth.dicom import write_series
+    from triage_lab.synth.mr import make_dwi_case
 
     base = WORK / "data" / "dwi"
     folders = [base / f"run{i}" for i in range(runs)]
@@ -51,8 +51,8 @@ def dwi_series(runs: int) -> list[Path]:
 
 def hemorrhage_series(n_slices: int, matrix: int, runs: int) -> list[Path]:
     """``runs`` copies (distinct UIDs) of one synthetic hemorrhage case, cached in bench/work/data."""
-    from triage_node.synth.cases import make_ct_case
-    from triage_node.synth.dicom import write_ct_series
+    from triage_lab.synth.cases import make_ct_case
+    from triage_lab.synth.dicom import write_ct_series
 
     base = WORK / "data" / f"ich_{n_slices}x{matrix}"
     folders = [base / f"run{i}" for i in range(runs)]

@@ -23,7 +23,7 @@ from triage_node.worklist.db import make_engine, migrate, session_factory  # noq
 @pytest.fixture(scope="session")
 def head_ct():  # type: ignore[no-untyped-def]
     """The real head CT from Debian's invesalius-examples (HU int16, 108 x 256 x 256)."""
-    from triage_node.synth.headct import HeadCTUnavailable, load_head_ct
+    from triage_lab.synth.headct import HeadCTUnavailable, load_head_ct
 
     try:
         return load_head_ct()
@@ -34,7 +34,7 @@ def head_ct():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def ct_series_100(tmp_path_factory: pytest.TempPathFactory, head_ct) -> list[Path]:  # type: ignore[no-untyped-def]
     """A 100-slice synthetic head CT series (real anatomy, synthetic identity), written once per session."""
-    from triage_node.synth.dicom import resample_slices, write_ct_series
+    from triage_lab.synth.dicom import resample_slices, write_ct_series
 
     hu, spacing = resample_slices(head_ct.hu.astype(np.float32), head_ct.spacing, 100)
     return write_ct_series(tmp_path_factory.mktemp("ct100"), hu, spacing, seed=100)

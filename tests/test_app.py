@@ -11,8 +11,8 @@ import numpy as np
 from peers import ROOT, echoscu, make_daemon, running_daemon, storescu, wait_for
 from pydicom import dcmread
 
-from triage_node.synth.cli import phantom_head
-from triage_node.synth.dicom import write_series
+from triage_lab.synth.cli import phantom_head
+from triage_lab.synth.dicom import write_series
 
 NO_MODELS = {"TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": [], "mr_swi": [], "mr_dwi": []})}
 
@@ -134,11 +134,13 @@ def test_sigterm_stops_cleanly_and_sighup_reloads(tmp_path) -> None:  # type: ig
     assert "stopped" in d.log()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, module: str = "triage_node.cli"
+) -> subprocess.CompletedProcess[str]:
     import os
 
     return subprocess.run(
-        [sys.executable, "-m", "triage_node.cli", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -163,8 +165,27 @@ def test_check_config_accepts_the_shipped_example_and_names_every_problem(tmp_pa
     assert "scp.port: must be between 1 and 65535, got 0" in env.stderr
 
 
+def run_lab(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, module="triage_lab.cli")
+
+
+def test_operator_cli_lists_only_operator_commands() -> None:
+    res = run_cli("--help")
+    assert res.returncode == 0, res.stderr
+    for lab_command in ("synth", "train", "evaluate", "tune-", "export", "lr-find"):
+        assert lab_command not in res.stdout.split("positional arguments")[1].split("options")[0]
+    for command in ("serve", "check-config", "worklist", "resend", "models", "conformance"):
+        assert command in res.stdout
+
+
+def test_models_command_reads_the_config_models_dir() -> None:
+    res = run_cli("models", "--config", str(ROOT / "config.yaml"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "ich" in res.stdout and "ok" in res.stdout
+
+
 def test_synth_command_writes_a_series_that_the_daemon_accepts(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    res = run_cli("synth", str(tmp_path / "out"), "--kind", "phantom", "--slices", "5", "--size", "64")
+    res = run_lab("synth", str(tmp_path / "out"), "--kind", "phantom", "--slices", "5", "--size", "64")
     assert res.returncode == 0, res.stderr
     files = sorted((tmp_path / "out").glob("*.dcm"))
     assert len(files) == 5

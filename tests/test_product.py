@@ -15,7 +15,7 @@ import pytest
 from peers import ROOT, find_tool, make_daemon, storescu, wait_for
 from peers_orthanc import Modality, start_orthanc
 
-from triage_node.synth.dicom import write_series
+from triage_lab.synth.dicom import write_series
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 SR3D = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -85,7 +85,7 @@ def _dciodvfy_errors(path: Path) -> list[str]:
 
 @pytest.mark.timeout(600)
 def test_head_ct_with_hemorrhage_is_flagged_critical_and_seg_sr_reach_the_pacs(product, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from triage_node.synth.cases import make_ct_case
+    from triage_lab.synth.cases import make_ct_case
 
     daemon, orthanc = product
     # A held-out seed the shipped ich model detects (4 of the 5 positives tried were; its held-out series-level
@@ -137,7 +137,7 @@ def test_head_ct_with_hemorrhage_is_flagged_critical_and_seg_sr_reach_the_pacs(p
 def test_dwi_infarct_is_located_and_swi_microbleeds_are_counted(product, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pydicom import dcmread
 
-    from triage_node.synth.mr import make_dwi_case, make_swi_case
+    from triage_lab.synth.mr import make_dwi_case, make_swi_case
 
     daemon, orthanc = product
     dwi = make_dwi_case(990_101, region="thalamus", side="right")

@@ -1,4 +1,8 @@
-"""``triage-node``: serve | check-config | worklist | resend | synth | conformance | hash-password | models | train."""
+"""``triage-node``, the operator commands.
+
+serve | check-config | worklist | resend | models | conformance | hash-password. Model development (synthesis,
+training, evaluation, export) is the separate ``triage-lab`` command (package triage_lab).
+"""
 
 from __future__ import annotations
 
@@ -92,10 +96,19 @@ def cmd_resend(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_synth(args: argparse.Namespace) -> int:
-    from triage_node.synth.cli import run as synth_run
+def cmd_models(args: argparse.Namespace) -> int:
+    from triage_node.inference.registry import list_models
 
-    return synth_run(args)
+    models_dir = args.models_dir if args.models_dir is not None else Path(_config(args).models.dir)
+    rows = list_models(models_dir)
+    if not rows:
+        print(f"no models in {models_dir}")
+        return 1
+    bad = 0
+    for r in rows:
+        print(f"{r.name:16s} {r.version:8s} {r.status:10s} {r.device_uid}  {r.detail}")
+        bad += r.status != "ok"
+    return 1 if bad else 0
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
@@ -150,21 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--password", help="read from the terminal when omitted")
     sp.set_defaults(func=cmd_hash_password)
 
-    from triage_node.synth.cli import register as register_synth
-
-    register_synth(sub)
-    try:
-        from triage_node.training.cli import register as register_training
-    except ImportError as exc:  # training extras are part of the package; a broken install should say so
-        log.debug("training commands unavailable: %s", exc)
-    else:
-        register_training(sub)
-        from triage_node.training.mr_cli import register as register_mr_training
-
-        register_mr_training(sub)
-        from triage_node.training.export import register as register_export
-
-        register_export(sub)
+    sp = with_config(sub.add_parser("models", help="list installed models with version and sha256 check"))
+    sp.add_argument("--models-dir", type=Path, default=None, help="default: models.dir of the configuration")
+    sp.set_defaults(func=cmd_models)
     return p
 
 

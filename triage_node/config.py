@@ -246,7 +246,7 @@ class Models(Frozen):
     threads: Annotated[int, _between(1, 256)] = 2
     device: str = "cpu"
     # auto: bf16 autocast where the CPU has native bf16 (AMX / AVX512-BF16): 1.5-2x faster, probabilities within ~1e-3.
-    # int8: each model's statically quantised ONNX Runtime export named in its card (`triage-node export NAME`).
+    # int8: each model's statically quantised ONNX Runtime export named in its card (`triage-lab export NAME`).
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     pipelines: dict[Pipeline, tuple[str, ...]] = Field(
         default_factory=lambda: {

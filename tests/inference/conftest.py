@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from triage_lab.training.ich_train import IchRecipe
+from triage_lab.training.ich_train import write_model_dir as write_ich
+from triage_lab.training.loop import TrainConfig
+from triage_lab.training.seg_train import SegRecipe
+from triage_lab.training.seg_train import write_model_dir as write_seg
 from triage_node.inference.nets import build_classifier, build_segmenter
 from triage_node.preprocess.volume import Volume
-from triage_node.training.ich_train import IchRecipe
-from triage_node.training.ich_train import write_model_dir as write_ich
-from triage_node.training.loop import TrainConfig
-from triage_node.training.seg_train import SegRecipe
-from triage_node.training.seg_train import write_model_dir as write_seg
 
 
 @pytest.fixture

@@ -91,7 +91,7 @@ def test_shipped_model_counts_three_microbleeds_and_locates_them(shipped: CmbAna
 
     One fixed seed only shows the model works end to end; the rate over many held-out seeds is in models/cmb/eval.json.
     """
-    from triage_node.synth.mr import make_swi_case, swi_volume
+    from triage_lab.synth.mr import make_swi_case, swi_volume
 
     case = make_swi_case(CMB_TEST_SEED, n_bleeds=3, source="mni")
     v = swi_volume(case)

@@ -9,10 +9,10 @@ from types import MappingProxyType
 import numpy as np
 import pytest
 
+from triage_lab.synth.cases import CLASSES
 from triage_node.inference.card import ModelCard
 from triage_node.inference.ich import IchAnalyzer, aggregate, key_slices
 from triage_node.preprocess.volume import Volume
-from triage_node.synth.cases import CLASSES
 
 
 def test_aggregate_and_key_slices() -> None:

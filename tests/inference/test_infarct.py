@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from triage_lab.synth.mr import DwiCase, dwi_volume, make_dwi_case
+from triage_lab.training.mr_cards import write_infarct_dir
+from triage_lab.training.mr_infarct import InfarctRecipe
 from triage_node.inference.atlas import Registration
 from triage_node.inference.card import ModelCard
 from triage_node.inference.infarct import InfarctAnalyzer, locate
 from triage_node.inference.nets import build_segmenter
-from triage_node.synth.mr import DwiCase, dwi_volume, make_dwi_case
-from triage_node.training.mr_cards import write_infarct_dir
-from triage_node.training.mr_infarct import InfarctRecipe
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 

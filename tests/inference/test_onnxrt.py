@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from triage_lab.quantize import Recorder, export_int8
+from triage_lab.training.export import EXPORT_FILE, record_int8_metrics
 from triage_node.inference.card import ModelCard
 from triage_node.inference.ich import IchAnalyzer
-from triage_node.inference.onnxrt import OrtNet, Recorder, export_int8
+from triage_node.inference.onnxrt import OrtNet
 from triage_node.inference.registry import ModelLoadError, load_analyzer
 from triage_node.inference.segmenter import CropGridSegmenter
 from triage_node.preprocess.volume import Volume
-from triage_node.training.export import EXPORT_FILE, record_int8_metrics
 
 from .conftest import make_volume
 
@@ -67,7 +68,7 @@ def test_segmenter_int8_close_to_fp32(tiny_seg_dir: Path, phantom_volume: Volume
 
 def test_int8_refuses_missing_modified_or_stale_export(tiny_ich_dir: Path) -> None:
     card = ModelCard.load(tiny_ich_dir / "model.yaml")
-    with pytest.raises(ModelLoadError, match="no int8 export.*triage-node export ich"):
+    with pytest.raises(ModelLoadError, match="no int8 export.*triage-lab export ich"):
         load_analyzer(card, precision="int8")
     card = exported(tiny_ich_dir, lambda an: [an.slice_probabilities(v.pixels) for v in calibration_volumes(1)])
     path = tiny_ich_dir / EXPORT_FILE

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from triage_lab.synth.cases import CTCase, make_ct_case
 from triage_node.inference.card import ModelCard, sha256_file
 from triage_node.inference.registry import load_analyzers
-from triage_node.synth.cases import CTCase, make_ct_case
 
 from .conftest import make_volume
 

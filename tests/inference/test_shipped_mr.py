@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from triage_lab.synth.mr import dwi_volume, make_dwi_case, make_swi_case, swi_volume
+from triage_lab.training.mr_cmb import SPLIT_BASE as CMB_SPLIT
+from triage_lab.training.mr_infarct import SPLIT_BASE as INFARCT_SPLIT
 from triage_node.inference.card import ModelCard
 from triage_node.inference.registry import load_analyzers
-from triage_node.synth.mr import dwi_volume, make_dwi_case, make_swi_case, swi_volume
-from triage_node.training.mr_cmb import SPLIT_BASE as CMB_SPLIT
-from triage_node.training.mr_infarct import SPLIT_BASE as INFARCT_SPLIT
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 # Test-range seeds past the ones the cards' evaluations used (cmb 200000-200039, infarct negatives 300000-300009).

@@ -10,7 +10,7 @@ import httpx
 from peers import running_daemon, storescu, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from triage_node.synth.dicom import write_ct_series
+from triage_lab.synth.dicom import write_ct_series
 
 NO_MODELS = {"TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": [], "mr_swi": [], "mr_dwi": []})}
 

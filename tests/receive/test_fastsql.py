@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, insert, text
 
+from triage_lab.synth.cli import phantom_head
+from triage_lab.synth.dicom import write_series
 from triage_node.receive import fastsql
 from triage_node.receive.store import StudyIds, parse_header, record_instance, sha256
-from triage_node.synth.cli import phantom_head
-from triage_node.synth.dicom import write_series
 from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
 from triage_node.worklist.models import Instance, Series
 

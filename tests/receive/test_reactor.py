@@ -18,12 +18,12 @@ from pydicom import dcmread
 from pynetdicom import AE
 from sqlalchemy import func, select
 
+from triage_lab.synth.cli import phantom_head
+from triage_lab.synth.dicom import write_series
 from triage_node.config import SCP, TLS
 from triage_node.receive.reactor import EventAssociation, encode_store_response
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
 from triage_node.receive.store import Spool
-from triage_node.synth.cli import phantom_head
-from triage_node.synth.dicom import write_series
 from triage_node.worklist.db import make_engine, migrate, session_factory
 from triage_node.worklist.models import Instance
 

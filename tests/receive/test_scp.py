@@ -15,12 +15,12 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 from pynetdicom import AE
 from sqlalchemy import func, select
 
+from triage_lab.synth.cli import phantom_head
+from triage_lab.synth.dicom import write_series
 from triage_node.config import SCP, Caller
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
 from triage_node.receive.store import Spool
 from triage_node.series.geometry import pixels, plan
-from triage_node.synth.cli import phantom_head
-from triage_node.synth.dicom import write_series
 from triage_node.worklist.models import Instance, Job, Series
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -11,10 +11,10 @@ from peers import storescu
 from pydicom import dcmread
 from sqlalchemy import func, select
 
+from triage_lab.synth.cli import phantom_head
+from triage_lab.synth.dicom import write_series
 from triage_node.receive.scp import GroupCommitter, _Pending
 from triage_node.receive.store import Refused, Spool, StudyIds, parse_header, record_instance, sha256
-from triage_node.synth.cli import phantom_head
-from triage_node.synth.dicom import write_series
 from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
 from triage_node.worklist.models import Instance, Job, Series, Study
 

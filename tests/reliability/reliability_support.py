@@ -17,14 +17,14 @@ from peers import ROOT, Daemon, make_daemon
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
-from triage_node.synth.cli import phantom_head
-from triage_node.synth.dicom import write_series
+from triage_lab.synth.cli import phantom_head
+from triage_lab.synth.dicom import write_series
 
 HERE = Path(__file__).resolve().parent
 FULL = os.environ.get("TRIAGE_NODE_FULL", "").lower() in ("1", "true", "yes")
 # An empty mapping from the environment is merged into config.yaml's pipelines, so each pipeline is emptied by name.
 NO_MODELS = {"TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": [], "mr_swi": [], "mr_dwi": []})}
-# What a synthetic identity looks like (triage_node.synth.dicom.series_ids) plus the hostile corpus' own names.
+# What a synthetic identity looks like (triage_lab.synth.dicom.series_ids) plus the hostile corpus' own names.
 PHI_PATTERNS = (
     re.compile(r"SYNTH\^PATIENT\d+"), re.compile(r"\bSYN\d{7}\b"), re.compile(r"ÄRZTIN|Müller|山田|HOSTILE\^"),
 )

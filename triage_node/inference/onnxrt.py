@@ -1,11 +1,7 @@
 """The int8 path: a model's network exported to ONNX, statically quantised, and run by ONNX Runtime.
 
-``triage-node export NAME`` (``export_int8``) runs the model's own analyzer on calibration cases with the float
-network and records the tensors the network is given there, so calibration sees exactly what production feeds it
-(windows, 2.5-D context, crop grid, candidate patches). It then exports the float network to ONNX and quantises it
-statically with onnxruntime's tools: QDQ format, int8 weights per output channel, uint8 activations, min-max ranges
-from the recorded inputs. The file lands next to the weights, and the card's ``exports.int8`` holds its name, sha256
-and how it was made. Calibration uses validation seeds, never the held-out test seeds the card's figures come from.
+``triage-lab export NAME`` (triage_lab/quantize.py) writes the file, calibrated on validation cases; the card's
+``exports.int8`` holds its name, sha256 and how it was made.
 
 With ``models.precision: int8`` an analyzer keeps its pre- and post-processing and swaps only the network for an
 ``OrtNet`` over that file, after checking the file's sha256 against the card (a missing or modified file is refused,
@@ -15,12 +11,9 @@ as for the weights). Grad-CAM still runs on the float torch network: it needs gr
 from __future__ import annotations
 
 import logging
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from triage_node.inference.card import ModelCard, sha256_file
@@ -62,13 +55,13 @@ def int8_export(card: ModelCard) -> Path:
     entry = card.exports.get(INT8)
     if not entry:
         raise ModelLoadError(
-            f"model {card.name!r} has no int8 export in its card; create one with `triage-node export {card.name}` "
+            f"model {card.name!r} has no int8 export in its card; create one with `triage-lab export {card.name}` "
             "or set models.precision to auto, fp32 or bf16"
         )
     if entry.get("from_weights_sha256") != card.sha256:
         raise ModelLoadError(
             f"model {card.name!r}: the int8 export was made from other weights (sha256 "
-            f"{entry.get('from_weights_sha256')}, card {card.sha256}); run `triage-node export {card.name}` again"
+            f"{entry.get('from_weights_sha256')}, card {card.sha256}); run `triage-lab export {card.name}` again"
         )
     path = card.directory / str(entry["file"])
     if not path.is_file():
@@ -87,101 +80,3 @@ def network(card: ModelCard, torch_net: torch.nn.Module, precision: str, threads
     if precision != INT8:
         return torch_net
     return OrtNet(int8_export(card), threads)
-
-
-class Recorder:
-    """Stands in for a torch network while calibration runs: forwards to it and keeps a sample of its inputs."""
-
-    def __init__(self, net: Callable[[torch.Tensor], Any], keep: int, seed: int = 0) -> None:
-        self.net = net
-        self.keep = keep
-        self.rng = np.random.default_rng(seed)
-        self.samples: list[np.ndarray] = []
-        self.seen = 0
-
-    def eval(self) -> Recorder:
-        return self
-
-    def __call__(self, x: torch.Tensor) -> Any:
-        arr = x.detach().float().cpu().numpy()
-        for row in arr:  # reservoir sampling: every input row seen has the same chance to be kept
-            self.seen += 1
-            if len(self.samples) < self.keep:
-                self.samples.append(row.copy())
-            else:
-                j = int(self.rng.integers(self.seen))
-                if j < self.keep:
-                    self.samples[j] = row.copy()
-        return self.net(x)
-
-
-def network_holder(analyzer: Any) -> Any:
-    """The object whose ``net`` attribute is the analyzer's network (the analyzer, its segmenter or its detector)."""
-    for attr in ("segmenter", "detector"):
-        inner = getattr(analyzer, attr, None)
-        if inner is not None and hasattr(inner, "net"):
-            return inner
-    if not hasattr(analyzer, "net"):
-        raise TypeError(f"{type(analyzer).__name__} exposes no network to export")
-    return analyzer
-
-
-def export_int8(
-    analyzer: Any, calibrate: Callable[[Any], None], out: Path, keep: int = 512, batch: int = 32
-) -> dict[str, Any]:
-    """Quantise ``analyzer``'s network to int8 with inputs recorded while ``calibrate(analyzer)`` runs; write ``out``.
-
-    ``analyzer`` must have been built with precision ``fp32`` (calibration wants float inputs and a float network).
-    Returns what the card's ``exports.int8`` records about the file.
-    """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    holder = network_holder(analyzer)
-    torch_net = holder.net
-    if not isinstance(torch_net, torch.nn.Module):
-        raise TypeError("export needs the analyzer's torch network (build it with precision fp32)")
-    recorder = Recorder(torch_net, keep)
-    holder.net = recorder
-    try:
-        calibrate(analyzer)
-    finally:
-        holder.net = torch_net
-    if not recorder.samples:
-        raise ValueError("calibration gave the network no input")
-    samples = np.stack(recorder.samples).astype(np.float32)
-
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.batches = iter(samples[i : i + batch] for i in range(0, len(samples), batch))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            b = next(self.batches, None)
-            return None if b is None else {"x": b}
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="triage-node-export-") as tmp:
-        fp32, pre, q = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
-        torch_net.eval()
-        with torch.no_grad():
-            torch.onnx.export(  # the TorchScript exporter: no onnxscript dependency, every op here is supported
-                torch_net, (torch.from_numpy(samples[:2]),), str(fp32), dynamo=False, opset_version=OPSET,
-                input_names=["x"], dynamic_axes={"x": {0: "n"}},
-            )
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        quantize_static(
-            str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        )
-        tmp_out = out.with_name(out.name + ".tmp")
-        tmp_out.write_bytes(q.read_bytes())
-        tmp_out.replace(out)
-    return {
-        "file": out.name,
-        "sha256": sha256_file(out),
-        "format": f"ONNX opset {OPSET}, QDQ, int8 weights per output channel, uint8 activations (onnxruntime)",
-        "calibration_inputs": int(len(samples)),
-        "inputs_seen": int(recorder.seen),
-        "from_weights_sha256": analyzer.card.sha256,
-    }
-
