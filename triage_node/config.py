@@ -6,6 +6,7 @@ with its key path (``scp.port: must be between 1 and 65535, got 70000``); ``tria
 
 from __future__ import annotations
 
+import os
 import re
 from enum import Enum
 from pathlib import Path
@@ -401,8 +402,62 @@ def _format(err: dict[str, Any]) -> str:
     return f"{path}: {msg}"
 
 
+# Where the file's paths are: (section, key) pairs, and TLS blocks (scp.tls, destinations[].tls).
+_PATH_KEYS = (("storage", "spool_dir"), ("models", "dir"))
+_TLS_FILES = ("cert_file", "key_file", "ca_file")
+
+
+def _resolve_file_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative paths written in a config file mean "next to this file": make them absolute against ``base`` (the
+    file's folder), so ``serve --config /etc/triage-node/config.yaml`` works from any working directory. Values from
+    environment overrides are not touched here: they are relative to the working directory, like any path on a
+    command line. Malformed sections are left alone for validation to report."""
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str | Path) and str(value) and not Path(value).expanduser().is_absolute():
+            return os.path.normpath(base / Path(value).expanduser())
+        return value
+
+    def tls(block: Any) -> None:
+        if isinstance(block, dict):
+            for key in _TLS_FILES:
+                if block.get(key) is not None:
+                    block[key] = absolute(block[key])
+
+    for section, key in _PATH_KEYS:
+        part = data.get(section)
+        if isinstance(part, dict) and part.get(key) is not None:
+            part[key] = absolute(part[key])
+    storage = data.get("storage")
+    if isinstance(storage, dict) and isinstance(storage.get("database_url"), str):
+        storage["database_url"] = _sqlite_url_against(storage["database_url"], base)
+    scp = data.get("scp")
+    if isinstance(scp, dict):
+        tls(scp.get("tls"))
+    for dest in data.get("destinations") or ():
+        if isinstance(dest, dict):
+            tls(dest.get("tls"))
+    return data
+
+
+def _sqlite_url_against(url: str, base: Path) -> str:
+    """``sqlite:///var/x.db`` (a relative file) -> ``sqlite:////abs/base/var/x.db``; other URLs unchanged."""
+    m = re.match(r"^(sqlite(?:\+\w+)?:///)(.*)$", url)
+    if m is None:
+        return url
+    prefix, rest = m.groups()
+    db, sep, query = rest.partition("?")
+    if not db or db == ":memory:" or db.startswith("/") or db.startswith("file:"):
+        return url
+    return f"{prefix}{os.path.normpath(base / db)}{sep}{query}"
+
+
 def load_config(path: Path | None) -> Config:
-    """Read ``path`` (YAML; None means built-in defaults), apply environment overrides, validate everything."""
+    """Read ``path`` (YAML; None means built-in defaults), apply environment overrides, validate everything.
+
+    Relative paths in the file (storage.spool_dir, models.dir, a SQLite database file, TLS files) are taken
+    relative to the file's folder; relative paths from environment overrides or the built-in defaults are relative
+    to the working directory."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -415,7 +470,7 @@ def load_config(path: Path | None) -> Config:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError([f"{path}: the top level must be a mapping of sections"])
-        data = loaded
+        data = _resolve_file_paths(loaded, Path(os.path.abspath(path)).parent)
     try:
         return Config(**data)
     except ValidationError as exc:
