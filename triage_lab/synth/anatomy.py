@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
-from triage_lab.synth.headct import load_head_ct
+from triage_lab.synth.headct import axial_head_ct
 
 
 class Tissue(IntEnum):
@@ -104,7 +104,7 @@ def label_head_ct(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.nda
 @functools.lru_cache(maxsize=1)
 def invesalius_head() -> HeadModel:
     """The invesalius head CT with its tissue labels (raises HeadCTUnavailable when the package is missing)."""
-    ct = load_head_ct()
+    ct = axial_head_ct()
     hu = ct.hu.astype(np.float32)
     labels = label_head_ct(hu, ct.spacing)
     hu.setflags(write=False)

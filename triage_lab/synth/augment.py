@@ -1,5 +1,12 @@
-"""Random geometry and acquisition for synthetic heads: rotation, head size, smooth deformation, slice thickness,
-field of view, blur, noise and integer storage, so that models do not learn one head."""
+"""Random geometry and acquisition for synthetic heads, so that models do not learn one head or one scanner.
+
+Two profiles. ``randomised`` (the training default since ich 2.0) follows SynthSeg's domain randomisation: every
+appearance and acquisition parameter is drawn per case over wide ranges - head pose and gantry tilt, head size and
+strong elastic deformation, atrophy, tissue densities, slice thickness 0.6-5 mm integrated over the slab (partial
+volume), field of view and matrix, reconstruction kernel (noise level and texture, sharpness), an HU calibration
+offset, beam hardening (cupping and posterior-fossa bands), streaks and motion. ``legacy`` is the narrower rendering
+the 1.x models were trained on; ``shifted`` draws outside the legacy ranges.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +33,53 @@ class Acquisition:
     noise_hu: float
     blur_px: float
     matrix: int = 256
+    # randomised profile only (the defaults reproduce the legacy rendering)
+    thickness_mm: float = 0.0  # slab integrated per slice; 0: point sampling at the slice centre
+    hu_offset: float = 0.0  # scanner calibration offset, HU
+    kernel: str = "smooth"  # smooth | standard | sharp: noise texture and edge response
+    noise_corr_px: float = 0.0  # noise correlation length of the kernel, pixels
+    cupping_hu: float = 0.0  # beam-hardening cupping: the centre darker by this much
+    fossa_band_hu: float = 0.0  # beam-hardening dark band between the petrous bones (posterior fossa)
+    streaks: int = 0  # number of streak lines
+    motion_px: float = 0.0  # ghost displacement of a motion blend
+    atrophy_mm: float = 0.0  # CSF spaces widened by this much
+    tissue_jitter: tuple[float, float, float] = (0.0, 0.0, 0.0)  # HU added to brain, CSF, soft tissue
+
+
+def draw_randomised(rng: np.random.Generator, matrix: int | None = None) -> Acquisition:
+    """One domain-randomised acquisition: wide, independent draws of every parameter (see the module docstring)."""
+    if matrix is None:
+        matrix = 512 if rng.random() < 0.3 else 256
+    fov = float(rng.uniform(190.0, 260.0))
+    thickness = float(np.exp(rng.uniform(np.log(0.6), np.log(5.0))))
+    # Slice interval: never far below the thickness (overlap at most 20%), at least 2.5 mm so a case stays at <= ~70
+    # slices (thin reconstructions are thin slabs sampled sparsely here; the model sees one slice and its neighbours).
+    interval = float(rng.uniform(max(2.5, thickness * 0.8), 5.0))
+    kernel = str(rng.choice(["smooth", "standard", "sharp"], p=[0.35, 0.45, 0.2]))
+    noise = {"smooth": (2.0, 7.0), "standard": (3.0, 10.0), "sharp": (8.0, 22.0)}[kernel]
+    return Acquisition(
+        yaw=float(rng.uniform(-20, 20)),
+        pitch=float(rng.uniform(-25, 20)),  # head flexion plus gantry tilt
+        roll=float(rng.uniform(-10, 10)),
+        head_scale=float(rng.uniform(0.86, 1.14)),
+        pixel_mm=fov / matrix,
+        slice_mm=interval,
+        shift_mm=(float(rng.uniform(-5, 5)), float(rng.uniform(-15, 15)), float(rng.uniform(-15, 15))),
+        warp_mm=float(rng.uniform(0.0, 5.0)),
+        noise_hu=float(rng.uniform(*noise)),
+        blur_px=float(rng.uniform(0.0, 1.0)) if kernel != "sharp" else 0.0,
+        matrix=matrix,
+        thickness_mm=thickness,
+        hu_offset=float(rng.uniform(-10.0, 10.0)),
+        kernel=kernel,
+        noise_corr_px=float(rng.uniform(0.6, 1.6)) if kernel == "smooth" else float(rng.uniform(0.0, 0.8)),
+        cupping_hu=float(rng.uniform(-3.0, 10.0)),
+        fossa_band_hu=float(rng.uniform(5.0, 35.0)) if rng.random() < 0.5 else 0.0,
+        streaks=int(rng.choice([0, 0, 0, 1, 2, 4])),
+        motion_px=float(rng.uniform(1.0, 4.0)) if rng.random() < 0.12 else 0.0,
+        atrophy_mm=float(rng.uniform(0.5, 3.0)) if rng.random() < 0.35 else 0.0,
+        tissue_jitter=(float(rng.uniform(-4, 4)), float(rng.uniform(-3, 8)), float(rng.uniform(-15, 15))),
+    )
 
 
 def draw_acquisition(rng: np.random.Generator, matrix: int = 256, shifted: bool = False) -> Acquisition:

@@ -35,6 +35,7 @@ class CTCase:
     tissue: np.ndarray
     acquisition: Acquisition
     storage: Storage | None = None
+    mimics: tuple[str, ...] = ()
 
     @property
     def hemorrhage(self) -> np.ndarray:
@@ -61,6 +62,10 @@ def slice_labels(
     return labels
 
 
+PROFILES = ("randomised", "legacy")
+P_NEGATIVE = {"randomised": 0.45, "legacy": 0.25}  # randomised: at least 40% normal heads, full of mimics
+
+
 def draw_subtypes(rng: np.random.Generator, p_negative: float = 0.25) -> tuple[str, ...]:
     if rng.random() < p_negative:
         return ()
@@ -73,9 +78,10 @@ def make_ct_case(
     subtypes: Sequence[str] | None = None,
     source: str = "invesalius",
     n_slices: int | None = None,
-    matrix: int = 256,
+    matrix: int | None = 256,
     vary_storage: bool = False,
     shifted: bool = False,
+    profile: str = "randomised",
 ) -> CTCase:
     """Generate one synthetic head CT.
 
@@ -86,15 +92,24 @@ def make_ct_case(
     cached training data stay what the shipped models were trained on, and everything else in the case is the same
     either way. ``shifted`` draws the acquisition outside every training range (``augment.draw_acquisition``). The
     same arguments always give the same case.
+
+    ``profile``: ``randomised`` (default; :mod:`triage_lab.synth.randomise`: every appearance and acquisition
+    parameter drawn per case, mimics in every head, storage always drawn, 45% normal when ``subtypes`` is None;
+    ``matrix`` None draws 256 or 512) or ``legacy`` (the narrower 1.x rendering, with ``shifted`` and
+    ``vary_storage`` as described above).
     """
     for s in subtypes or ():
         if s not in SUBTYPES:
             raise ValueError(f"subtypes must be drawn from {SUBTYPES}, got {s!r}")
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    if profile == "randomised":
+        return _randomised_case(seed, subtypes, source, n_slices, matrix)
     rng = np.random.default_rng([seed, 0x1C4])
     head = head_model(source)
     if subtypes is None:
         subtypes = draw_subtypes(rng)
-    acq = draw_acquisition(rng, matrix=matrix, shifted=shifted)
+    acq = draw_acquisition(rng, matrix=matrix or 256, shifted=shifted)
     hu, tissue, spacing = resample_head(head, acq, rng, n_slices=n_slices)
     masks: dict[str, np.ndarray] = {}
     if subtypes:
@@ -111,3 +126,19 @@ def make_ct_case(
         # Every kind holds the case's -1024..3071 HU; what remains is the stored step, rounded back to integer HU.
         stored = np.clip(np.rint(round_trip(stored, storage)), -1024, 3071).astype(np.int16)
     return CTCase(seed, source, stored, spacing, masks, labels, tissue, acq, storage)
+
+
+def _randomised_case(
+    seed: int, subtypes: Sequence[str] | None, source: str, n_slices: int | None, matrix: int | None
+) -> CTCase:
+    from triage_lab.synth.randomise import render
+
+    rng = np.random.default_rng([seed, 0x1C5])
+    if subtypes is None:
+        subtypes = draw_subtypes(rng, P_NEGATIVE["randomised"])
+    hu, tissue, masks, spacing, acq, mimics = render(seed, tuple(subtypes), source, matrix, n_slices)
+    masks = {k: v for k, v in masks.items() if v.any()}
+    labels = slice_labels(masks, hu.shape, spacing)
+    storage = draw_storage(seed)
+    stored = np.clip(np.rint(round_trip(np.clip(hu, -1024, 3071), storage)), -1024, 3071).astype(np.int16)
+    return CTCase(seed, source, stored, spacing, masks, labels, tissue, acq, storage, mimics)

@@ -41,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
         hu, spacing = phantom_head(args.slices or 40, args.size or 256)
         paths = write_series(out, hu, spacing, seed, **common)
     elif kind == "ct":
-        from triage_lab.synth.headct import load_head_ct
+        from triage_lab.synth.headct import axial_head_ct
 
-        head = load_head_ct()
+        head = axial_head_ct()
         hu, spacing = head.hu.astype(np.float32), head.spacing
         if args.slices:
             hu, spacing = resample_slices(hu, spacing, args.slices)

@@ -3,6 +3,11 @@
 The package holds ``Cranium.inv3``: a gzip tar with ``main.plist`` (shape, dtype, spacing) and ``matrix.dat``
 (raw int16 Hounsfield units, 108 x 256 x 256). The data is GPL-2 and is read from the installed package at run
 time; it is never copied into this repository.
+
+The stored slices are **coronal**: the first axis runs from the face (index 0) to the occiput in 1.5 mm steps, rows
+run from the vertex (row 0) down, columns across the head. :func:`axial_head_ct` turns it into the axial layout every
+generator here assumes (z towards the vertex, anterior at row 0). Until ich 2.0 the generators used the stored layout
+as if it were axial, so 60% of the CT training heads (and the "ct" DWI source) were coronal images labelled axial.
 """
 
 from __future__ import annotations
@@ -61,3 +66,13 @@ def load_head_ct(path: Path = DEFAULT_PATH) -> HeadCT:
     hu.setflags(write=False)
     sx, sy, sz = (float(v) for v in meta["spacing"])
     return HeadCT(hu=hu, spacing=(sz, sy, sx))
+
+
+@functools.lru_cache(maxsize=1)
+def axial_head_ct(path: Path = DEFAULT_PATH) -> HeadCT:
+    """The same head in axial layout: (z towards the vertex, y anterior at row 0, x across), spacing permuted."""
+    ct = load_head_ct(path)
+    hu = np.ascontiguousarray(ct.hu.transpose(1, 0, 2)[::-1])
+    hu.setflags(write=False)
+    s_ap, s_si, s_lr = ct.spacing
+    return HeadCT(hu=hu, spacing=(s_si, s_ap, s_lr))

@@ -58,9 +58,9 @@ def mni_source() -> HeadSource:
 @functools.lru_cache(maxsize=1)
 def ct_source() -> HeadSource:
     """Tissue maps from the real head CT (raises ``HeadCTUnavailable`` when the package is missing)."""
-    from triage_lab.synth.headct import load_head_ct
+    from triage_lab.synth.headct import axial_head_ct
 
-    ct = load_head_ct()
+    ct = axial_head_ct()
     hu = ndimage.gaussian_filter(ct.hu.astype(np.float32), 0.8)
     bone = hu > 250
     # Intracranial space: the largest soft-tissue component once thin bridges through skull gaps are eroded away.
@@ -78,9 +78,9 @@ def ct_source() -> HeadSource:
     wm = tissue * (1.0 - g)
     scalp = ((hu > -200) & (hu < 200) & ~intracranial & ~bone).astype(np.float32)
     dz, dy, dx = ct.spacing
-    # Array axes (z, y, x): z superior, y anterior (face at high y), x taken as patient left.
+    # Array axes (z, y, x): z towards the vertex, y towards the occiput (anterior at row 0), x taken as patient left.
     m = np.eye(4)
-    m[:3, :3] = np.array([[0.0, 0.0, -dx], [0.0, dy, 0.0], [dz, 0.0, 0.0]])
+    m[:3, :3] = np.array([[0.0, 0.0, -dx], [0.0, -dy, 0.0], [dz, 0.0, 0.0]])
     centre = np.argwhere(intracranial).mean(axis=0)
     m[:3, 3] = -m[:3, :3] @ centre
     f32 = np.float32

@@ -40,6 +40,39 @@ def youden_thresholds(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return {c: round(youden_threshold(y[:, i], p[:, i]), 4) for i, c in enumerate(CLASSES)}
 
 
+MIN_SUBTYPE_PRECISION = 0.8
+
+
+def precision_threshold(y: np.ndarray, p: np.ndarray, min_precision: float = MIN_SUBTYPE_PRECISION) -> float:
+    """The lowest threshold whose precision on (``y``, ``p``) is at least ``min_precision`` and stays so above it
+    (the most sensitive operating point that is still right four times in five). With no such point, a threshold
+    above every score: the subtype is never shown "present"."""
+    order = np.argsort(-p, kind="stable")
+    ys, ps = y[order].astype(bool), p[order]
+    tp = np.cumsum(ys)
+    precision = tp / np.arange(1, len(ys) + 1)
+    ok = precision >= min_precision
+    # Only cut where the score changes, and only where every higher cut is also precise enough.
+    best = None
+    for k in range(len(ps)):
+        if not ok[k]:
+            break
+        if k + 1 == len(ps) or ps[k + 1] < ps[k]:
+            best = k
+    if best is None or tp[best] == 0:
+        return 1.0001
+    return float(ps[best])
+
+
+def operating_thresholds(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """``any_hemorrhage``: Youden J (the worklist flag); subtypes: :func:`precision_threshold` (shown "present" only
+    where at least 80% precise on the validation cases)."""
+    out = {CLASSES[0]: round(youden_threshold(y[:, 0], p[:, 0]), 4)}
+    for i, c in enumerate(CLASSES[1:], start=1):
+        out[c] = round(precision_threshold(y[:, i], p[:, i]), 4)
+    return out
+
+
 def _classification_report(y: np.ndarray, p: np.ndarray, thresholds: dict[str, float]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for i, c in enumerate(CLASSES):

@@ -25,7 +25,7 @@ from triage_lab.synth.hemorrhage import SUBTYPES
 log = logging.getLogger(__name__)
 
 SPLIT_SEED_BASE = {"train": 0, "val": 500_000, "test": 900_000, "test_shifted": 950_000}
-DEFAULT_CACHE = Path(os.environ.get("TRIAGE_NODE_SYNTH_CACHE", Path.home() / ".cache" / "triage-node" / "synth"))
+DEFAULT_CACHE = Path(os.environ.get("TRIAGE_NODE_SYNTH_CACHE", Path.home() / ".cache" / "triage-node" / "synth-r2"))
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,11 @@ def generate(cache: Path, seeds: Sequence[int], progress: bool = True) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     todo = [s for s in seeds if not case_path(cache, s).exists()]
     for seed in tqdm(todo, desc="synth cases", disable=not progress):
-        shifted = is_shifted(seed)
-        write_case(cache, seed, make_ct_case(seed, source=source_for_seed(seed), vary_storage=shifted, shifted=shifted))
+        if is_shifted(seed):  # the legacy rendering outside its own ranges (the 1.x models' shifted split)
+            case = make_ct_case(seed, source=source_for_seed(seed), vary_storage=True, shifted=True, profile="legacy")
+        else:
+            case = make_ct_case(seed, source=source_for_seed(seed), matrix=None)
+        write_case(cache, seed, case)
 
 
 def write_case(cache: Path, seed: int, case: CTCase) -> None:
