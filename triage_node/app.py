@@ -35,6 +35,7 @@ from triage_node.receive.store import Spool
 from triage_node.send.commitment import add_commitment_context, handle_commitment_report
 from triage_node.send.outbox import deliver_due
 from triage_node.series.completion import complete_due
+from triage_node.users import UserStore
 from triage_node.worklist import states
 from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
 from triage_node.worklist.models import Job, JobState
@@ -142,6 +143,7 @@ class App:
         self._worker = threading.Thread(target=self._work_loop, name="job-worker", daemon=True)
         self._worker.start()
         self._start_web()
+        self._say_how_to_add_a_user()
         self._work.set()
         self.notifier.ready()
         self.notifier.status(self._status_line())
@@ -181,6 +183,18 @@ class App:
         if not server.started:
             raise RuntimeError(f"web server could not start on {self.config.web.host}:{self.config.web.port}")
         log.info("web worklist on http://%s:%d/", self.config.web.host, self.config.web.port)
+
+    def _say_how_to_add_a_user(self) -> None:
+        """First start (no user anywhere): say, once, how to create the first login."""
+        web = self.config.web
+        if not web.enabled or web.auth != "password" or UserStore(self.sessions, web.users).count() > 0:
+            return
+        config = f" --config {self.config_path.absolute()}" if self.config_path is not None else ""
+        log.warning(
+            "no web users yet, so nobody can log in to http://%s:%d/. Create the first one with:  "
+            "triage-node user add NAME%s  (it asks for the password; this daemon accepts it at once)",
+            web.host, web.port, config,
+        )
 
     # -- scheduled work -------------------------------------------------------------------------------------------
 

@@ -1,7 +1,11 @@
 """``triage-node``, the operator commands.
 
-serve | check-config | worklist | resend | models | conformance | hash-password. Model development (synthesis,
+serve | check-config | worklist | resend | user | models | conformance | hash-password. Model development (synthesis,
 training, evaluation, export) is the separate ``triage-lab`` command (package triage_lab).
+
+Every command that reads the configuration takes ``--config``. The light ones (check-config, worklist, resend, user,
+conformance) import neither torch nor MONAI nor the web stack: each command imports what it uses, inside its
+function, so they start in well under half a second (tests/test_cli.py measures it).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ log = logging.getLogger("triage_node.cli")
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(Path(args.config) if args.config else None)
+    path = getattr(args, "config", None)
+    return load_config(Path(path) if path else None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -30,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     setup_logging(cfg.logging)
-    app = App(cfg, Path(args.config) if args.config else None)
+    app = App(cfg, Path(args.config) if getattr(args, "config", None) else None)
     app.install_signal_handlers()
     try:
         app.start()
@@ -121,11 +126,78 @@ def cmd_conformance(args: argparse.Namespace) -> int:
 def cmd_hash_password(args: argparse.Namespace) -> int:
     import getpass
 
-    from triage_node.web import hash_password
+    from triage_node.users import hash_password
 
     pw = args.password if args.password is not None else getpass.getpass("password: ")
     print(hash_password(pw))
     return 0
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    """The new password: one line from stdin with --password-stdin, else asked twice on the terminal."""
+    import getpass
+
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass(f"password for {args.name}: ")
+    if getpass.getpass("again: ") != first:
+        print("the two passwords differ; nothing changed", file=sys.stderr)
+        return None
+    return first
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from triage_node.users import UserError, add_user, hash_password, list_users, remove_user, set_password
+    from triage_node.worklist.db import transaction
+
+    cfg = _config(args)
+    now = dt.datetime.now(dt.UTC)
+    sessions = _sessions(cfg)
+    try:
+        if args.action == "list":
+            with sessions() as s:
+                rows = list_users(s, cfg.web.users)
+            for r in rows:
+                since = r.created_at.strftime("%Y-%m-%d %H:%M") if r.created_at else "-"
+                print(f"{r.name:32s} {r.source:8s} {since}")
+            if not rows:
+                print("no users (add one with: triage-node user add NAME)", file=sys.stderr)
+            return 0
+        if args.action == "remove":
+            with transaction(sessions) as s:
+                remove_user(s, args.name)
+            print(f"user {args.name} removed; the running daemon refuses new logins at once "
+                  "(sessions already open end at their idle timeout)")
+            return 0
+        if any(u.name == args.name for u in cfg.web.users):
+            raise UserError(f"user {args.name!r} is listed in web.users of the config file; change it there")
+        password = _read_password(args)
+        if password is None:
+            return 1
+        try:
+            digest = hash_password(password)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        with transaction(sessions) as s:
+            if args.action == "add":
+                add_user(s, args.name, digest, now)
+            else:
+                set_password(s, args.name, digest, now)
+    except UserError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    done = "added" if args.action == "add" else "password changed"
+    print(f"user {args.name} {done} (argon2id hash in the web_users table of {_where(cfg)}); "
+          "the running daemon accepts it at once")
+    if cfg.web.auth != "password":
+        print(f"note: web.auth is {cfg.web.auth!r}, so the page does not ask for passwords", file=sys.stderr)
+    return 0
+
+
+def _where(cfg: Config) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(cfg.storage.database_url).render_as_string(hide_password=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--config", "-c", default=None, help="config.yaml (default: built-in defaults)")
+        sp.add_argument(
+            "--config", "-c", default=argparse.SUPPRESS, help="config.yaml (default: built-in defaults)"
+        )
         return sp
 
     sp = with_config(sub.add_parser("serve", help="run the daemon in the foreground (logs to stderr)"))
@@ -162,6 +236,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("hash-password", help="print an argon2 hash for web.users[].password_hash")
     sp.add_argument("--password", help="read from the terminal when omitted")
     sp.set_defaults(func=cmd_hash_password)
+
+    sp = with_config(
+        sub.add_parser(
+            "user",
+            help="web logins: add | passwd | remove | list (argon2id hashes in the database; the running daemon "
+            "applies a change at once)",
+        )
+    )
+    sp.set_defaults(func=cmd_user)
+    actions = sp.add_subparsers(dest="action", required=True)
+    for action, text in (("add", "add a user (asks for the password)"), ("passwd", "set a user's password")):
+        ap = with_config(actions.add_parser(action, help=text))
+        ap.add_argument("name")
+        ap.add_argument(
+            "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+        )
+    ap = with_config(actions.add_parser("remove", help="remove a user"))
+    ap.add_argument("name")
+    with_config(actions.add_parser("list", help="list users (config file and database)"))
 
     sp = with_config(sub.add_parser("models", help="list installed models with version and sha256 check"))
     sp.add_argument("--models-dir", type=Path, default=None, help="default: models.dir of the configuration")

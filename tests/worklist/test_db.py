@@ -42,3 +42,17 @@ def test_nothing_written_in_a_read_transaction_is_kept(tmp_path: Path) -> None:
     with read_transaction(sessions) as reader:
         assert reader.scalar(select(func.count()).select_from(AuditEntry)) == 0
     engine.dispose()
+
+
+def test_head_revision_is_the_newest_migration_and_a_current_database_needs_no_alembic(tmp_path: Path) -> None:
+    from alembic.script import ScriptDirectory
+
+    from triage_node.worklist.db import HEAD_REVISION, MIGRATIONS, at_head
+
+    assert ScriptDirectory(str(MIGRATIONS)).get_current_head() == HEAD_REVISION
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    assert not at_head(engine)
+    migrate(engine)
+    assert at_head(engine)
+    migrate(engine)  # a no-op at head
+    engine.dispose()

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 
+# The C-STORE statuses the SCP answers (receive/store.py raises them; the conformance statement lists them).
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_DOES_NOT_MATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_PROCESSING_FAILURE = 0x0110
+
 STORAGE_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
     "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",

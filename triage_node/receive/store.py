@@ -27,7 +27,16 @@ from pydicom.filereader import read_dataset
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from triage_node.receive.contexts import ENHANCED_SOP_CLASSES, NATIVE_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
+from triage_node.receive.contexts import (
+    ENHANCED_SOP_CLASSES,
+    NATIVE_TRANSFER_SYNTAXES,
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_DOES_NOT_MATCH,
+    STORAGE_SOP_CLASSES,
+)
+from triage_node.receive.contexts import STATUS_OUT_OF_RESOURCES as STATUS_OUT_OF_RESOURCES
+from triage_node.receive.contexts import STATUS_PROCESSING_FAILURE as STATUS_PROCESSING_FAILURE
+from triage_node.receive.contexts import STATUS_SUCCESS as STATUS_SUCCESS
 from triage_node.receive.fastsql import FastConnection
 from triage_node.receive.rawscan import UNDEFINED, ScanError, scan
 from triage_node.worklist.models import Instance, Priority, Series, SeriesState, Study
@@ -35,11 +44,6 @@ from triage_node.worklist.models import Instance, Priority, Series, SeriesState,
 log = logging.getLogger(__name__)
 
 # DICOM PS3.4 C-STORE failure statuses.
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DATASET_DOES_NOT_MATCH = 0xA900
-STATUS_CANNOT_UNDERSTAND = 0xC210
-STATUS_PROCESSING_FAILURE = 0x0110
 
 MAX_FRAMES = 5000
 PIXEL_DATA = 0x7FE00010

@@ -23,13 +23,13 @@ from pydicom.uid import generate_uid
 from triage_node import __version__
 from triage_node.inference.types import ModelOutput
 from triage_node.preprocess.volume import Volume
-from triage_node.results import codes
+from triage_node.results import codes, sop
 
 log = logging.getLogger(__name__)
 
 MANUFACTURER = "triage-node project"
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+SEG_SOP_CLASS = sop.SEG_SOP_CLASS
+SR_SOP_CLASS = sop.SR_SOP_CLASS
 RESULT_KINDS = ("seg", "map", "sr")
 
 

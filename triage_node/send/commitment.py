@@ -13,17 +13,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, evt
-from pynetdicom.association import Association
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from triage_node.config import Destination
-from triage_node.worklist.db import transaction
-from triage_node.worklist.models import OutboxItem, OutboxState
+
+if TYPE_CHECKING:  # annotations only: the conformance statement reads this module's constants without pynetdicom
+    from pynetdicom import AE, evt
+    from pynetdicom.association import Association
+    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,10 @@ def record_report(
     now: dt.datetime,
 ) -> tuple[int, int]:
     """Apply a commitment report to the outbox rows of ``destination_names``; return (committed, re-queued)."""
+    from sqlalchemy import select
+
+    from triage_node.worklist.models import OutboxItem, OutboxState
+
     n_ok = n_failed = 0
     if committed:
         for row in session.scalars(
@@ -126,6 +130,8 @@ def handle_commitment_report(
             return STATUS_SUCCESS, None
         committed = list(_uids(info, "ReferencedSOPSequence"))
         failed = _uids(info, "FailedSOPSequence")
+        from triage_node.worklist.db import transaction
+
         with transaction(sessions) as s:
             n_ok, n_failed = record_report(s, names, committed, failed, clock())
         log.info(

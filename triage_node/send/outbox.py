@@ -13,16 +13,18 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage_node.config import Destination
-from triage_node.send.scu import Outcome, Outgoing, SendResult, send_batch
 from triage_node.worklist import states
 from triage_node.worklist.db import transaction
 from triage_node.worklist.models import Job, JobState, OutboxItem, OutboxState
+
+if TYPE_CHECKING:  # send/scu.py (pydicom, pynetdicom) is imported where delivery happens, not by `triage-node resend`
+    from triage_node.send.scu import Outgoing, SendResult
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,8 @@ def _claim(session: Session, destinations: dict[str, Destination], now: dt.datet
 
 
 def _settle(session: Session, row: OutboxItem, result: SendResult, dest: Destination, now: dt.datetime) -> None:
+    from triage_node.send.scu import Outcome
+
     row.last_status = result.status
     row.updated_at = now
     if result.outcome is Outcome.DELIVERED:
@@ -138,10 +142,14 @@ def deliver_due(
     now: dt.datetime,
     *,
     batch_size: int = BATCH_SIZE,
-    sender: Sender = send_batch,
+    sender: Sender | None = None,
 ) -> int:
     """Send the items whose time has come (at most ``batch_size``), one association per destination; return how many
-    were delivered. Rows for destinations no longer configured stay pending (listed by the worklist, not lost)."""
+    were delivered. Rows for destinations no longer configured stay pending (listed by the worklist, not lost).
+    ``sender``: default ``send/scu.send_batch``."""
+    from triage_node.send.scu import Outcome, Outgoing, SendResult, send_batch
+
+    sender = sender or send_batch
     by_name = {d.name: d for d in destinations}
     if not by_name:
         return 0

@@ -13,15 +13,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.association import Association
 
 from triage_node.config import Destination
 from triage_node.send.commitment import STORAGE_COMMITMENT_PUSH, request_commitment
+
+if TYPE_CHECKING:  # pynetdicom is imported where a send happens (operator commands load this module for its lists)
+    from pynetdicom.association import Association
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,8 @@ def send_batch(
     ready, results = _read(items)
     if not ready:
         return results
+    from pynetdicom import AE
+
     ae = AE(ae_title=dest.calling_ae_title or calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from triage_node.users import UserStore
 from triage_node.web import api, pages
 from triage_node.web.actions import audit
 from triage_node.web.auth import (
@@ -31,7 +32,6 @@ from triage_node.web.auth import (
     SessionCodec,
     new_token,
     tokens_match,
-    verify_password,
 )
 from triage_node.web.auth import Session as WebSession
 from triage_node.web.context import WebContext
@@ -50,8 +50,8 @@ def create_app(ctx: WebContext) -> FastAPI:
     """The whole web app for one daemon. ``config.web.secret_key`` signs sessions; without one a random key is made
     per process (sessions then end at a restart)."""
     web = ctx.config.web
-    if web.auth == "password" and not web.users:
-        log.warning("web.auth is 'password' but web.users is empty: nobody can log in")
+    # The config file's users, then the database's (`triage-node user add`), looked up at each login.
+    users = UserStore(ctx.sessions, web.users)
     secret = web.secret_key or secrets.token_urlsafe(32)
     guard = Guard(web, SessionCodec(secret, web.session_timeout_min * 60.0, ctx.clock))
     throttle = LoginThrottle(web.max_failed_logins, dt.timedelta(minutes=web.lockout_min), ctx.clock)
@@ -104,7 +104,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         response = templates.TemplateResponse(
             request,
             "login.html",
-            {"csrf": token, "next": target, "error": error, "user": None},
+            {"csrf": token, "next": target, "error": error, "user": None, "no_users": users.count() == 0},
             status_code=status_code,
         )
         response.set_cookie(
@@ -143,7 +143,7 @@ def create_app(ctx: WebContext) -> FastAPI:
             )
             response.headers["Retry-After"] = str(math.ceil(wait))
             return response
-        if not verify_password(web.users, username, password):
+        if not users.verify(username, password):
             throttle.failed(address, username)
             log.warning("failed login for user %r from %s", username, address)
             audit(ctx.sessions, username, "login_failed", now)

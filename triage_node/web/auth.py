@@ -13,34 +13,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from triage_node.config import User
+from triage_node.users import hash_password as hash_password
+from triage_node.users import verify
 
 SESSION_COOKIE = "tn_session"
 LOGIN_COOKIE = "tn_login"  # carries the CSRF token of the login form before anyone is logged in
 
-_hasher = PasswordHasher()
-# Verified when the user name is unknown, so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash("triage-node: no such user")
-
-
-def hash_password(password: str) -> str:
-    """An argon2id hash for ``web.users[].password_hash`` (``triage-node hash-password``)."""
-    if not password:
-        raise ValueError("password must not be empty")
-    return _hasher.hash(password)
-
 
 def verify_password(users: tuple[User, ...], name: str, password: str) -> bool:
-    """True when ``name`` is a configured user and ``password`` matches its argon2 hash."""
+    """True when ``name`` is one of ``users`` and ``password`` matches its argon2 hash (the web app itself checks
+    through ``triage_node.users.UserStore``: the config file's users, then the database's)."""
     user = next((u for u in users if hmac.compare_digest(u.name, name)), None)
-    try:
-        return _hasher.verify(user.password_hash if user else _DUMMY_HASH, password) and user is not None
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        return False
+    return verify(user.password_hash if user else None, password)
 
 
 def new_token() -> str:

@@ -1,4 +1,4 @@
-"""SQLAlchemy models: studies, series, instances, jobs, findings, outbox, notifications, audit log.
+"""SQLAlchemy models: studies, series, instances, jobs, findings, outbox, notifications, audit log, web users.
 
 Every durable fact lives in these rows; the spool holds only instance bytes named by ``Instance.path``.
 Changing a model needs an Alembic revision in ``triage_node/worklist/migrations/versions``.
@@ -279,3 +279,18 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebUser(Base):
+    """A worklist login made by ``triage-node user add`` (argon2id hash; the password itself is never stored).
+
+    The web app reads this table at each login, so a user added, changed or removed applies at once; users listed in
+    ``web.users`` of the config file are checked first."""
+
+    __tablename__ = "web_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
