@@ -348,14 +348,32 @@ class StorageSCP:
     def _on_rejected(self, event: evt.Event) -> None:
         self.hooks.on_association(False)
         rq = event.assoc.requestor
-        called = event.assoc.acceptor.primitive.called_ae_title if event.assoc.acceptor.primitive else "?"
+        # The title the peer called is in its A-ASSOCIATE-RQ; the acceptor's primitive is our A-ASSOCIATE-RJ.
+        request, reply = rq.primitive, event.assoc.acceptor.primitive
+        called = str(request.called_ae_title).strip() if request is not None else "?"
+        calling = str(rq.ae_title).strip()
         log.warning(
-            "association rejected: calling AE %r from %s, called AE %r "
-            "(allow-list, called AE title or association limit)",
-            rq.ae_title,
+            "association rejected: calling AE %r from %s, called AE %r: %s",
+            calling,
             rq.address,
             called,
+            self._rejection_reason(reply, calling, called, rq.address),
         )
+
+    def _rejection_reason(self, reply: Any, calling: str, called: str, address: str) -> str:
+        """The one reason pynetdicom sent (the last check that failed decides the A-ASSOCIATE-RJ), in words."""
+        rsd = (reply.result, reply.result_source, reply.diagnostic) if reply is not None else None
+        if rsd == (0x01, 0x01, 0x07):
+            return f"called AE title {called!r} is not ours ({self.cfg.ae_title!r})"
+        if rsd == (0x01, 0x01, 0x03):
+            if any(c.ae_title == calling for c in self.cfg.allowed_callers):
+                return f"calling AE title {calling!r} is not in scp.allowed_callers for address {address}"
+            return f"calling AE title {calling!r} is not in scp.allowed_callers"
+        if rsd == (0x02, 0x03, 0x02):
+            return f"association limit reached (scp.max_associations {self.cfg.max_associations})"
+        if rsd == (0x02, 0x02, 0x01):
+            return "user identity negotiation failed"
+        return f"result {rsd}" if rsd else "no reason recorded"
 
     def _on_store(self, event: evt.Event) -> int:
         """pynetdicom's EVT_C_STORE (associations not served by receive/fastlane.py)."""

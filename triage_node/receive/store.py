@@ -11,6 +11,7 @@ import logging
 import os
 import struct
 import threading
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,12 +19,11 @@ from io import BytesIO
 from pathlib import Path
 from typing import cast
 
-from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
@@ -321,23 +321,37 @@ def _parse_pydicom(
     transfer_syntax: str | None,
     dataset_offset: int,
 ) -> Header:
+    data_length = len(data)
     try:
+        if transfer_syntax is None:
+            fp = BytesIO(data)
+            read_preamble(fp, False)
+            transfer_syntax = str(_read_file_meta_info(fp).get("TransferSyntaxUID", ""))
+            dataset_offset = fp.tell()
         # Values above DEFER_SIZE (the pixels) are skipped, not copied: only their length and offset are kept.
-        if transfer_syntax is not None and transfer_syntax != _DEFLATED:
+        if transfer_syntax == _DEFLATED:
+            # The lengths the checks compare are those of the inflated data set, never of the compressed stream.
+            inflated = _inflate(data[dataset_offset:])
+            fp, data_length = BytesIO(inflated), len(inflated)
+            implicit, little = False, True
+        else:
             fp = BytesIO(data)
             fp.seek(dataset_offset)
             implicit, little = transfer_syntax == _IMPLICIT_LE, transfer_syntax != _EXPLICIT_BE
-            ds = read_dataset(fp, implicit, little, defer_size=DEFER_SIZE)
-        else:
-            ds = dcmread(BytesIO(data), force=False, defer_size=DEFER_SIZE)
-            transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError, AttributeError) as exc:
+        ds = read_dataset(fp, implicit, little, defer_size=DEFER_SIZE)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError, AttributeError, zlib.error) as exc:
         raise Refused(STATUS_CANNOT_UNDERSTAND, f"dataset cannot be parsed ({type(exc).__name__}: {exc})") from exc
     uids = _identity(lambda kw: _raw_ascii(ds, kw), context_sop_class, affected_sop_instance)
-    _check_pixels(ds, transfer_syntax, len(data))
+    _check_pixels(ds, transfer_syntax, data_length)
     return _header(
         uids, transfer_syntax, _raw_int(ds, "InstanceNumber"), _raw_int(ds, "ImagesInAcquisition"), lambda: ds
     )
+
+
+def _inflate(stream: bytes | memoryview) -> bytes:
+    """A Deflated Explicit VR Little Endian data set (raw deflate, RFC 1951) inflated; a stream cut short yields what
+    it holds (the pixel check then finds the data set short)."""
+    return zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream)
 
 
 def _header(
