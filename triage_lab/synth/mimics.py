@@ -42,7 +42,9 @@ class Landmarks:
         self.mid_x = float(self.vent_c[2])
 
 
-def _blob(shape: tuple[int, ...], centre_vox: np.ndarray, radius_mm: float, sp: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
+def _blob(
+    shape: tuple[int, ...], centre_vox: np.ndarray, radius_mm: float, sp: np.ndarray
+) -> tuple[tuple[slice, ...], np.ndarray]:
     """A soft ball: the box around it and an alpha in [0, 1] over that box."""
     r_vox = radius_mm / sp + 2
     lo = np.maximum(np.floor(centre_vox - r_vox).astype(int), 0)

@@ -134,11 +134,15 @@ def _rotation(rx: float, ry: float, rz: float) -> np.ndarray:
     )
 
 
-def _sample_points(rng: np.random.Generator, grid: Grid, src: HeadSource, sub: int, deform_mm: float) -> np.ndarray:
-    """Source index coordinates (3, sub, z, y, x) for every output voxel and slice sub-sample."""
-    pitch, roll = (float(a) for a in np.deg2rad(rng.uniform(-8, 8, 2)))
-    rot = _rotation(pitch, roll, float(np.deg2rad(rng.uniform(-12, 12))))
-    scale = rng.uniform(0.9, 1.1) * rng.uniform(0.96, 1.04, 3)  # head size and shape
+def _sample_points(
+    rng: np.random.Generator, grid: Grid, src: HeadSource, sub: int, deform_mm: float, wide: bool = False
+) -> np.ndarray:
+    """Source index coordinates (3, sub, z, y, x) for every output voxel and slice sub-sample. ``wide``: the
+    domain-randomised pose and size ranges (pitch/roll +-15 deg, yaw +-20, size 0.86-1.14, shape +-8%)."""
+    lim, yaw, size, aniso = (15, 20, (0.86, 1.14), 0.08) if wide else (8, 12, (0.9, 1.1), 0.04)
+    pitch, roll = (float(a) for a in np.deg2rad(rng.uniform(-lim, lim, 2)))
+    rot = _rotation(pitch, roll, float(np.deg2rad(rng.uniform(-yaw, yaw))))
+    scale = rng.uniform(*size) * rng.uniform(1 - aniso, 1 + aniso, 3)  # head size and shape
     shift = rng.uniform(-8, 8, 3)
     head_to_patient = rot @ np.diag(scale)
     inv = np.linalg.inv(head_to_patient)
@@ -437,6 +441,7 @@ def make_dwi_case(
     side: str | None = None,
     infarct: bool = True,
     source: str = "mni",
+    profile: str = "legacy",
 ) -> DwiCase:
     """A synthetic DWI b=1000 + ADC series with an optional acute infarct, deterministic per seed.
 
@@ -449,6 +454,10 @@ def make_dwi_case(
     """
     if source not in DWI_SOURCES:
         raise ValueError(f"source must be one of {DWI_SOURCES}, got {source!r}")
+    if profile == "randomised":
+        from triage_lab.synth.mr_randomise import randomised_dwi_case
+
+        return randomised_dwi_case(seed, region, side, infarct)
     rng = np.random.default_rng([seed, 4_001])
     if source == "seeded":
         from triage_lab.synth.headct import HeadCTUnavailable

@@ -241,7 +241,8 @@ def scanner(hu: np.ndarray, labels: np.ndarray, acq: Acquisition, rng: np.random
             z = int(rng.integers(nz))
             for zz in range(z, min(nz, z + int(rng.integers(1, 4)))):
                 d = _line((h, w), rng)
-                out[zz] += rng.choice([-1, 1]) * rng.uniform(10, 45) * np.exp(-0.5 * (d / (0.8 * scale)) ** 2) * head[zz]
+                amp = rng.choice([-1, 1]) * rng.uniform(10, 45)
+                out[zz] += amp * np.exp(-0.5 * (d / (0.8 * scale)) ** 2) * head[zz]
     if acq.motion_px > 0:
         z0 = int(rng.integers(nz))
         z1 = min(nz, z0 + int(rng.integers(2, 8)))

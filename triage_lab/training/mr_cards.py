@@ -134,7 +134,7 @@ def write_infarct_dir(
         ),
         input=MappingProxyType(
             {
-                "kind": "zscore",
+                "kind": getattr(recipe, "kind", "zscore"),
                 "size": recipe.size,
                 "series": "DWI b=1000 trace images only (no b=0, no ADC); axial",
                 "resize": "pad to square, resample to size; mask resampled back to the original grid",

@@ -61,9 +61,9 @@ def match_radius_mm(radius: float) -> float:
 
 def case_record(seed: int, cfg: CandidateConfig) -> dict[str, np.ndarray]:
     """Synthesize one SWI case and return its candidate patches, labels and ground truth (see module docstring)."""
-    from triage_lab.synth.mr import make_swi_case
+    from triage_lab.synth.mr_randomise import randomised_swi_case
 
-    case = make_swi_case(seed)
+    case = randomised_swi_case(seed)
     return record_from_arrays(case.volume, case.spacing, case.centres, case.radii, case.source, cfg)
 
 

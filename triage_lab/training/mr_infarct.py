@@ -72,7 +72,7 @@ def _write(args: tuple[Path, int]) -> int:
     if path.exists():
         return seed
     infarct = seed < SPLIT_BASE["test_negative"]  # the *_negative seeds (300000 and above) have no infarct
-    c = make_dwi_case(seed, infarct=infarct)
+    c = make_dwi_case(seed, infarct=infarct, profile="randomised")
     tmp = path.with_suffix(".tmp.npz")
     np.savez(
         tmp,
@@ -143,6 +143,8 @@ class InfarctRecipe:
     neg_per_pos: float = 1.0
     min_area_mm2: float = 15.0
     steps_per_epoch: int | None = None
+    kind: str = "robust"  # MR input normalisation (triage_node.inference.segmenter.normalise); 1.x used zscore
+    profile: str = "randomised"  # the DWI generator (triage_lab.synth.mr_randomise); 1.x used legacy
 
 
 def train_infarct(
@@ -179,9 +181,10 @@ def train_infarct(
         batch_size=recipe.batch_size,
         n_train=recipe.n_train,
         n_val=recipe.n_val,
-        kind="zscore",
+        kind=recipe.kind,
         cls_weight=recipe.cls_weight,
         neg_per_pos=recipe.neg_per_pos,
+        hard_negatives=True,
     )
     rng = np.random.default_rng(cfg.seed)
     if cases is None:
@@ -191,13 +194,17 @@ def train_infarct(
         train = crops_from_volumes(((r.dwi, r.mask) for r in load_records(cache, tr + tr_neg)), seg_recipe, rng)
         val = crops_from_volumes(((r.dwi, r.mask) for r in load_records(cache, va)), seg_recipe, rng)
         negatives = (
-            f"; {len(tr_neg)} cases without infarct (seeds {tr_neg[0]}-{tr_neg[-1]}), 8 random tissue crops each"
+            f"; {len(tr_neg)} cases without infarct (seeds {tr_neg[0]}-{tr_neg[-1]}), 24 tissue crops each, half "
+            "of them the brightest (hard negatives: artefacts, shine-through, cortex)"
             if tr_neg
             else ""
         )
         data_desc = (
-            f"synthetic DWI b=1000 from MNI152 tissue maps: {len(tr)} cases (seeds {tr[0]}-{tr[-1]}), one infarct "
-            "each in a random region and side of the atlas, random pose, size, deformation, slice spacing 3-5 mm"
+            f"synthetic, domain-randomised DWI b=1000 (triage_lab.synth.mr_randomise) from MNI152 tissue maps and the "
+            f"real head CT's tissue maps: {len(tr)} cases (seeds {tr[0]}-{tr[-1]}), one infarct each in a random "
+            "region and side of the atlas; random pose, size, deformation, voxel size, slices 2.5-5.5 mm, tissue "
+            "contrasts, b-value, bright cortex, scalp, susceptibility pile-up/drop-out, T2 shine-through, bias, "
+            "multi-coil noise, Gibbs ringing, masked backgrounds, gain"
             + negatives
         )
         val_desc = f"{len(va)} cases (seeds {va[0]}-{va[-1]})"
@@ -557,7 +564,7 @@ def lesion_slice(r: DwiRecord, size: int = 128) -> np.ndarray:
     from triage_node.inference.segmenter import normalise
 
     k = int(np.argmax(r.mask.sum(axis=(1, 2))))
-    return normalise(r.dwi[k : k + 1], "zscore", size).numpy()[0]
+    return normalise(r.dwi[k : k + 1], "robust", size).numpy()[0]
 
 
 def run_direct_baseline(cache: Path, n_train: int, n_test: int, epochs: int = 12, seed: int = 0) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class SegRecipe:
     kind: str = "ct_windows"
     cls_weight: float = 0.5
     neg_per_pos: float = 1.0
+    hard_negatives: bool = False  # volumes without lesion give 24 crops, half the brightest
 
 
 @dataclass
@@ -77,8 +78,17 @@ def crops_from_volumes(
         pos = cm.sum(dim=(1, 2, 3)) > 0
         tissue = cx[:, 0].mean(dim=(1, 2)) > 0.03
         neg_idx = np.flatnonzero((~pos & tissue).numpy())
-        n_neg = min(len(neg_idx), max(8, int(pos.sum() * recipe.neg_per_pos)))
-        take = np.concatenate([np.flatnonzero(pos.numpy()), rng.choice(neg_idx, n_neg, replace=False)])
+        if recipe.hard_negatives and not bool(pos.any()):
+            # A volume without lesion: more crops, half of them the brightest (where false positives come from).
+            n_neg = min(len(neg_idx), 24)
+            bright = cx[neg_idx, 0].flatten(1).quantile(0.99, dim=1).numpy()
+            hard = neg_idx[np.argsort(-bright)[: n_neg // 2]]
+            rest = np.setdiff1d(neg_idx, hard)
+            pick = np.concatenate([hard, rng.choice(rest, min(len(rest), n_neg - len(hard)), replace=False)])
+        else:
+            n_neg = min(len(neg_idx), max(8, int(pos.sum() * recipe.neg_per_pos)))
+            pick = rng.choice(neg_idx, n_neg, replace=False)
+        take = np.concatenate([np.flatnonzero(pos.numpy()), pick]).astype(np.int64)
         xs.append((cx[take] * 255).round().to(torch.uint8))
         ms.append(cm[take].to(torch.uint8))
     return CropSet(torch.cat(xs), torch.cat(ms))

@@ -43,21 +43,49 @@ def grid_join(crops: torch.Tensor, n: int) -> torch.Tensor:
     return t.reshape(bnn // (n * n), c, n * h, n * w)
 
 
+def head_voxels(px: np.ndarray) -> np.ndarray:
+    """The voxels of an MR volume that belong to the head: above a threshold halfway (in log) between the background
+    level and the bright tissue level, found from the volume's own histogram (works with a noisy or a zeroed
+    background alike)."""
+    sample = px[:: max(1, px.shape[0] // 16)].ravel()
+    sample = sample[sample > 0]
+    if sample.size == 0:
+        return sample
+    hi = float(np.percentile(sample, 98.0))
+    lo = float(np.percentile(sample, 20.0))
+    thr = np.sqrt(max(lo, hi * 1e-3) * hi) * 0.5 if hi > 0 else 0.0
+    return px[px > thr]
+
+
 def normalise(pixels: np.ndarray, kind: str, size: int) -> torch.Tensor:
     """Volume pixels (z, y, x) -> network input (z, C, size, size).
 
     ``ct_windows``: brain/subdural/bone windows of HU (3 channels). ``zscore``: MR intensities standardised over the
-    non-zero voxels of the volume, mapped to roughly [0, 1] (1 channel).
+    non-zero voxels of the volume, mapped to roughly [0, 1] (1 channel); it moves with how much background the series
+    holds (noise or stored zeros). ``robust``: MR intensities centred on the median of the head's voxels and scaled by
+    their 5th-95th percentile range, so neither the background, the gain nor a bright artefact moves it (1 channel).
     """
     if kind == "ct_windows":
         return window_resize(pixels, size)
+    if kind == "robust":
+        px = np.asarray(pixels, np.float32)
+        fg = head_voxels(px)
+        if fg.size:
+            med = float(np.median(fg))
+            lo, hi = np.percentile(fg, [5.0, 95.0])
+            scale = max(float(hi - lo), 1e-6)
+        else:
+            med, scale = 0.0, 1.0
+        z = ((square_pad(px, 0.0) - med) / scale) / 3.0 + 0.35
+        x = torch.from_numpy(z.clip(0, 1).astype(np.float32))[:, None]
+        return F.interpolate(x, size=(size, size), mode="area") if x.shape[-1] != size else x
     if kind == "zscore":
         px = np.asarray(pixels, np.float32)
         fg = px[px > 0]
         mu, sd = (float(fg.mean()), float(fg.std()) + 1e-6) if fg.size else (0.0, 1.0)
         x = torch.from_numpy(((square_pad(px, 0.0) - mu) / sd / 6.0 + 0.5).clip(0, 1))[:, None]
         return F.interpolate(x, size=(size, size), mode="area") if x.shape[-1] != size else x
-    raise ValueError(f"input.kind must be 'ct_windows' or 'zscore', got {kind!r}")
+    raise ValueError(f"input.kind must be 'ct_windows', 'zscore' or 'robust', got {kind!r}")
 
 
 class CropGridSegmenter:
