@@ -102,6 +102,7 @@ class App:
             observe_inference=lambda m, s: self.metrics.inference_seconds.labels(model=m).observe(s),
             observe_stage=lambda st, s: self.metrics.job_stage_seconds.labels(stage=st).observe(s),
             observe_flag=self.metrics.time_to_flag_seconds.observe,
+            on_flag=lambda: self._wake("notify"),
             clock=self.clock,
         )
         guard = DiskGuard(cfg.storage.spool_dir, cfg.storage.min_free_mb)

@@ -1,9 +1,13 @@
 """Process one job: route the series, build its volume, drop blank slices, run the models, store findings, build the
 SEG/SR results and queue them for delivery.
 
-Reading and computing happen outside any transaction; everything the job decides is committed in one transaction at
-the end, so a crash at any point leaves the job ``processing`` and the restart runs it again from the start. Result
-files are rebuilt with the UIDs stored on the job, so a rerun writes identical objects.
+Flag first: as soon as the models have decided the worklist priority (the first finding that flags, or all models
+run), one transaction stores the findings so far, the job's priority and ``flagged_at``, the study's flag and its
+notifications; the job stays ``processing``. The models that only qualify the flag (the segmenter), the heat maps
+and the SEG/SR follow, and a second transaction stores them and queues the results (the page shows them at its next
+poll). Reading and computing happen outside any transaction, so a crash at any point leaves the job ``processing``
+and the restart runs it again from the start (the flag it already set stays; notifications are queued once per
+job). Result files are rebuilt with the UIDs stored on the job, so a rerun writes identical objects.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class PipelineContext:
     observe_inference: Callable[[str, float], None] = lambda model, seconds: None
     observe_stage: Callable[[str, float], None] = lambda stage, seconds: None
     observe_flag: Callable[[float], None] = lambda seconds: None
+    # Called after the flag is committed (the daemon wakes its notification sender).
+    on_flag: Callable[[], None] = lambda: None
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
 
 
@@ -212,6 +218,7 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
     names = cfg.models.pipelines.get(rule.pipeline, ())
     analyzers = [ctx.analyzers[n] for n in names if n in ctx.analyzers]
     outputs: list[ModelOutput] = []
+    flagged = False
     for analyzer in analyzers:
         gate = cfg.models.gates.get(analyzer.name)
         if gate is not None and not any(f.label == gate and f.present for o in outputs for f in o.findings):
@@ -221,7 +228,13 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
         outputs.append(analyzer.analyze(volume))
         timings[f"model:{analyzer.name}"] = time.perf_counter() - t
         ctx.observe_inference(analyzer.name, timings[f"model:{analyzer.name}"])
+        if not flagged and _priority(outputs, cfg.models.priority) != Priority.NONE:
+            # Decided: flag now; the models after this one qualify or outline the finding.
+            _flag(ctx, job_id, outputs, volume.sop_instance_uids, kept, dropped, timings, t0)
+            flagged = True
     priority = _priority(outputs, cfg.models.priority)
+    if not flagged and analyzers:
+        _flag(ctx, job_id, outputs, volume.sop_instance_uids, kept, dropped, timings, t0)
 
     t = time.perf_counter()
     with transaction(ctx.sessions) as s:
@@ -249,6 +262,67 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
     return _commit(ctx, job_id, outputs, files, priority, kept, dropped, out_dir, timings)
 
 
+def _store_findings(s: Session, job: Job, outputs: Sequence[ModelOutput], uids: Sequence[str]) -> None:
+    for old in list(job.findings):  # a rerun after a crash, or the results after the flag, replace, never duplicate
+        s.delete(old)
+    s.flush()
+    for out in outputs:
+        for f in out.findings:
+            s.add(
+                FindingRow(
+                    job_id=job.id,
+                    label=f.label,
+                    present=f.present,
+                    probability=float(f.probability),
+                    volume_ml=f.volume_ml,
+                    location=f.location,
+                    laterality=f.laterality,
+                    count=f.count,
+                    model=f.model,
+                    model_version=f.model_version,
+                    key_slices=list(f.key_slices),
+                    key_sop_uids=[uids[i] for i in f.key_slices if 0 <= i < len(uids)],
+                    positions=[list(p) for p in f.positions],
+                )
+            )
+
+
+def _flag(
+    ctx: PipelineContext,
+    job_id: int,
+    outputs: Sequence[ModelOutput],
+    uids: Sequence[str],
+    kept: int,
+    dropped: int,
+    timings: dict[str, float],
+    t0: float,
+) -> None:
+    """Commit the decision before the results: findings so far, priority, flag, notifications (job stays
+    ``processing``)."""
+    priority = _priority(outputs, ctx.config.models.priority)
+    timings["flag"] = time.perf_counter() - t0
+    now = ctx.clock()
+    with transaction(ctx.sessions) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        study = job.series.study
+        _store_findings(s, job, outputs, uids)
+        job.slices_kept, job.slices_dropped = kept, dropped
+        job.priority = priority.value
+        job.timings = dict(timings)
+        first = job.flagged_at is None  # a rerun keeps the flag time its first run committed
+        if first:
+            job.flagged_at = now
+        _update_study(study, priority, now)
+        if priority != Priority.NONE:
+            queue_for_job(s, job, study, ctx.config.notifications)
+        last = job.last_instance_at
+    if first and last is not None:
+        ctx.observe_flag((now - last).total_seconds())
+    log.info("job %d flagged: priority %s after %.2f s; results follow", job_id, priority.value, timings["flag"])
+    ctx.on_flag()
+
+
 def _commit(
     ctx: PipelineContext,
     job_id: int,
@@ -265,38 +339,16 @@ def _commit(
         job = s.get(Job, job_id)
         assert job is not None
         study = job.series.study
-        for old in list(job.findings):  # a rerun after a crash replaces, never duplicates
-            s.delete(old)
-        uids = None
-        for out in outputs:
-            for f in out.findings:
-                if uids is None:
-                    uids = _kept_uids(out_dir)
-                s.add(
-                    FindingRow(
-                        job_id=job.id,
-                        label=f.label,
-                        present=f.present,
-                        probability=float(f.probability),
-                        volume_ml=f.volume_ml,
-                        location=f.location,
-                        laterality=f.laterality,
-                        count=f.count,
-                        model=f.model,
-                        model_version=f.model_version,
-                        key_slices=list(f.key_slices),
-                        key_sop_uids=[uids[i] for i in f.key_slices if 0 <= i < len(uids)],
-                        positions=[list(p) for p in f.positions],
-                    )
-                )
+        _store_findings(s, job, outputs, _kept_uids(out_dir) if any(o.findings for o in outputs) else [])
         job.slices_kept, job.slices_dropped = kept, dropped
         job.priority = priority.value
         job.results_dir = str(out_dir)
         job.timings = timings
-        job.flagged_at = now
+        if job.flagged_at is None:  # no model ran: the flag (none) is decided now
+            job.flagged_at = now
+            if job.last_instance_at is not None:
+                ctx.observe_flag((now - job.last_instance_at).total_seconds())
         _update_study(study, priority, now)
-        if job.last_instance_at is not None:
-            ctx.observe_flag((now - job.last_instance_at).total_seconds())
         enqueue(s, job, files, ctx.config.destinations, now)
         s.flush()
         if job.outbox:
