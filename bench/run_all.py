@@ -1,7 +1,7 @@
 """``make bench``: run every benchmark (each writes bench/results/<name>.json), then rewrite the table between the
 ``<!-- bench-table -->`` markers of README.md from those files.
 
-    .venv/bin/python bench/run_all.py [--only ingest,time_to_flag,inference,memory] [--table-only]
+    .venv/bin/python bench/run_all.py [--only ingest,time_to_flag,flag_first,inference,memory] [--table-only]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- bench-table -->", "<!-- /bench-table -->"
-SCRIPTS = ("ingest", "time_to_flag", "inference", "memory")
+SCRIPTS = ("ingest", "time_to_flag", "flag_first", "inference", "memory")
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -99,6 +99,18 @@ def table() -> str:
                 f" | {_fmt(m.get('results_s'))} | {_fmt(m.get('flag_s'))} | {_fmt(m.get('delivered_s'))} |"
             )
         lines.append("")
+    ff = _load("flag_first")
+    if ff:
+        m, load = ff["median"], ff.get("load_average_1min", {})
+        lines += [
+            f"**Flag first** ({ff['slices']}-slice {ff['matrix']}x{ff['matrix']} hemorrhage CT, no declared size, "
+            f"quiet period {ff['quiet_period_s']:g} s, models {', '.join(ff['models'])}; median of {len(ff['runs'])}; "
+            f"load average {load.get('before', '?')} -> {load.get('after', '?')} on {ff['machine']['cores']} cores): "
+            f"flag **{_fmt(m.get('flag_s'))} s** after the last image (target <= {ff['targets_s']['flag_s']:g}), "
+            f"SEG+SR in Orthanc {_fmt(m.get('delivered_s'))} s (target <= {ff['targets_s']['delivered_s']:g}). "
+            "`bench/flag_first.py`.",
+            "",
+        ]
     inf = _load("inference")
     if inf:
         if inf["rows"]:

@@ -77,14 +77,15 @@ def _seconds(a: Any, b: Any) -> float | None:
 
 
 def measure(folders: list[Path], models: list[str], with_orthanc: bool, tag: str, pipeline: str = "ct_head",
-            precision: str = "auto") -> dict[str, Any]:
+            precision: str = "auto", quiet_period_s: float = 30) -> dict[str, Any]:
     pipelines: dict[str, list[str]] = {"ct_head": [], "mr_swi": [], "mr_dwi": []}
     pipelines[pipeline] = models
     env = {
         "TRIAGE_NODE__MODELS__PIPELINES": json.dumps(pipelines),
         "TRIAGE_NODE__MODELS__PRECISION": precision,
         "TRIAGE_NODE__MODELS__THREADS": "2",
-        "TRIAGE_NODE__SERIES__QUIET_PERIOD_S": "30",  # completion must come from the declared size, not the timer
+        # 30 (default): completion must come from the declared size, not the timer
+        "TRIAGE_NODE__SERIES__QUIET_PERIOD_S": f"{quiet_period_s:g}",
     }
     runs: list[dict[str, Any]] = []
     ctx = orthanc(WORK / "ttf" / f"orthanc-{tag}") if with_orthanc else None
