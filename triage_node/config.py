@@ -275,6 +275,17 @@ class Models(Frozen):
             "microbleed": "routine",
         }
     )
+    # Shadow mode: these models run and their findings are recorded and rated (study page, /performance), but they
+    # set no priority, gate no live model and nothing of theirs is sent to a destination or notified.
+    shadow: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _shadow_models_run(self) -> Models:
+        listed = {name for names in self.pipelines.values() for name in names}
+        unknown = [name for name in self.shadow if name not in listed]
+        if unknown:
+            raise ValueError(f"shadow model(s) {unknown} are in no pipeline (models.pipelines lists {sorted(listed)})")
+        return self
 
 
 class Destination(Frozen):

@@ -1,4 +1,5 @@
-"""SQLAlchemy models: studies, series, instances, jobs, findings, outbox, notifications, audit log, web users.
+"""SQLAlchemy models: studies, series, instances, jobs, findings, outbox, notifications, audit log, web users,
+radiologists' verdicts and the acquisition attributes the performance page watches for drift.
 
 Every durable fact lives in these rows; the spool holds only instance bytes named by ``Instance.path``.
 Changing a model needs an Alembic revision in ``triage_node/worklist/migrations/versions``.
@@ -119,6 +120,7 @@ class Study(Base):
     acknowledged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
+    verdicts: Mapped[list[Verdict]] = relationship(order_by="Verdict.id", viewonly=True)
 
 
 class Series(Base):
@@ -223,6 +225,8 @@ class FindingRow(Base):
     key_slices: Mapped[list[int] | None] = mapped_column(JSON)
     key_sop_uids: Mapped[list[str] | None] = mapped_column(JSON)
     positions: Mapped[list[list[float]] | None] = mapped_column(JSON)
+    # Made by a model in ``models.shadow``: recorded and rated, but it set no priority and was sent nowhere.
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
     job: Mapped[Job] = relationship(back_populates="findings")
 
@@ -294,3 +298,54 @@ class WebUser(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class VerdictKind(str, Enum):
+    """A radiologist's verdict. On a present finding: agree, disagree, unsure. On a job without a flag: ``agree``
+    (no finding, the negative is right), ``missed`` (a finding the models missed), unsure."""
+
+    AGREE = "agree"
+    DISAGREE = "disagree"
+    UNSURE = "unsure"
+    MISSED = "missed"
+
+
+class Verdict(Base):
+    """One verdict by one user at one time; a later verdict by anyone on the same (job, label, model) supersedes it
+    for the figures, and every one stays (the audit log has them too).
+
+    The finding is named by job, label and model (its version copied), not by the finding row's id: a rerun of the
+    job replaces its finding rows, and the verdict must survive that. ``present`` is what the model said."""
+
+    __tablename__ = "verdicts"
+    __table_args__ = (Index("ix_verdicts_target", "job_id", "label", "model"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    label: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(32))
+    present: Mapped[bool] = mapped_column(Boolean)
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False)
+    verdict: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str | None] = mapped_column(Text)
+    user: Mapped[str] = mapped_column(String(128))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class SeriesAcquisition(Base):
+    """What the performance page compares with each model card's input ranges, read once per series from one stored
+    header (and, for the head size, one middle slice's pixels). No patient data."""
+
+    __tablename__ = "series_acquisition"
+
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), primary_key=True)
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    kernel: Mapped[str | None] = mapped_column(String(64))
+    slice_thickness_mm: Mapped[float | None] = mapped_column(Float)
+    pixel_spacing_mm: Mapped[float | None] = mapped_column(Float)
+    head_width_mm: Mapped[float | None] = mapped_column(Float)
+    read_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    error: Mapped[str | None] = mapped_column(String(256))
