@@ -34,7 +34,7 @@ def cases() -> dict[tuple[str, int], tuple[CTCase, Canvas]]:
             from triage_lab.synth.headct import DEFAULT_PATH
 
             require(DEFAULT_PATH.exists(), f"{DEFAULT_PATH} missing (apt-get install invesalius-examples)")
-        case = make_ct_case(seed, SUBTYPES, source=source, n_slices=20)
+        case = make_ct_case(seed, SUBTYPES, source=source, n_slices=20, profile="legacy")
         out[(source, seed)] = (case, Canvas.from_labels(case.tissue, case.spacing))
     return out
 
@@ -100,7 +100,7 @@ def test_intraparenchymal_rarely_reaches_the_inner_table() -> None:
     """A known limit of the generator, kept because the shipped models were trained on it: the blob is centred at
     least 14 mm deep but its radius (up to 20 mm, lobulated) is not clipped, so it reaches the table (and sometimes
     a ventricle) in a minority of draws. This pins that rate so a change to it is noticed."""
-    case = make_ct_case(7, (), source="mni", n_slices=20)
+    case = make_ct_case(7, (), source="mni", n_slices=20, profile="legacy")
     canvas = Canvas.from_labels(case.tissue, case.spacing)
     draws = [draw_lesion("intraparenchymal", canvas, np.random.default_rng(i)) for i in range(40)]
     touching = sum(touches_bone(m, case.tissue) for m in draws)
@@ -169,7 +169,7 @@ def test_drawn_acquisitions_vary_between_seeds() -> None:
 
 
 def test_cases_of_different_seeds_differ_in_grid_and_spacing() -> None:
-    cases = [make_ct_case(s, (), source="mni", matrix=128) for s in (3, 4, 5)]
+    cases = [make_ct_case(s, (), source="mni", matrix=128, profile="legacy") for s in (3, 4, 5)]
     for c in cases:
         assert c.spacing[1:] == (c.acquisition.pixel_mm, c.acquisition.pixel_mm)
         assert c.spacing[0] == pytest.approx(c.acquisition.slice_mm)

@@ -102,8 +102,8 @@ def test_storage_arguments_are_checked(tmp_path: Path) -> None:
 
 def test_vary_storage_is_opt_in_and_changes_only_the_quantisation() -> None:
     seed = next(s for s in range(100) if draw_storage(s).name == "double")
-    plain = make_ct_case(seed, (), source="mni", n_slices=6)
-    varied = make_ct_case(seed, (), source="mni", n_slices=6, vary_storage=True)
+    plain = make_ct_case(seed, (), source="mni", n_slices=6, profile="legacy")
+    varied = make_ct_case(seed, (), source="mni", n_slices=6, vary_storage=True, profile="legacy")
     assert plain.storage is None and varied.storage == STORAGES["double"]
     assert varied.hu.dtype == np.int16 and not np.array_equal(plain.hu, varied.hu)
     expected = np.clip(np.rint(round_trip(plain.hu, STORAGES["double"])), -1024, 3071).astype(np.int16)
