@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,10 +134,13 @@ def _load_filtered(
     return buf, keep
 
 
-def _priority(outputs: Sequence[ModelOutput], table: Mapping[str, str]) -> Priority:
-    """The highest priority any present finding maps to (unlisted labels: routine; ``none``: no flag)."""
+def _priority(outputs: Sequence[ModelOutput], table: Mapping[str, str], shadow: Collection[str] = ()) -> Priority:
+    """The highest priority any present finding maps to (unlisted labels: routine; ``none``: no flag); models in
+    ``shadow`` set none."""
     best = Priority.NONE
     for out in outputs:
+        if out.model in shadow:
+            continue
         for f in out.findings:
             if f.present:
                 p = Priority(table.get(f.label, Priority.ROUTINE.value))
@@ -146,13 +149,14 @@ def _priority(outputs: Sequence[ModelOutput], table: Mapping[str, str]) -> Prior
     return best
 
 
-def _save_masks(path: Path, uids: Sequence[str], outputs: Sequence[ModelOutput]) -> None:
+def _save_masks(path: Path, uids: Sequence[str], outputs: Sequence[ModelOutput], shadow: Collection[str] = ()) -> None:
     arrays: dict[str, Any] = {"sop_instance_uids": np.asarray(uids)}
     for out in outputs:
+        prefix = "shadow__" if out.model in shadow else ""  # the viewer shows them apart; key images never
         for label, mask in out.masks.items():
-            arrays[f"mask__{label}"] = np.asarray(mask, dtype=bool)
+            arrays[f"{prefix}mask__{label}"] = np.asarray(mask, dtype=bool)
         for label, heat in out.heatmaps.items():
-            arrays[f"heatmap__{label}"] = np.clip(np.asarray(heat) * 255.0, 0, 255).astype(np.uint8)
+            arrays[f"{prefix}heatmap__{label}"] = np.clip(np.asarray(heat) * 255.0, 0, 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
@@ -217,22 +221,24 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
 
     names = cfg.models.pipelines.get(rule.pipeline, ())
     analyzers = [ctx.analyzers[n] for n in names if n in ctx.analyzers]
+    shadow = _shadow(ctx)
     outputs: list[ModelOutput] = []
     flagged = False
     for analyzer in analyzers:
         gate = cfg.models.gates.get(analyzer.name)
-        if gate is not None and not any(f.label == gate and f.present for o in outputs for f in o.findings):
+        gating = [o for o in outputs if o.model not in shadow or analyzer.name in shadow]  # shadow gates no live model
+        if gate is not None and not any(f.label == gate and f.present for o in gating for f in o.findings):
             log.debug("job %d: %s not run, %s is absent", job_id, analyzer.name, gate)
             continue
         t = time.perf_counter()
         outputs.append(analyzer.analyze(volume))
         timings[f"model:{analyzer.name}"] = time.perf_counter() - t
         ctx.observe_inference(analyzer.name, timings[f"model:{analyzer.name}"])
-        if not flagged and _priority(outputs, cfg.models.priority) != Priority.NONE:
+        if not flagged and _priority(outputs, cfg.models.priority, shadow) != Priority.NONE:
             # Decided: flag now; the models after this one qualify or outline the finding.
             _flag(ctx, job_id, outputs, volume.sop_instance_uids, kept, dropped, timings, t0)
             flagged = True
-    priority = _priority(outputs, cfg.models.priority)
+    priority = _priority(outputs, cfg.models.priority, shadow)
     if not flagged and analyzers:
         _flag(ctx, job_id, outputs, volume.sop_instance_uids, kept, dropped, timings, t0)
 
@@ -242,14 +248,15 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
         assert job is not None
         identity = ResultIdentity.from_job(job)
     out_dir = (ctx.results_dir / f"job-{job_id:08d}").resolve()
-    _save_masks(out_dir / "masks.npz", volume.sop_instance_uids, outputs)
+    _save_masks(out_dir / "masks.npz", volume.sop_instance_uids, outputs, shadow)
     files: list[ResultFile] = []
-    if analyzers:
+    live = [a for a in analyzers if a.name not in shadow]  # a shadow model's findings are never sent
+    if live:
         files = build_results(
             sources,
             volume,
-            outputs,
-            {a.name: _algorithm_info(a) for a in analyzers},
+            [o for o in outputs if o.model not in shadow],
+            {a.name: _algorithm_info(a) for a in live},
             identity,
             priority.value,
             pipeline,
@@ -262,7 +269,15 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
     return _commit(ctx, job_id, outputs, files, priority, kept, dropped, out_dir, timings)
 
 
-def _store_findings(s: Session, job: Job, outputs: Sequence[ModelOutput], uids: Sequence[str]) -> None:
+def _shadow(ctx: PipelineContext) -> frozenset[str]:
+    """The models in shadow mode, by pipeline entry and by the analyzer's own name."""
+    names = ctx.config.models.shadow
+    return frozenset(names) | {ctx.analyzers[n].name for n in names if n in ctx.analyzers}
+
+
+def _store_findings(
+    s: Session, job: Job, outputs: Sequence[ModelOutput], uids: Sequence[str], shadow: Collection[str] = ()
+) -> None:
     for old in list(job.findings):  # a rerun after a crash, or the results after the flag, replace, never duplicate
         s.delete(old)
     s.flush()
@@ -283,6 +298,7 @@ def _store_findings(s: Session, job: Job, outputs: Sequence[ModelOutput], uids: 
                     key_slices=list(f.key_slices),
                     key_sop_uids=[uids[i] for i in f.key_slices if 0 <= i < len(uids)],
                     positions=[list(p) for p in f.positions],
+                    shadow=out.model in shadow,
                 )
             )
 
@@ -299,14 +315,14 @@ def _flag(
 ) -> None:
     """Commit the decision before the results: findings so far, priority, flag, notifications (job stays
     ``processing``)."""
-    priority = _priority(outputs, ctx.config.models.priority)
+    priority = _priority(outputs, ctx.config.models.priority, _shadow(ctx))
     timings["flag"] = time.perf_counter() - t0
     now = ctx.clock()
     with transaction(ctx.sessions) as s:
         job = s.get(Job, job_id)
         assert job is not None
         study = job.series.study
-        _store_findings(s, job, outputs, uids)
+        _store_findings(s, job, outputs, uids, _shadow(ctx))
         job.slices_kept, job.slices_dropped = kept, dropped
         job.priority = priority.value
         job.timings = dict(timings)
@@ -339,7 +355,8 @@ def _commit(
         job = s.get(Job, job_id)
         assert job is not None
         study = job.series.study
-        _store_findings(s, job, outputs, _kept_uids(out_dir) if any(o.findings for o in outputs) else [])
+        uids = _kept_uids(out_dir) if any(o.findings for o in outputs) else []
+        _store_findings(s, job, outputs, uids, _shadow(ctx))
         job.slices_kept, job.slices_dropped = kept, dropped
         job.priority = priority.value
         job.results_dir = str(out_dir)

@@ -1,4 +1,5 @@
-"""A small, explicit training loop: AdamW, one-cycle, bf16/fp16 autocast, progressive resizing, checkpoints, tqdm."""
+"""A small, explicit training loop: AdamW, one-cycle, bf16 autocast (fp16 + loss scaling on GPUs without bf16),
+progressive resizing, checkpoints, tqdm."""
 
 from __future__ import annotations
 
@@ -60,23 +61,34 @@ def seed_everything(seed: int) -> torch.Generator:
     return g
 
 
+def cuda_bf16() -> bool:
+    """True when the CUDA GPU computes bf16 natively (compute capability 8.0 and later)."""
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
+
+
+def amp_dtype(device: str | torch.device) -> torch.dtype:
+    """bf16 on the CPU and on GPUs with native bf16 (fp32's range: no loss scaling); fp16 on older GPUs."""
+    if torch.device(device).type == "cuda" and not cuda_bf16():
+        return torch.float16
+    return torch.bfloat16
+
+
 def autocast(device: str | torch.device, enabled: bool) -> Any:
-    """Mixed precision for ``device``: fp16 autocast on CUDA, bf16 on the CPU, nothing elsewhere or when disabled."""
+    """Mixed precision for ``device``: bf16 autocast on the CPU and on GPUs with native bf16, fp16 on older GPUs,
+    nothing elsewhere or when disabled."""
     kind = torch.device(device).type
     if not enabled or kind not in ("cuda", "cpu"):
         return nullcontext()
-    if kind == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast(kind, dtype=amp_dtype(device))
 
 
 def needs_grad_scaler(device: str | torch.device, amp: bool) -> bool:
-    """fp16 gradients underflow without loss scaling; bf16 (the CPU's autocast) has fp32's range and needs none."""
-    return amp and torch.device(device).type == "cuda"
+    """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""
+    return amp and torch.device(device).type == "cuda" and amp_dtype(device) == torch.float16
 
 
 def grad_scaler(device: str | torch.device, amp: bool) -> torch.amp.GradScaler:
-    """A GradScaler that scales for fp16 on CUDA and is a pass-through everywhere else."""
+    """A GradScaler that scales for fp16 on a GPU without bf16 and is a pass-through everywhere else."""
     return torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, amp))
 
 
@@ -84,7 +96,7 @@ def mixed_precision_text(cfg: TrainConfig) -> str:
     """The model card's words for ``cfg``'s mixed precision."""
     if not cfg.amp:
         return "off"
-    return "fp16 autocast with loss scaling" if torch.device(cfg.device).type == "cuda" else "bf16 autocast"
+    return "fp16 autocast with loss scaling" if needs_grad_scaler(cfg.device, cfg.amp) else "bf16 autocast"
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -13,7 +13,7 @@ fixed physical size -> CNN probability -> non-maximum merge within ``merge_mm`` 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -309,15 +309,17 @@ class CmbDetector:
     threshold: float = 0.5
     batch_size: int = 128
     precision: str = "fp32"  # resolved: fp32 | bf16 | int8
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the network's weights are
 
     def score(self, patches: np.ndarray) -> np.ndarray:
         """CNN probabilities for patches (N, 3, p, p) -> (N,) float32."""
         self.net.eval()
         out = []
-        with torch.inference_mode(), autocast(self.precision):
+        with torch.inference_mode(), autocast(self.precision, self.device.type):
             for i in range(0, len(patches), self.batch_size):
-                logits = self.net(torch.from_numpy(np.ascontiguousarray(patches[i : i + self.batch_size])))
-                out.append(torch.sigmoid(logits.float()).numpy())
+                batch = torch.from_numpy(np.ascontiguousarray(patches[i : i + self.batch_size]))
+                logits = self.net(batch.to(self.device))
+                out.append(torch.sigmoid(logits.float()).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
     def candidates(
@@ -356,13 +358,15 @@ class CmbAnalyzer:
         self.version = card.version
         self.device_uid = card.device_uid
         torch.set_num_threads(threads)
+        self.device = torch.device(device)
         net = build_cmb_net(**dict(card.architecture.get("params", {})))
         net.load_state_dict(load_file(str(card.weights_path)))
         cfg = CandidateConfig.from_dict(dict(card.input.get("candidates", {})))
         precision = resolve(precision, device)
+        self.precision = precision
         self.detector = CmbDetector(
-            network(card, net.eval(), precision, threads), cfg, float(card.thresholds.get("microbleed", 0.5)),
-            precision=precision,
+            network(card, net.eval().to(self.device), precision, threads), cfg,
+            float(card.thresholds.get("microbleed", 0.5)), precision=precision, device=self.device,
         )
 
     def analyze(self, volume: Volume) -> ModelOutput:

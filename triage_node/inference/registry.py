@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from triage_node.inference.card import CardError, ModelCard, sha256_file
-from triage_node.inference.precision import resolve
+from triage_node.inference.precision import check_device, resolve, set_tf32_policy
 from triage_node.inference.types import Analyzer
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ def load_analyzer(card: ModelCard, threads: int = 1, device: str = "cpu", precis
     cls = _analyzer_class(card)
     try:
         analyzer: Analyzer = cls(card, threads=threads, device=device, precision=precision)
-    except (RuntimeError, KeyError, ValueError, OSError) as e:
+    # AssertionError: torch's own "Torch not compiled with CUDA enabled" (check_device says it first, in words)
+    except (RuntimeError, KeyError, ValueError, OSError, AssertionError) as e:
         raise ModelLoadError(
             f"model {card.name!r}: building {card.analyzer} from {card.weights_path} failed: {e}"
         ) from e
@@ -91,7 +92,14 @@ def load_analyzer(card: ModelCard, threads: int = 1, device: str = "cpu", precis
 def load_analyzers(
     models_dir: Path, names: Sequence[str], threads: int = 1, device: str = "cpu", precision: str = "fp32"
 ) -> dict[str, Analyzer]:
-    """Load and verify the named models; any problem raises ModelLoadError naming the model and file."""
+    """Load and verify the named models; any problem raises ModelLoadError naming the model and file (or the device
+    when ``models.device`` cannot be used)."""
+    if names:
+        try:
+            check_device(device)
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from e
+        set_tf32_policy()
     return {name: load_analyzer(read_card(models_dir, name), threads, device, precision) for name in names}
 
 

@@ -92,7 +92,7 @@ class Alert:
 
 def build_alert(job: Job, study: Study) -> Alert:
     """The alert for a flagged job: its present findings, most probable first."""
-    present = sorted((f for f in job.findings if f.present), key=lambda f: -f.probability)
+    present = sorted((f for f in job.findings if f.present and not f.shadow), key=lambda f: -f.probability)
     return Alert(
         priority=job.priority,
         study_ref=study.id,
