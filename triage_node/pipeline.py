@@ -29,12 +29,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage_node.config import Config, Pipeline
-from triage_node.inference.types import Analyzer, ModelOutput
+from triage_node.inference.types import Analyzer, Finding, ModelOutput
 from triage_node.notify import queue_for_job
 from triage_node.preprocess.filter import brain_pct_ct, keep_slices
 from triage_node.results.build import AlgorithmInfo, ResultFile, ResultIdentity, build_results
 from triage_node.send.outbox import enqueue
 from triage_node.series.diffusion import select_dwi
+from triage_node.series.domain import NOT_ASSESSED, outside_domain
 from triage_node.series.geometry import GeometryError, Slice, build_volume, pixels, plan
 from triage_node.series.routing import SeriesAttributes, describe, route, select_images
 from triage_node.worklist import states
@@ -223,6 +224,13 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
     analyzers = [ctx.analyzers[n] for n in names if n in ctx.analyzers]
     shadow = _shadow(ctx)
     outputs: list[ModelOutput] = []
+    unassessed: list[ModelOutput] = []  # findings only: no masks, no priority, nothing sent
+    for analyzer in list(analyzers):
+        reason = outside_domain(getattr(getattr(analyzer, "card", None), "domain", None) or {}, sources, volume)
+        if reason is not None:
+            log.info("job %d: %s not assessed: %s", job_id, analyzer.name, reason)
+            unassessed.append(not_assessed(analyzer, reason))
+            analyzers.remove(analyzer)
     flagged = False
     for analyzer in analyzers:
         gate = cfg.models.gates.get(analyzer.name)
@@ -236,11 +244,11 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
         ctx.observe_inference(analyzer.name, timings[f"model:{analyzer.name}"])
         if not flagged and _priority(outputs, cfg.models.priority, shadow) != Priority.NONE:
             # Decided: flag now; the models after this one qualify or outline the finding.
-            _flag(ctx, job_id, outputs, volume.sop_instance_uids, kept, dropped, timings, t0)
+            _flag(ctx, job_id, [*outputs, *unassessed], volume.sop_instance_uids, kept, dropped, timings, t0)
             flagged = True
     priority = _priority(outputs, cfg.models.priority, shadow)
-    if not flagged and analyzers:
-        _flag(ctx, job_id, outputs, volume.sop_instance_uids, kept, dropped, timings, t0)
+    if not flagged and (analyzers or unassessed):
+        _flag(ctx, job_id, [*outputs, *unassessed], volume.sop_instance_uids, kept, dropped, timings, t0)
 
     t = time.perf_counter()
     with transaction(ctx.sessions) as s:
@@ -266,13 +274,22 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
     timings["results"] = time.perf_counter() - t
     ctx.observe_stage("results", timings["results"])
     timings["total"] = time.perf_counter() - t0
-    return _commit(ctx, job_id, outputs, files, priority, kept, dropped, out_dir, timings)
+    return _commit(ctx, job_id, [*outputs, *unassessed], files, priority, kept, dropped, out_dir, timings)
 
 
 def _shadow(ctx: PipelineContext) -> frozenset[str]:
     """The models in shadow mode, by pipeline entry and by the analyzer's own name."""
     names = ctx.config.models.shadow
     return frozenset(names) | {ctx.analyzers[n].name for n in names if n in ctx.analyzers}
+
+
+def not_assessed(analyzer: Analyzer, reason: str) -> ModelOutput:
+    """The output recorded for a model that did not run because the series lies outside its training domain."""
+    finding = Finding(
+        label=NOT_ASSESSED, present=False, probability=0.0, model=analyzer.name, model_version=analyzer.version,
+        note=reason[:256],
+    )
+    return ModelOutput(analyzer.name, analyzer.version, (finding,))
 
 
 def _store_findings(
@@ -299,6 +316,7 @@ def _store_findings(
                     key_sop_uids=[uids[i] for i in f.key_slices if 0 <= i < len(uids)],
                     positions=[list(p) for p in f.positions],
                     shadow=out.model in shadow,
+                    note=f.note,
                 )
             )
 

@@ -22,6 +22,7 @@ class Finding:
     ``count``: number of lesions where that is the measure (microbleeds).
     ``key_slices``: z indices into the Volume that carry the finding (most significant first).
     ``positions``: lesion centres in patient coordinates (mm, LPS), e.g. one per microbleed.
+    ``note``: for ``not_assessed`` (the series lies outside the model's training domain), the reason.
     """
 
     label: str
@@ -35,6 +36,7 @@ class Finding:
     count: int | None = None
     key_slices: tuple[int, ...] = ()
     positions: tuple[tuple[float, float, float], ...] = ()
+    note: str | None = None  # label ``not_assessed``: the reason the model did not run
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0:

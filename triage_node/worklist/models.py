@@ -227,6 +227,8 @@ class FindingRow(Base):
     positions: Mapped[list[list[float]] | None] = mapped_column(JSON)
     # Made by a model in ``models.shadow``: recorded and rated, but it set no priority and was sent nowhere.
     shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Label ``not_assessed``: why the model did not run on this series (outside its training domain).
+    note: Mapped[str | None] = mapped_column(String(256))
 
     job: Mapped[Job] = relationship(back_populates="findings")
 

@@ -28,6 +28,7 @@ from triage_node.worklist.models import (
     SeriesState,
     Study,
 )
+from triage_node.worklist.verdicts import latest, summary, verdict_row
 
 Row = dict[str, Any]
 
@@ -118,6 +119,8 @@ def _finding(row: FindingRow, series_uid: str) -> Row:
         "model": row.model,
         "model_version": row.model_version,
         "series_instance_uid": series_uid,
+        "shadow": bool(row.shadow),
+        "note": row.note,
     }
 
 
@@ -184,12 +187,21 @@ def study_row(study: Study) -> Row:
         "time_to_flag_s": _time_to_flag_s(study),
         "acknowledged_by": study.acknowledged_by,
         "acknowledged_at": _iso(study.acknowledged_at),
+        "verdict": _verdict(study),
     }
+
+
+def _verdict(study: Study) -> str | None:
+    """The worklist's verdict summary over the latest job of every series (see verdicts.summary)."""
+    if not study.verdicts:
+        return None
+    jobs = {job.id for series in study.series if (job := _latest_job(series)) is not None}
+    return summary(latest(study.verdicts).values(), jobs)
 
 
 def _with_children(stmt: Select[Study]) -> Select[Study]:
     jobs = selectinload(Study.series).selectinload(Series.jobs)
-    return stmt.options(jobs.selectinload(Job.findings), jobs.selectinload(Job.outbox))
+    return stmt.options(jobs.selectinload(Job.findings), jobs.selectinload(Job.outbox), selectinload(Study.verdicts))
 
 
 def check_filters(priority: str | None, state: str | None) -> None:
@@ -261,7 +273,7 @@ def study_detail(session: Session, uid: str, *, key_images_per_finding: int = 4)
         job = _latest_job(series)
         if job is None:
             continue
-        present = sorted((f for f in job.findings if f.present), key=lambda f: -f.probability)
+        present = sorted((f for f in job.findings if f.present and not f.shadow), key=lambda f: -f.probability)
         for finding in present:
             for sop in (finding.key_sop_uids or [])[:key_images_per_finding]:
                 if (job.id, sop) in seen:
@@ -278,6 +290,8 @@ def study_detail(session: Session, uid: str, *, key_images_per_finding: int = 4)
     row["key_images"] = key_images
     audit = session.scalars(select(AuditEntry).where(AuditEntry.study_id == study.id).order_by(AuditEntry.id)).all()
     row["audit"] = [{"user": a.user, "action": a.action, "detail": a.detail, "at": _iso(a.at)} for a in audit]
+    current = {v.id for v in latest(study.verdicts).values()}
+    row["verdicts"] = [{**verdict_row(v, _iso), "current": v.id in current} for v in study.verdicts]
     return row
 
 
@@ -299,6 +313,8 @@ def format_finding(f: Row) -> str:
         parts.append(f"n={f['count']}")
     if f.get("location"):
         parts.append(str(f["location"]))
+    if f.get("note"):
+        parts = [f["label"], f"({f['model']}: {f['note']})"]
     return " ".join(parts)
 
 
@@ -327,7 +343,7 @@ def format_table(rows: Sequence[Row], *, include_phi: bool = True) -> str:
     table: list[list[str]] = []
     for r in rows:
         flagged = (r["flagged_at"] or "-").replace("T", " ")[:19]
-        present = [format_finding(f) for f in r["findings"] if f["present"]]
+        present = [format_finding(f) for f in r["findings"] if (f["present"] or f.get("note")) and not f.get("shadow")]
         line = [
             r["priority"],
             flagged,
