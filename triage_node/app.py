@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 
 from triage_node import __version__
 from triage_node.config import Config, ConfigError, load_config
+from triage_node.inference.external import card_settings
 from triage_node.inference.registry import load_analyzers
 from triage_node.inference.types import Analyzer
 from triage_node.notify import notify_due
@@ -94,7 +95,7 @@ class App:
         )
 
         self.pipeline = PipelineContext(
-            config=cfg,
+            config=card_settings(cfg, self.analyzers),  # + the priorities external model cards declare per label
             sessions=self.sessions,
             spool_dir=cfg.storage.spool_dir,
             results_dir=self.results_dir,
@@ -328,7 +329,7 @@ class App:
             | {"scp": self.config.scp.model_copy(update={"allowed_callers": new.scp.allowed_callers})}
         )
         self.config = applied
-        self.pipeline.config = applied
+        self.pipeline.config = card_settings(applied, self.analyzers)
         if self.scp is not None:
             self.scp.reload_policy(applied.scp)
         log.info("reloaded %s", ", ".join(sorted(live)))

@@ -59,9 +59,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
+    from triage_node.inference.external import check_models, external_names
+
+    names = sorted({n for names in cfg.models.pipelines.values() for n in names})
+    external = external_names(Path(cfg.models.dir), names)
+    if external:  # models from outside: load and run each once (imports torch only when there is one)
+        m = cfg.models
+        problems = check_models(Path(m.dir), external, m.pipelines, m.threads, m.device, m.precision)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if problems:
+            print(f"{len(problems)} problem(s) found", file=sys.stderr)
+            return 1
     print(
         f"configuration is valid: AE {cfg.scp.ae_title} on {cfg.scp.host}:{cfg.scp.port}, "
         f"{len(cfg.series.rules)} routing rule(s), {len(cfg.destinations)} destination(s)"
+        + (f", external model(s) {', '.join(external)} loaded and run once" if external else "")
     )
     return 0
 
@@ -102,16 +115,28 @@ def cmd_resend(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from triage_node.inference.external import check_models, sha256_path
     from triage_node.inference.registry import list_models
 
-    models_dir = args.models_dir if args.models_dir is not None else Path(_config(args).models.dir)
+    if args.hash is not None:  # the sha256 a card of a model from outside needs (a file, or a bundle folder)
+        print(sha256_path(args.hash))
+        return 0
+    cfg = _config(args) if args.check or args.models_dir is None else None
+    models_dir = args.models_dir if args.models_dir is not None else Path(cfg.models.dir)  # type: ignore[union-attr]
     rows = list_models(models_dir)
     if not rows:
         print(f"no models in {models_dir}")
         return 1
     bad = 0
     for r in rows:
-        print(f"{r.name:16s} {r.version:8s} {r.status:10s} {r.device_uid}  {r.detail}")
+        detail = r.detail
+        if args.check and r.status == "ok":  # load it as the daemon would; a model from outside runs once
+            assert cfg is not None
+            m = cfg.models
+            problems = check_models(models_dir, [r.name], {}, m.threads, m.device, m.precision)
+            detail += "; " + ("; ".join(problems) if problems else "loaded and run on a synthetic input")
+            bad += bool(problems)
+        print(f"{r.name:16s} {r.version:8s} {r.status:10s} {r.device_uid}  {detail}")
         bad += r.status != "ok"
     return 1 if bad else 0
 
@@ -258,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = with_config(sub.add_parser("models", help="list installed models with version and sha256 check"))
     sp.add_argument("--models-dir", type=Path, default=None, help="default: models.dir of the configuration")
+    sp.add_argument("--check", action="store_true",
+                    help="also load each model and run a model from outside once on a synthetic input")
+    sp.add_argument("--hash", type=Path, default=None, metavar="PATH",
+                    help="print the sha256 a card needs for a weights file or a MONAI bundle folder")
     sp.set_defaults(func=cmd_models)
     return p
 

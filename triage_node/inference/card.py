@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from triage_node.inference.external import SpecError, card_fields, is_external
+
 MANUFACTURER = "triage-node project"
 WEIGHTS_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/triage-node/triage-node/model-weights")
 NOT_FOR_CLINICAL_USE = (
@@ -79,7 +81,11 @@ class ModelCard:
     metrics: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     exports: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     limitations: str = NOT_FOR_CLINICAL_USE
+    # The acquisitions the model was trained on (series/domain.py): a series outside them gets "not assessed".
+    domain: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     directory: Path = Path(".")
+    # The whole card of a model from outside (``kind`` / ``format``, inference/external.py); empty for our own.
+    external: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def weights_path(self) -> Path:
@@ -94,6 +100,12 @@ class ModelCard:
             raise CardError(f"cannot read model card {path}: {e}") from e
         if not isinstance(raw, dict):
             raise CardError(f"model card {path} must be a mapping, got {type(raw).__name__}")
+        external: dict[str, Any] = {}
+        if is_external(raw):  # a model from outside: the generic analyzer, configured by the card alone
+            try:
+                external, raw = dict(raw), card_fields(raw, path)
+            except SpecError as e:
+                raise CardError(f"model card {path}: {e}") from e
         required = ("name", "version", "analyzer", "weights", "sha256", "architecture", "input", "classes",
                     "thresholds", "intended_use")
         missing = [k for k in required if k not in raw]
@@ -132,10 +144,14 @@ class ModelCard:
             metrics=_frozen(dict(raw.get("metrics") or {})),
             exports=_frozen(dict(raw.get("exports") or {})),
             limitations=str(raw.get("limitations", NOT_FOR_CLINICAL_USE)),
+            domain=_frozen(dict(raw.get("domain") or {})),
             directory=path.parent,
+            external=_frozen(external),
         )
 
     def to_yaml(self) -> str:
+        if self.external:
+            return yaml.safe_dump(_thaw(self.external), sort_keys=False, width=110)
         d = {
             "name": self.name,
             "version": self.version,
@@ -154,6 +170,8 @@ class ModelCard:
             "training": _thaw(self.training),
             "metrics": _thaw(self.metrics),
         }
+        if self.domain:
+            d["domain"] = _thaw(self.domain)
         if self.exports:
             d["exports"] = _thaw(self.exports)
         return yaml.safe_dump(d, sort_keys=False, width=110)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from triage_node.inference.card import CardError, ModelCard, sha256_file
+from triage_node.inference.external import sha256_path
 from triage_node.inference.precision import check_device, resolve, set_tf32_policy
 from triage_node.inference.types import Analyzer
 
@@ -54,9 +55,9 @@ def read_card(models_dir: Path, name: str) -> ModelCard:
 def verify_weights(card: ModelCard) -> None:
     """Raise ModelLoadError unless the weights file exists and its sha256 matches the card."""
     path = card.weights_path
-    if not path.is_file():
+    if not (path.is_file() or (card.external and path.is_dir())):  # a MONAI bundle is a folder
         raise ModelLoadError(f"model {card.name!r}: weights file {path} is missing (expected sha256 {card.sha256})")
-    actual = sha256_file(path)
+    actual = sha256_path(path) if card.external else sha256_file(path)
     if actual != card.sha256:
         raise ModelLoadError(
             f"model {card.name!r}: weights file {path} has sha256 {actual}, but the card expects {card.sha256}; "
@@ -114,10 +115,12 @@ def list_models(models_dir: Path) -> list[ModelCardSummary]:
             rows.append(ModelCardSummary(name, "?", "", "", "invalid", str(e), card_path))
             continue
         status, detail = "ok", f"{card.weights_path} sha256 verified"
+        if card.external:  # a model from outside: its kind and format
+            detail = f"{card.architecture['kind']} ({card.architecture['format']}), {detail}"
         try:
             verify_weights(card)
         except ModelLoadError as e:
-            status = "missing" if not card.weights_path.is_file() else "mismatch"
+            status = "missing" if not card.weights_path.exists() else "mismatch"
             detail = str(e)
         if status == "ok" and card.exports.get("int8"):
             from triage_node.inference.onnxrt import int8_export

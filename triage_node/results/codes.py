@@ -79,6 +79,19 @@ LESIONS: dict[str, LesionClass] = {
 }
 
 
+def register_lesion(label: str, lesion: LesionClass) -> None:
+    """Code a finding label of a model from outside (its card's ``labels[].code``). The same coding again is a no-op;
+    a different coding of a label already known (a built-in label, or another card's) raises ValueError, so two
+    models never report one label under two codes."""
+    known = LESIONS.get(label)
+    if known is not None and known != lesion:
+        raise ValueError(
+            f"label {label!r} is already coded as ({known.finding_type.value}, {known.finding_type.scheme_designator}, "
+            f"{known.finding_type.meaning!r}); name the label differently or use the same code"
+        )
+    LESIONS[label] = lesion
+
+
 def lesion_class(label: str) -> LesionClass:
     """The coding of a finding label; unknown labels are coded as a generic lesion named after the label."""
     known = LESIONS.get(label)
