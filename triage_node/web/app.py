@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from triage_node.users import UserStore
-from triage_node.web import api, pages
+from triage_node.web import api, pages, review
 from triage_node.web.actions import audit
 from triage_node.web.auth import (
     LOGIN_COOKIE,
@@ -168,4 +168,5 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     pages.add_routes(app, ctx, templates)
     api.add_routes(app, ctx)
+    review.add_routes(app, ctx, templates)
     return app

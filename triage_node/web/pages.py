@@ -14,6 +14,7 @@ from sqlalchemy import select
 from triage_node.web.actions import UnknownStudy, acknowledge, detail_with_urls, key_image_files, key_image_url
 from triage_node.web.auth import Session as WebSession
 from triage_node.web.context import WebContext
+from triage_node.web.review import review_items, viewer_jobs
 from triage_node.web.security import csrf_session, current_session
 from triage_node.worklist.db import read_transaction
 from triage_node.worklist.models import Priority, Series
@@ -103,7 +104,15 @@ def add_routes(app: FastAPI, ctx: WebContext, templates: Jinja2Templates) -> Non
         for image in study["key_images"]:
             image["large_url"] = key_image_url(uid, image["job_id"], image["sop_instance_uid"], image["label"], 768)
         return templates.TemplateResponse(
-            request, "study.html", {"user": session.user, "csrf": session.csrf, "study": study}
+            request,
+            "study.html",
+            {
+                "user": session.user,
+                "csrf": session.csrf,
+                "study": study,
+                "review": review_items(study),
+                "viewer_jobs": viewer_jobs(study),
+            },
         )
 
     @app.post("/studies/{uid}/ack", include_in_schema=False)

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 PriorityName = Literal["critical", "urgent", "routine", "none"]
 StatusName = Literal["receiving", "processing", "sending", "error", "done"]
+VerdictName = Literal["agree", "disagree", "unsure", "missed"]
+VerdictSummary = Literal["confirmed", "rejected", "mixed", "missed", "negative", "unsure"]
 
 
 class _Out(BaseModel):
@@ -28,6 +30,14 @@ class FindingOut(_Out):
     model: str
     model_version: str
     series_instance_uid: str = Field(description="The series the finding was made on")
+    shadow: bool = Field(
+        description="Made by a model in shadow mode (models.shadow): recorded and rated, but it set no priority and "
+        "nothing of it was sent or notified"
+    )
+    note: str | None = Field(
+        default=None, description="Why the model did not assess the series (label not_assessed), e.g. outside its "
+        "training domain"
+    )
 
 
 class SeriesOut(_Out):
@@ -73,6 +83,10 @@ class StudyOut(_Out):
     time_to_flag_s: float | None = Field(description="Seconds from the last image of the flagged series to the flag")
     acknowledged_by: str | None
     acknowledged_at: str | None
+    verdict: VerdictSummary | None = Field(
+        description="The radiologists' current verdicts on the latest jobs, summed up (shadow calls left out): "
+        "confirmed, rejected, mixed, missed, negative (nothing there, as the models said), unsure; null when none"
+    )
 
 
 class KeyImageOut(_Out):
@@ -90,10 +104,37 @@ class AuditOut(_Out):
     at: str | None
 
 
+class VerdictOut(_Out):
+    id: int
+    job_id: int
+    label: str = Field(description="The finding's label; no_finding for a verdict on a negative job; other for a "
+                       "missed finding no model of the job names")
+    model: str | None
+    model_version: str | None
+    present: bool = Field(description="What the model said: true for a flagged (present) finding")
+    shadow: bool
+    verdict: VerdictName
+    comment: str | None
+    user: str
+    at: str | None
+    current: bool = Field(description="The latest verdict on this (job, label, model): the one the figures use")
+
+
 class StudyDetailOut(StudyOut):
     referring_physician: str | None
     key_images: list[KeyImageOut]
     audit: list[AuditOut]
+    verdicts: list[VerdictOut] = Field(description="Every verdict on the study, oldest first")
+
+
+class VerdictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: int
+    verdict: VerdictName
+    label: str | None = Field(default=None, max_length=64, description="The finding rated (or missed)")
+    model: str | None = Field(default=None, max_length=64)
+    comment: str | None = Field(default=None, max_length=2000)
 
 
 class SessionOut(_Out):

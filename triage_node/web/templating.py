@@ -50,6 +50,17 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
+def seconds(value: float | None) -> str:
+    """``0.84 s``, ``12.1 s``, then as ``duration``; ``-`` when absent."""
+    if value is None:
+        return "-"
+    if value < 10:
+        return f"{value:.2f} s"
+    if value < 60:
+        return f"{value:.1f} s"
+    return duration(value)
+
+
 def pretty_label(label: str) -> str:
     return label.replace("_", " ")
 
@@ -60,6 +71,7 @@ def add_filters(env: Environment) -> None:
         person_name=person_name,
         dicom_datetime=dicom_datetime,
         duration=duration,
+        seconds=seconds,
         pretty_label=pretty_label,
         finding=format_finding,
         delivery=format_delivery,
