@@ -50,8 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--device", default="cpu", help="models.device (cuda: GPU rows, written to inference_cuda.json)")
     args = ap.parse_args(argv)
+    from triage_node.inference.precision import check_device, cuda_bf16, set_tf32_policy
     from triage_node.inference.registry import list_models, load_analyzer, read_card
+
+    on_gpu = check_device(args.device).type != "cpu"
+    set_tf32_policy()
 
     models = list_models(ROOT / "models")
     usable = [m for m in models if m.status == "ok"]
@@ -61,19 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     from triage_node.inference.precision import native_bf16
 
     paths = {"fp32": "torch eager fp32"}
-    if native_bf16():
+    if (cuda_bf16() if on_gpu else native_bf16()):
         paths["bf16"] = "torch eager bf16 autocast"
     for m in usable:
         volume = volume_for_model(m.name, args.slices)
         n = int(volume.pixels.shape[0])
         model_paths = dict(paths)
-        if "int8" in read_card(ROOT / "models", m.name).exports:
+        if "int8" in read_card(ROOT / "models", m.name).exports and not on_gpu:
             model_paths["int8"] = "onnxruntime int8 export"
         eager: dict[int, float] = {}
         for precision, path in model_paths.items():
-            for threads in (1, 2):
+            for threads in (1,) if on_gpu else (1, 2):
                 card = read_card(ROOT / "models", m.name)
-                analyzer = load_analyzer(card, threads=threads, precision=precision)
+                analyzer = load_analyzer(card, threads=threads, device=args.device, precision=precision)
                 analyzer.analyze(volume)  # warm-up: first call allocates and picks kernels
                 times = []
                 for _ in range(args.repeats):
@@ -83,15 +88,17 @@ def main(argv: list[str] | None = None) -> int:
                 s = median(times)
                 eager.setdefault(threads, s)  # fp32 runs first
                 rows.append({"model": m.name, "version": m.version, "path": path, "threads": threads,
+                             "device": args.device,
                              "slices": n, "seconds_median": round(s, 3), "slices_per_s": round(n / s, 1),
                              "x_eager_fp32": round(eager[threads] / s, 2)})
                 print(f"{m.name:14s} {precision:5s} {threads} thread(s): {n / s:7.1f} slices/s ({s:.2f} s, {n} slices, "
                       f"x{eager[threads] / s:.2f} of eager fp32)", flush=True)
     if not args.no_write:
-        path = write_result("inference", {
+        path = write_result("inference" if not on_gpu else "inference_cuda", {
             "models_found": [{"name": m.name, "status": m.status, "detail": m.detail} for m in models],
             "note": ("" if usable else "no model weights in models/ when this ran; ")
-            + ("bf16: native on this CPU" if native_bf16() else "bf16 skipped: not native on this CPU"),
+            + (("bf16: native on this GPU" if cuda_bf16() else "bf16 skipped: not native on this GPU") if on_gpu
+               else "bf16: native on this CPU" if native_bf16() else "bf16 skipped: not native on this CPU"),
             "rows": rows,
         })
         print(f"wrote {path}")
