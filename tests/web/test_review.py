@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import numpy as np
 from fastapi.testclient import TestClient
@@ -129,3 +130,97 @@ def test_performance_json_and_csv_agree(client: TestClient, csrf: str, seeded: S
     page = client.get("/performance")
     assert page.status_code == 200 and "<svg" in page.text and "cdn" not in page.text.lower()
     assert 'data-ppv="1.0"' in page.text
+
+
+def test_drift_warns_when_recent_series_fall_outside_the_cards_ranges(seeded: Seeded,
+                                                                      tmp_path: Path, clock: Clock) -> None:
+    """The seeded CT series has 3 mm pixels and 5 mm slices; a card that accepts 0.3-1.0 mm pixels warns about it."""
+    import hashlib
+
+    from triage_node.config import Config
+    from triage_node.performance.report import Window, performance
+
+    model = tmp_path / "models" / "ich"
+    model.mkdir(parents=True)
+    (model / "w.bin").write_bytes(b"w")
+    (model / "model.yaml").write_text(
+        "name: ich\nversion: 1.0.0\nanalyzer: x:Y\nweights: w.bin\n"
+        f"sha256: {hashlib.sha256(b'w').hexdigest()}\narchitecture: {{}}\nclasses: [any_hemorrhage]\n"
+        "thresholds: {any_hemorrhage: 0.5}\nintended_use: test\n"
+        "input:\n  ranges:\n    manufacturer: [SIEMENS]\n    slice_thickness_mm: [0.6, 5.0]\n"
+        "    pixel_spacing_mm: [0.3, 1.0]\n    head_width_mm: [120, 200]\n"
+    )
+    cfg = Config(models={"dir": str(tmp_path / "models")})
+    report = performance(seeded.sessions, cfg, seeded.spool_dir, Window(now=clock.now, days=30, recent_days=7,
+                                                                        min_series=1))
+    (ich,) = [d for d in report["drift"] if d["model"] == "ich"]
+    assert ich["ranges_declared"] and ich["recent_series"] == 1
+    by_name = {a["name"]: a for a in ich["attributes"]}
+    assert (by_name["pixel_spacing_mm"]["outside"], by_name["pixel_spacing_mm"]["warning"]) == (1, True)
+    assert (by_name["slice_thickness_mm"]["outside"], by_name["slice_thickness_mm"]["warning"]) == (0, False)
+    assert by_name["manufacturer"]["missing"] == 1 and not by_name["manufacturer"]["warning"]  # not in the header
+    assert 150 < by_name["head_width_mm"]["median"] < 170  # 56-pixel skull ring x 3 mm
+    assert ich["warnings"] == ["1 of 1 recent series outside the card's pixel spacing (mm): 0.3-1"]
+    # read once: the attributes are stored, and a second report does not read the spool again
+    from triage_node.worklist.models import SeriesAcquisition
+
+    with transaction(seeded.sessions) as s:
+        assert len(s.scalars(select(SeriesAcquisition)).all()) == 1
+
+
+def test_a_dwi_series_shows_the_images_the_models_read_in_an_auto_window(seeded: Seeded, tmp_path: Path) -> None:
+    """Two images per position (b0 and b1000): the viewer shows the three b1000 images the masks file names, in
+    position order, with one MR window for the series."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    from triage_node.web.viewer import load_series_view, render_layer
+    from triage_node.worklist.models import Instance, Job, Series, Study
+
+    study_uid, series_uid = generate_uid(), generate_uid()
+    folder = seeded.spool_dir / study_uid
+    folder.mkdir(parents=True)
+    rows, b1000 = [], []
+    for z in (2, 0, 1):
+        for b in (0, 1000):
+            sop = generate_uid()
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, sop
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = pydicom.Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, sop, "MR"
+            ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, z * 4.0], [1, 0, 0, 0, 1, 0]
+            ds.Rows = ds.Columns = 32
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+            ds.PixelData = np.full((32, 32), 100 + 10 * z + b // 10, dtype=np.uint16).tobytes()
+            ds.save_as(folder / f"{sop}.dcm", enforce_file_format=True)
+            rows.append(Instance(sop_instance_uid=sop, sop_class_uid=MRImageStorage,
+                                 transfer_syntax_uid=ExplicitVRLittleEndian, path=f"{study_uid}/{sop}.dcm", size=1,
+                                 sha256=generate_uid()[-64:].rjust(64, "0")))
+            if b == 1000:
+                b1000.append((z, sop))
+    analysed = [sop for _, sop in sorted(b1000)]
+    results = tmp_path / "dwi"
+    results.mkdir()
+    mask = np.zeros((3, 32, 32), dtype=bool)
+    mask[1, 10:20, 10:20] = True
+    np.savez_compressed(results / "masks.npz", sop_instance_uids=np.array(analysed), mask__infarct=mask)
+    with transaction(seeded.sessions) as s:
+        series = Series(series_instance_uid=series_uid, modality="MR", state="complete")
+        series.instances.extend(rows)
+        series.jobs.append(Job(version=1, state="delivered", pipeline="mr_dwi", results_dir=str(results),
+                               **{k: generate_uid() for k in ("seg_series_uid", "seg_sop_uid", "sr_series_uid",
+                                                             "sr_sop_uid", "map_series_uid", "map_sop_uid")}))
+        study = Study(study_instance_uid=study_uid)
+        study.series.append(series)
+        s.add(study)
+        s.flush()
+        job_id = series.jobs[0].id
+    view = load_series_view(seeded.sessions, seeded.spool_dir, job_id)
+    assert view.sop_uids == analysed and view.windows == ("auto",)
+    assert sorted(view.outline_planes) == [1]
+    top, bottom = (np.asarray(Image.open(io.BytesIO(render_layer(view, i, "image", "auto")))) for i in (2, 0))
+    assert top.shape == (32, 32) and top.mean() > bottom.mean()  # one window for the series, not one per slice

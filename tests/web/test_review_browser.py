@@ -6,6 +6,7 @@ the worklist, open /performance and find the PPV computed from the database. Scr
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import numpy as np
@@ -188,6 +189,7 @@ def test_viewer_verdict_and_performance_in_chromium(
         page.keyboard.press("ArrowUp")
         wait_index(i)
     timings = page.evaluate("window.__viewer.timings")
+    (OUTPUT / "viewer-timings.json").write_text(json.dumps({"slice_change_ms": timings}))
     assert len(timings) >= 2 * (N - 1), timings
     assert max(timings) <= MAX_SLICE_CHANGE_MS, f"slowest slice change {max(timings):.1f} ms: {timings}"
 

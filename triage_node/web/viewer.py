@@ -255,7 +255,8 @@ def _auto_window(view: SeriesView) -> Window:
         except RenderError:
             continue
         flat = pixels.ravel()
-        values.append(flat[flat > np.percentile(flat, 20)] if flat.size else flat)
+        tissue = flat[flat > np.percentile(flat, 20)] if flat.size else flat
+        values.append(tissue if tissue.size else flat)  # a uniform slice has no background to drop
     joined = np.concatenate(values) if values else np.zeros(1, dtype=np.float32)
     if joined.size == 0:
         joined = np.zeros(1, dtype=np.float32)
