@@ -78,13 +78,15 @@ def test_light_commands_import_no_torch_monai_lab_or_web_stack(conf: Path) -> No
 
 
 def test_light_commands_start_in_under_half_a_second(conf: Path) -> None:
-    """CPU seconds of the whole process (interpreter start, imports, the command itself), best of three: the
-    figure a user waits for on an idle machine, and unlike wall time not inflated by a neighbour's training run."""
+    """CPU seconds of the whole process (interpreter start, imports, the command itself), best of five: the figure a
+    user waits for on an idle machine (0.17-0.41 s when measured). Unlike wall time it is not inflated by waiting for
+    a neighbour's training run, though heavy contention for the cores still inflates it (by ~20% at load 7 on two
+    cores); the import test above is the deterministic guard."""
     _cli("worklist", "--config", str(conf))
     slow = {}
     for argv in _light_commands(conf):
         best = float("inf")
-        for _ in range(3):
+        for _ in range(5):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             _cli(*argv)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
