@@ -56,6 +56,7 @@ def test_rebuild_gives_byte_identical_objects(
         case.sources, case.volume, phantom.positive_outputs(case.volume), phantom.ALGORITHMS, phantom.identity(),
         "critical", "ct_head", tmp_path,
     )
+    assert sorted(f.kind for f in again) == sorted(positive)  # the same objects: the loop below is never empty
     for f in again:
         assert f.path.read_bytes() == positive[f.kind].path.read_bytes(), f"{f.kind} differs on rebuild"
 

@@ -253,7 +253,7 @@ def randomised_swi_case(seed: int, n_bleeds: int | None = None) -> SwiCase:
             src = mni_source()
     if n_bleeds is None:
         n_bleeds = 0 if rng.random() < 0.45 else int(rng.integers(1, 11))
-    grid = _grid(rng, fov_xy=rng.uniform(190, 240), fov_z=rng.uniform(140, 165), dxy=(0.7, 1.2), dz=(1.2, 3.0))
+    grid = _grid(rng, fov_xy=rng.uniform(190, 240), fov_z=rng.uniform(140, 165), dxy=(0.7, 1.2), dz=(1.2, 4.0))
     sub = 2 if grid.spacing[0] > 2.0 else 1
     pts = _sample_points(rng, grid, src, sub=sub, deform_mm=rng.uniform(0.0, 5.0), wide=True)
     gm, wm, csf = (_sample(m, pts) for m in (src.gm, src.wm, src.csf))

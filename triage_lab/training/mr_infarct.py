@@ -567,12 +567,21 @@ def lesion_slice(r: DwiRecord, size: int = 128) -> np.ndarray:
     return normalise(r.dwi[k : k + 1], "robust", size).numpy()[0]
 
 
+def direct_augment() -> Any:
+    """The direct classifier's augmentation: no flips (a mirror image would need its side label swapped)."""
+    from triage_lab.training.augment import AugmentConfig
+
+    return AugmentConfig(
+        hflip=False, vflip=False, rotate_deg=5.0, zoom=0.05, shift=0.05, shear=0.05, blur_p=0.0, contrast=0.05
+    )
+
+
 def run_direct_baseline(cache: Path, n_train: int, n_test: int, epochs: int = 12, seed: int = 0) -> dict[str, Any]:
     """Train the direct classifier on the training seeds and report its held-out accuracy (the same test seeds).
 
     Augmentation as in the study: small shifts, zoom and shear, no flips (a flip would need the side label swapped).
     """
-    from triage_lab.training.augment import AugmentConfig, augment
+    from triage_lab.training.augment import augment
 
     torch.manual_seed(seed)
     tr, te = split_seeds("train", n_train), split_seeds("test", n_test)
@@ -592,9 +601,7 @@ def run_direct_baseline(cache: Path, n_train: int, n_test: int, epochs: int = 12
         yt.append(class_index(r.region, r.side))
     net = DirectLocationNet()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
-    aug = AugmentConfig(
-        hflip=False, vflip=False, rotate_deg=5.0, zoom=0.05, shift=0.05, shear=0.05, blur_p=0.0, contrast=0.05
-    )
+    aug = direct_augment()
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         net.train()

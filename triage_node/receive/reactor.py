@@ -49,7 +49,7 @@ if pynetdicom.__version__ != PINNED_PYNETDICOM:
         f"triage_node.receive.reactor overrides private parts of pynetdicom {PINNED_PYNETDICOM} (DULServiceProvider."
         f"run_reactor, Association._run_reactor, RequestHandler._create_association) but pynetdicom "
         f"{pynetdicom.__version__} is installed: compare those methods with this module, then update "
-        "PINNED_PYNETDICOM, or install pynetdicom=={PINNED_PYNETDICOM}"
+        f"PINNED_PYNETDICOM, or install pynetdicom=={PINNED_PYNETDICOM}"
     )
 
 log = logging.getLogger(__name__)

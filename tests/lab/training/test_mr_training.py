@@ -99,12 +99,17 @@ def test_direct_baseline_classes_keep_side_and_never_flip_horizontally() -> None
     assert class_name(class_index(Region.THALAMUS, "left")) == "left thalamus"
     assert len({class_index(r, s) for r in Region for s in ("right", "left")}) == 22
     assert DirectLocationNet()(torch.zeros(2, 1, 128, 128)).shape == (2, 22)
-    import inspect
+    from triage_lab.training.augment import augment
+    from triage_lab.training.mr_infarct import direct_augment
 
-    from triage_lab.training import mr_infarct
-
-    src = inspect.getsource(mr_infarct.run_direct_baseline)
-    assert "hflip=False" in src  # a horizontal flip would need the side label swapped
+    # A horizontal flip would need the side label swapped: the baseline's augmentation must never mirror. A bright
+    # spot on the right must stay right of centre through many random draws.
+    x = torch.zeros(64, 1, 32, 32)
+    x[:, :, 14:18, 24:28] = 1.0
+    g = torch.Generator().manual_seed(0)
+    out, _ = augment(x, direct_augment(), g)
+    cols = out[:, 0].sum(dim=1)  # (n, x)
+    assert bool((cols[:, 16:].sum(dim=1) > cols[:, :16].sum(dim=1)).all())
 
 
 def test_operating_point_sweep_gates_like_the_analyzer(tmp_path: Path) -> None:
