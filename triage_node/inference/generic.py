@@ -162,6 +162,9 @@ class OnnxNet:
         if len(shape) != len(want):
             raise SpecError(f"input.dims: the ONNX input {self.input.name!r} has shape {shape}, the card makes "
                             f"{list(want)}")
+        if isinstance(shape[0], int) and shape[0] < spec.batch:
+            raise SpecError(f"input.batch: the ONNX input {self.input.name!r} has a fixed batch of {shape[0]}; set "
+                            f"input.batch: {shape[0]} or export the model with a dynamic batch axis")
         for i, (have, need) in enumerate(zip(shape, want, strict=True)):
             if isinstance(have, int) and i > 0 and have != need:
                 key = "input.channels" if i == 1 else "input.size"
@@ -403,7 +406,13 @@ class GenericAnalyzer:
             )
         if not bool(torch.isfinite(y.float()).all()):
             raise SpecError(f"output: the network returned NaN or infinite values on a synthetic input {tuple(shape)}")
-        self._analyze(self.synthetic_volume())
+        try:
+            self._analyze(self.synthetic_volume())
+        except SpecError:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported at load with the card, never at the first study
+            raise SpecError(f"input: the analysis of a synthetic volume failed: {type(e).__name__}: "
+                            f"{str(e).strip()[:300]}") from e
 
     def synthetic_volume(self) -> Volume:
         """A small volume the card accepts: enough slices, 1 mm in-plane, its first modality."""
