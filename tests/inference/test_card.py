@@ -37,3 +37,23 @@ def test_card_without_device_uid_gets_the_derived_one_and_a_wrong_one_is_refused
 def test_shipped_cards_carry_their_derived_device_uid(name: str) -> None:
     raw = yaml.safe_load((MODELS / name / "model.yaml").read_text())
     assert raw["device_uid"] == device_uid_for(raw["sha256"])
+
+
+def test_to_dict_and_from_dict_round_trip_with_the_domain(tmp_path: Path) -> None:
+    import shutil
+
+    from triage_lab.training.domains import DOMAINS, write_domain
+    from triage_node.inference.card import CardError, ModelCard
+
+    for f in ("model.yaml", "model.safetensors"):
+        shutil.copy(MODELS / "ich" / f, tmp_path / f)
+    write_domain(tmp_path, "ich")
+    card = ModelCard.load(tmp_path / "model.yaml")
+    assert dict(card.domain) == DOMAINS["ich"]
+    assert list(card.input["ranges"]["slice_thickness_mm"]) == [0.6, 5.0]
+    again = ModelCard.from_dict(card.to_dict(), tmp_path / "model.yaml")
+    assert again == card
+    bad = card.to_dict()
+    bad["thresholds"]["any_hemorrhage"] = 1.5
+    with pytest.raises(CardError, match="threshold any_hemorrhage must be in"):
+        ModelCard.from_dict(bad, tmp_path / "model.yaml")

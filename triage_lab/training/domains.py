@@ -21,16 +21,25 @@ DOMAINS: dict[str, dict[str, Any]] = {
 }
 
 
-def write_domain(model_dir: Path, name: str) -> None:
-    """Set ``domain:`` in ``model_dir/model.yaml`` (through ModelCard, so the card stays valid)."""
-    from dataclasses import replace
-    from types import MappingProxyType
+# The drawn ranges, for the /performance page's drift check (``input.ranges``, docs/api.md).
+RANGES: dict[str, dict[str, Any]] = {
+    "ich": {"slice_thickness_mm": [0.6, 5.0], "pixel_spacing_mm": [0.37, 1.02], "head_width_mm": [125, 200]},
+    "ct_segmenter": {"slice_thickness_mm": [0.6, 5.0], "pixel_spacing_mm": [0.37, 1.02], "head_width_mm": [125, 200]},
+    "infarct": {"slice_thickness_mm": [2.5, 5.5], "pixel_spacing_mm": [1.0, 2.0]},
+    "cmb": {"slice_thickness_mm": [1.2, 4.0], "pixel_spacing_mm": [0.7, 1.2]},
+}
 
+
+def write_domain(model_dir: Path, name: str) -> None:
+    """Set ``domain:`` and ``input.ranges`` in ``model_dir/model.yaml`` (through ModelCard, so the card stays
+    valid)."""
     from triage_node.inference.card import ModelCard
 
-    card = ModelCard.load(model_dir / "model.yaml")
-    card = replace(card, domain=MappingProxyType(dict(DOMAINS[name])))
-    card.save(model_dir / "model.yaml")
+    path = model_dir / "model.yaml"
+    d = ModelCard.load(path).to_dict()
+    d["input"]["ranges"] = RANGES[name]
+    d["domain"] = DOMAINS[name]
+    ModelCard.from_dict(d, path).save(path)
 
 
 def main() -> None:  # python -m triage_lab.training.domains MODEL_DIR NAME

@@ -98,6 +98,12 @@ class ModelCard:
             raw = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as e:
             raise CardError(f"cannot read model card {path}: {e}") from e
+        return cls.from_dict(raw, path)
+
+    @classmethod
+    def from_dict(cls, raw: Any, path: Path) -> ModelCard:
+        """Validate a card's mapping (as in model.yaml; ``path`` names it in errors and locates the weights). The one
+        way to build a card: the lab uses it too, so every card passes the same checks."""
         if not isinstance(raw, dict):
             raise CardError(f"model card {path} must be a mapping, got {type(raw).__name__}")
         external: dict[str, Any] = {}
@@ -150,8 +156,12 @@ class ModelCard:
         )
 
     def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, width=110)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card as plain data, as model.yaml holds it (``from_dict`` reads it back)."""
         if self.external:
-            return yaml.safe_dump(_thaw(self.external), sort_keys=False, width=110)
+            return dict(_thaw(self.external))
         d = {
             "name": self.name,
             "version": self.version,
@@ -174,7 +184,7 @@ class ModelCard:
             d["domain"] = _thaw(self.domain)
         if self.exports:
             d["exports"] = _thaw(self.exports)
-        return yaml.safe_dump(d, sort_keys=False, width=110)
+        return d
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".yaml.tmp")
