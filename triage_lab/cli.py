@@ -12,6 +12,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from triage_lab.render2.evaluate import register as register_render_test
     from triage_lab.synth.cli import register as register_synth
     from triage_lab.training.cli import register as register_training
     from triage_lab.training.export import register as register_export
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_training(sub)
     register_mr_training(sub)
     register_export(sub)
+    register_render_test(sub)
     return p
 
 

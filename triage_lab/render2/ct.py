@@ -16,7 +16,7 @@ import torch
 
 from triage_lab.render2 import projector
 from triage_lab.render2.ct_lesions import BIT, MIMIC_PAINTERS, MIMICS, PAINTERS, SUBTYPES, Canvas, ct_anatomy
-from triage_lab.render2.geometry import HeadFrame, Planes, Pose, axial_planes, draw_pose, sample_plane
+from triage_lab.render2.geometry import HeadFrame, Planes, Pose, axial_planes, draw_pose, plane_grid, sample_grid
 
 MU_WATER = 0.0195  # 1/mm, water at a ~70 keV effective energy
 MIN_ML = 0.3
@@ -41,13 +41,15 @@ class CtAcquisition:
     storage: str
 
 
-def draw_acquisition(rng: np.random.Generator, matrix: int | None = None, thickness: float | None = None) -> CtAcquisition:
+def draw_acquisition(
+    rng: np.random.Generator, matrix: int | None = None, thickness: float | None = None
+) -> CtAcquisition:
     n = matrix if matrix is not None else int(rng.choice([256, 512], p=[0.6, 0.4]))
     th = thickness if thickness is not None else float(rng.choice([2.5, 3.0, 4.0, 5.0], p=[0.2, 0.15, 0.2, 0.45]))
     increment = th if rng.random() < 0.8 else th * float(rng.choice([0.8, 0.9]))
     tilt = float(rng.uniform(8.0, 22.0)) if rng.random() < 0.3 else 0.0
     # Photons per ray for a 0.9 mm detector bin at 5 mm; fewer for thin slices and narrow bins (quantum noise).
-    photons = float(np.exp(rng.uniform(np.log(2.5e5), np.log(2.0e6)))) * th / 5.0 * (256.0 / n)
+    photons = float(np.exp(rng.uniform(np.log(6e5), np.log(4e6)))) * th / 5.0 * (256.0 / n)
     kernel = str(rng.choice(projector.FILTERS, p=[0.1, 0.3, 0.2, 0.25, 0.15]))
     storage = str(rng.choice(["signed", "signed1024", "unsigned1024", "unsigned12"]))
     return CtAcquisition(
@@ -57,7 +59,7 @@ def draw_acquisition(rng: np.random.Generator, matrix: int | None = None, thickn
         increment,
         int(rng.integers(3, 6)),
         tilt,
-        180 if n == 256 else 300,
+        180 if n == 256 else 270,
         photons,
         kernel,
         float(rng.uniform(-4.0, 4.0)),
@@ -69,9 +71,9 @@ def draw_acquisition(rng: np.random.Generator, matrix: int | None = None, thickn
 class CtCase:
     """A rendered CT series and its truth.
 
-    ``hu``: float32 (slices, rows, cols), slice 0 most inferior. ``masks``: subtype -> bool (slices, rows, cols) for every
-    subtype painted (also those too small to count). ``subtypes``: the subtypes that count (>= 0.3 mL and visible on at
-    least one slice). ``volumes_ml``: painted volume per subtype in the patient's size.
+    ``hu``: float32 (slices, rows, cols), slice 0 most inferior. ``masks``: subtype -> bool (slices, rows, cols) for
+    every subtype painted (also those too small to count). ``subtypes``: the subtypes that count (>= 0.3 mL and
+    visible on at least one slice). ``volumes_ml``: painted volume per subtype in the patient's size.
     """
 
     seed: int
@@ -174,17 +176,17 @@ def _plan(
     acq: CtAcquisition,
 ) -> tuple[Planes, CtAcquisition]:
     """Slices from just below the skull base to the vertex, a field of view that holds the head."""
-    spacing = np.abs(np.diag(np.linalg.inv(frame.matrix))) if False else None  # noqa: F841 - kept simple below
-    sp = 1.0 / np.abs(np.array([frame.matrix[0, 2], frame.matrix[1, 1], frame.matrix[2, 0]]))
+    sp = 1.0 / np.abs(np.array([frame.matrix[0, 2], frame.matrix[1, 1], frame.matrix[2, 0]]))  # array spacing (z, y, x)
     inside = pose.head_to_patient(frame.to_head(inside_mm / sp))
     body = pose.head_to_patient(frame.to_head(outline_mm / sp))
     z0, z1 = float(inside[:, 2].min()) - 12.0, float(inside[:, 2].max()) + 4.0
     centre = inside[:, :2].mean(axis=0) + rng.uniform(-6.0, 6.0, 2)
     in_range = body[(body[:, 2] > z0) & (body[:, 2] < z1)]
     radius = float(np.sqrt(((in_range[:, :2] - centre) ** 2).sum(axis=1)).max()) if len(in_range) else 100.0
-    fov = float(np.clip(max(rng.uniform(205.0, 250.0), 2.0 * (radius + 6.0)), 180.0, 320.0))
+    fov = float(np.clip(max(rng.uniform(205.0, 250.0), 2.0 * (radius + 14.0)), 180.0, 320.0))  # + scalp
     z = np.arange(z0, z1, acq.increment)
-    planes = axial_planes(z, acq.matrix, fov, acq.thickness, acq.sub, acq.tilt_deg, (float(centre[0]), float(centre[1])))
+    xy = (float(centre[0]), float(centre[1]))
+    planes = axial_planes(z, acq.matrix, fov, acq.thickness, acq.sub, acq.tilt_deg, xy)
     return planes, CtAcquisition(**{**asdict(acq), "fov_mm": round(fov, 2)})
 
 
@@ -197,9 +199,10 @@ def _sample_slabs(canvas: Canvas, frame: HeadFrame, pose: Pose, planes: Planes) 
     out_bits = np.zeros((n, planes.rows, planes.cols), np.uint8)
     for k in range(n):
         pts = planes.points(k)
-        v = sample_plane(vol, frame, pose, pts)[0]  # (sub, rows, cols)
+        grid = plane_grid(frame, pose, pts)
+        v = sample_grid(vol, grid, pts.shape[:-1])[0]  # (sub, rows, cols)
         hu[k] = (v.mean(dim=0) + HU_AIR).numpy()
-        b = sample_plane(bits, frame, pose, pts, mode="nearest")[0].round().to(torch.uint8)
+        b = sample_grid(bits, grid, pts.shape[:-1], mode="nearest")[0].round().to(torch.uint8)
         for bit in BIT.values():
             frac = ((b & bit) > 0).float().mean(dim=0)
             out_bits[k][(frac >= 0.5).numpy()] |= bit

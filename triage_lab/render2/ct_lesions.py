@@ -48,7 +48,7 @@ class CtAnatomy:
     flip_x: bool
     shell: np.ndarray  # (N, 3) int indices of intracranial voxels touching the table, above the skull base
     deep: np.ndarray  # (N, 3) int indices of brain voxels >= 12 mm from the table
-    outline: np.ndarray  # (N, 3) float array mm of a subsample of the head (labels > 0)
+    outline: np.ndarray  # (N, 3) float array mm of a subsample of the skull and its contents
     inside: np.ndarray  # (N, 3) float array mm of a subsample of the intracranial space
 
     @property
@@ -71,7 +71,7 @@ def ct_anatomy(name: str) -> CtAnatomy:
     shell = np.argwhere(inside & (depth <= 1.6 * max(spacing)) & above_base)
     deep = np.argwhere((head.labels == Tissue.BRAIN) & (depth >= 12.0))
     rng = np.random.default_rng(0)
-    body = np.argwhere(head.labels > 0)
+    body = np.argwhere(np.isin(head.labels, (Tissue.BONE, Tissue.BRAIN, Tissue.CSF, Tissue.VENTRICLE)))
     outline = body[rng.choice(len(body), size=min(len(body), 40_000), replace=False)] * np.asarray(spacing)
     inner = idx[rng.choice(len(idx), size=min(len(idx), 20_000), replace=False)] * np.asarray(spacing)
     depth.setflags(write=False)

@@ -188,15 +188,18 @@ def axial_planes(
     return Planes(origins, row_dir, col_dir, matrix, matrix, (px, px), thickness, sub)
 
 
-def sample_plane(
-    volume: torch.Tensor, frame: HeadFrame, pose: Pose, points: torch.Tensor, mode: str = "bilinear"
-) -> torch.Tensor:
-    """Sample a canonical array ``volume`` (C, z, y, x) float32 at patient ``points`` (..., 3) -> (C, ...); zero
-    outside the array (store arrays so that zero means empty space)."""
-    shape = points.shape[:-1]
+def plane_grid(frame: HeadFrame, pose: Pose, points: torch.Tensor) -> torch.Tensor:
+    """The ``grid_sample`` grid (1, 1, 1, N, 3) that reads a canonical array at patient ``points`` (..., 3)."""
     head = pose.patient_to_head(points.reshape(-1, 3))
     idx = frame.to_index(head)  # (N, 3) as (z, y, x)
     size = torch.tensor([max(n - 1, 1) for n in frame.shape], dtype=torch.float64)
-    norm = (idx / size * 2.0 - 1.0).flip(1).float().reshape(1, 1, 1, -1, 3)  # grid wants (x, y, z)
-    out = F.grid_sample(volume[None], norm, mode=mode, padding_mode="zeros", align_corners=True)[0]
+    return (idx / size * 2.0 - 1.0).flip(1).float().reshape(1, 1, 1, -1, 3)  # grid wants (x, y, z)
+
+
+def sample_grid(
+    volume: torch.Tensor, grid: torch.Tensor, shape: tuple[int, ...], mode: str = "bilinear"
+) -> torch.Tensor:
+    """Read ``volume`` (C, z, y, x) float32 at ``grid`` (from :func:`plane_grid`) -> (C, *shape); zero outside the
+    array (store arrays so that zero means empty space)."""
+    out = F.grid_sample(volume[None], grid, mode=mode, padding_mode="zeros", align_corners=True)[0]
     return out.reshape(volume.shape[0], *shape)
