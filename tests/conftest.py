@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,46 @@ from triage_node.config import SCP  # noqa: E402
 from triage_node.receive.scp import ReceiveHooks, StorageSCP  # noqa: E402
 from triage_node.receive.store import Spool  # noqa: E402
 from triage_node.worklist.db import make_engine, migrate, session_factory  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """One real PostgreSQL server for the whole session (tests/pgserver.py); skipped locally, failed with CI=true,
+    when PostgreSQL is not installed."""
+    from pgserver import start_server
+
+    server = start_server()
+    if isinstance(server, str):
+        require(False, server)
+    try:
+        yield server
+    finally:
+        if not isinstance(server, str):
+            server.stop("immediate")
+            shutil.rmtree(server.folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL, once per backend: a fresh SQLite file, and a fresh database on the session's PostgreSQL
+    (copied from a migrated template). The tests that take it run on both."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db' / 'triage.sqlite'}"
+        return
+    server = request.getfixturevalue("postgres")
+    with server.database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Like ``db_url`` but not migrated: an empty database on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db' / 'empty.sqlite'}"
+        return
+    server = request.getfixturevalue("postgres")
+    with server.database(migrated=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

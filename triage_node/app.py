@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from types import FrameType
 
@@ -38,10 +38,34 @@ from triage_node.send.outbox import deliver_due
 from triage_node.series.completion import complete_due
 from triage_node.users import UserStore
 from triage_node.worklist import states
-from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
+from triage_node.worklist.claims import (
+    JOBS_CHANNEL,
+    OUTBOX_CHANNEL,
+    Claim,
+    ClaimLost,
+    Heartbeat,
+    Listener,
+    check_spool,
+    fence,
+    new_node_name,
+)
+from triage_node.worklist.db import is_postgres, make_engine, migrate, session_factory, transaction
 from triage_node.worklist.models import Job, JobState
 
 log = logging.getLogger(__name__)
+
+# What one process can do (`serve --roles`); all of them is the single node. Each works through the database only.
+ROLES = ("receive", "work", "send", "web")
+
+
+def parse_roles(text: str) -> frozenset[str]:
+    """``receive,work`` -> the set; raises ValueError naming an unknown role."""
+    roles = frozenset(r.strip() for r in text.split(",") if r.strip())
+    unknown = sorted(roles - set(ROLES))
+    if unknown or not roles:
+        named = ", ".join(unknown) or "(none given)"
+        raise ValueError(f"--roles: unknown role(s) {named}; choose from {', '.join(ROLES)}")
+    return roles
 
 
 def utcnow() -> dt.datetime:
@@ -51,8 +75,15 @@ def utcnow() -> dt.datetime:
 class App:
     """One daemon: ``start()`` brings every stage up (READY=1 at the end), ``run()`` loops until a stop signal."""
 
-    def __init__(self, config: Config, config_path: Path | None = None, clock: Callable[[], dt.datetime] = utcnow):
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+        roles: Collection[str] = ROLES,
+    ):
         self.config = config
+        self.roles = frozenset(roles)
         self.config_path = config_path
         self.clock = clock
         self.engine = make_engine(config.storage.database_url)
@@ -75,19 +106,85 @@ class App:
         self._web_server: object | None = None
         self._web_thread: threading.Thread | None = None
         self._loop_tick = 0.0
+        # Several nodes on one database (PostgreSQL, or a subset of roles): claims hold leases, start-up leaves
+        # other nodes' live claims alone, and spool temporaries of other receivers are not removed.
+        self.shared = is_postgres(self.engine) or self.roles != frozenset(ROLES)
+        self.node = new_node_name()
+        self.lease_s = float(config.storage.lease_s)
+        self.heartbeat = Heartbeat(self.sessions, self.node, self.lease_s, clock)
+        self._claims: dict[int, Claim] = {}
+        self._listener: Listener | None = None
 
     # -- start-up -------------------------------------------------------------------------------------------------
 
     def start(self) -> None:
         cfg = self.config
+        roles = self.roles
         self.notifier.status("migrating database")
         migrate(self.engine)
-        removed = self.spool.remove_temporaries()
-        with transaction(self.sessions) as s:
-            resumed = states.resume_interrupted(s, self.clock())
+        if roles & {"receive", "work"}:
+            check_spool(self.sessions, cfg.storage.spool_dir)  # SpoolMismatch: `serve` says why and exits
+        removed = 0
+        if "receive" in roles:
+            removed = self.spool.remove_temporaries(older_than_s=3600 if self.shared else None)
+        resumed: list[int] = []
+        if not self.shared or roles & {"work", "send"}:
+            with transaction(self.sessions) as s:
+                resumed = states.resume_interrupted(s, self.clock(), only_expired=self.shared)
         if resumed or removed:
             log.info("resumed %d interrupted job(s); removed %d partial spool file(s)", len(resumed), removed)
+        if "work" in roles:
+            self._start_work()
+        if "receive" in roles:
+            self._start_receive()
 
+        if roles & {"receive", "work"}:
+            tick = min(1.0, cfg.series.quiet_period_s / 4)
+            self.scheduler.add_job(
+                self._complete_due, "interval", seconds=tick, id="complete", max_instances=1, coalesce=True
+            )
+        if "send" in roles:
+            self.scheduler.add_job(
+                self._deliver, "interval", seconds=1.0, id="deliver", max_instances=1, coalesce=True
+            )
+            self.scheduler.add_job(self._notify, "interval", seconds=2.0, id="notify", max_instances=1, coalesce=True)
+        if cfg.storage.retention_days is not None and "work" in roles:
+            self.scheduler.add_job(
+                self._retention,
+                "interval",
+                seconds=3600,
+                id="retention",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=self.clock() + dt.timedelta(seconds=60),
+            )
+        self.scheduler.start()
+        if roles & {"work", "send"}:
+            self.heartbeat.start()
+        if is_postgres(self.engine) and roles & {"work", "send"}:
+            callbacks = {}
+            if "work" in roles:
+                callbacks[JOBS_CHANNEL] = self._work.set
+            if "send" in roles:
+                callbacks[OUTBOX_CHANNEL] = lambda: self._wake("deliver")
+            self._listener = Listener(self.engine, callbacks)
+            self._listener.start()
+        if "work" in roles:
+            self._worker = threading.Thread(target=self._work_loop, name="job-worker", daemon=True)
+            self._worker.start()
+        if "web" in roles:
+            self._start_web()
+            self._say_how_to_add_a_user()
+        self._work.set()
+        self.notifier.ready()
+        self.notifier.status(self._status_line())
+        where = f"{cfg.scp.ae_title}@{cfg.scp.host}:{self.scp.port}" if self.scp is not None else "(not received here)"
+        listed = ",".join(r for r in ROLES if r in roles)
+        also = "" if roles == frozenset(ROLES) else f"; roles {listed}, node {self.node}"
+        log.info("triage-node %s ready: DICOM %s%s", __version__, where, also)
+
+    def _start_work(self) -> None:
+        cfg = self.config
         names = sorted({n for names in cfg.models.pipelines.values() for n in names})
         self.notifier.status(f"loading models {', '.join(names) or '(none)'}")
         self.analyzers = load_analyzers(
@@ -105,7 +202,11 @@ class App:
             observe_flag=self.metrics.time_to_flag_seconds.observe,
             on_flag=lambda: self._wake("notify"),
             clock=self.clock,
+            fence=self._fence,
         )
+
+    def _start_receive(self) -> None:
+        cfg = self.config
         guard = DiskGuard(cfg.storage.spool_dir, cfg.storage.min_free_mb)
         hooks = ReceiveHooks(
             disk_ok=guard.ok,
@@ -124,32 +225,6 @@ class App:
                 (evt.EVT_N_EVENT_REPORT, handle_commitment_report, [self.sessions, cfg.destinations, self.clock])
             )
         self.scp.start(extra_handlers=extra)
-
-        tick = min(1.0, cfg.series.quiet_period_s / 4)
-        self.scheduler.add_job(
-            self._complete_due, "interval", seconds=tick, id="complete", max_instances=1, coalesce=True
-        )
-        self.scheduler.add_job(self._deliver, "interval", seconds=1.0, id="deliver", max_instances=1, coalesce=True)
-        self.scheduler.add_job(self._notify, "interval", seconds=2.0, id="notify", max_instances=1, coalesce=True)
-        if cfg.storage.retention_days is not None:
-            self.scheduler.add_job(
-                self._retention,
-                "interval",
-                seconds=3600,
-                id="retention",
-                max_instances=1,
-                coalesce=True,
-                next_run_time=self.clock() + dt.timedelta(seconds=60),
-            )
-        self.scheduler.start()
-        self._worker = threading.Thread(target=self._work_loop, name="job-worker", daemon=True)
-        self._worker.start()
-        self._start_web()
-        self._say_how_to_add_a_user()
-        self._work.set()
-        self.notifier.ready()
-        self.notifier.status(self._status_line())
-        log.info("triage-node %s ready: DICOM %s@%s:%d", __version__, cfg.scp.ae_title, cfg.scp.host, self.scp.port)
 
     def _start_web(self) -> None:
         if not self.config.web.enabled:
@@ -230,17 +305,33 @@ class App:
 
     def _process_one(self) -> bool:
         with transaction(self.sessions) as s:
-            job = states.claim_next_job(s, self.clock())
-            job_id = job.id if job else None
-        if job_id is None:
+            job = states.claim_next_job(s, self.clock(), self.node, self.lease_s)
+            claim = Claim(job.id, self.node, job.claim_token) if job else None
+        if claim is None:
             return False
+        job_id = claim.job_id
+        self._claims[job_id] = claim
+        self.heartbeat.hold_job(claim)
         try:
             if run_job(self.pipeline, job_id) == JobState.RESULTS_READY:
                 self._wake("deliver")
+        except ClaimLost as exc:
+            log.warning("%s: this node's work on it is dropped (the new holder runs it)", exc)
         except Exception as exc:  # noqa: BLE001 - the worker's edge: any error becomes a failed, retryable job
             log.exception("job %d raised", job_id)
-            fail_job(self.pipeline, job_id, exc)
+            try:
+                fail_job(self.pipeline, job_id, exc)
+            except ClaimLost as lost:
+                log.warning("%s: the failure is not recorded (the new holder runs it)", lost)
+        finally:
+            self.heartbeat.release_job(job_id)
+            self._claims.pop(job_id, None)
         return True
+
+    def _fence(self, session: object, job_id: int) -> None:
+        claim = self._claims.get(job_id)
+        if claim is not None:
+            fence(session, claim)  # type: ignore[arg-type]
 
     def _wake(self, job_id: str) -> None:
         """Run a periodic scheduler job now instead of at its next tick (results waiting, a series just completed)."""
@@ -251,7 +342,15 @@ class App:
 
     def _deliver(self) -> None:
         if self.config.destinations:
-            deliver_due(self.sessions, self.config.destinations, self.config.scp.ae_title, self.clock())
+            deliver_due(
+                self.sessions,
+                self.config.destinations,
+                self.config.scp.ae_title,
+                self.clock(),
+                node=self.node if self.shared else None,
+                lease_s=self.lease_s,
+                heartbeat=self.heartbeat if self.shared else None,
+            )
 
     def _notify(self) -> None:
         notify_due(self.sessions, self.config.notifications, self.clock())
@@ -269,8 +368,11 @@ class App:
         with self.sessions() as s:
             counts = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
         queued = counts.get(JobState.COMPLETE.value, 0) + counts.get(JobState.PROCESSING.value, 0)
+        where = f"listening on {self.config.scp.port}" if "receive" in self.roles else "roles " + ",".join(
+            r for r in ROLES if r in self.roles
+        )
         return (
-            f"listening on {self.config.scp.port}; {queued} job(s) queued, "
+            f"{where}; {queued} job(s) queued, "
             f"{counts.get(JobState.RESULTS_READY.value, 0)} awaiting delivery, "
             f"{counts.get(JobState.DEAD_LETTER.value, 0)} dead-lettered"
         )
@@ -329,7 +431,8 @@ class App:
             | {"scp": self.config.scp.model_copy(update={"allowed_callers": new.scp.allowed_callers})}
         )
         self.config = applied
-        self.pipeline.config = card_settings(applied, self.analyzers)
+        if "work" in self.roles:
+            self.pipeline.config = card_settings(applied, self.analyzers)
         if self.scp is not None:
             self.scp.reload_policy(applied.scp)
         log.info("reloaded %s", ", ".join(sorted(live)))
@@ -351,6 +454,9 @@ class App:
                 log.warning("the running job did not finish in time; it resumes at the next start")
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        self.heartbeat.stop()
+        if self._listener is not None:
+            self._listener.stop()
         if self._web_server is not None:
             self._web_server.should_exit = True  # type: ignore[attr-defined]
             if self._web_thread is not None:

@@ -29,13 +29,19 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from triage_node.app import App
+    from triage_node.app import App, parse_roles
     from triage_node.inference.registry import ModelLoadError
     from triage_node.ops.logs import setup_logging
+    from triage_node.worklist.claims import SpoolMismatch
 
+    try:
+        roles = parse_roles(args.roles)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     cfg = _config(args)
     setup_logging(cfg.logging)
-    app = App(cfg, Path(args.config) if getattr(args, "config", None) else None)
+    app = App(cfg, Path(args.config) if getattr(args, "config", None) else None, roles=roles)
     app.install_signal_handlers()
     try:
         app.start()
@@ -43,6 +49,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", exc)
         app.shutdown(timeout_s=5)
         return 3
+    except SpoolMismatch as exc:
+        log.error("cannot start: %s", exc)
+        app.shutdown(timeout_s=5)
+        return 5
     except OSError as exc:
         log.error("cannot start: %s", exc)
         app.shutdown(timeout_s=5)
@@ -237,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     sp = with_config(sub.add_parser("serve", help="run the daemon in the foreground (logs to stderr)"))
+    sp.add_argument(
+        "--roles",
+        default="receive,work,send,web",
+        help="what this process does, any of receive,work,send,web (default: all, the single node); processes "
+        "with other roles share the database (PostgreSQL) and the spool",
+    )
     sp.set_defaults(func=cmd_serve)
     sp = with_config(sub.add_parser("check-config", help="validate the configuration, print every problem"))
     sp.set_defaults(func=cmd_check_config)

@@ -98,6 +98,9 @@ class SCP(Frozen):
     # Storage-only associations transfer on receive/fastlane.py; false keeps every association on pynetdicom's
     # DIMSE path (slower; for a sender that misbehaves only with the fast lane).
     fast_lane: bool = True
+    # SO_REUSEPORT: several `serve --roles receive` processes on one machine share scp.port (each commits its own
+    # instances to the shared database); the kernel spreads associations over them.
+    reuse_port: bool = False
 
 
 class Storage(Frozen):
@@ -105,6 +108,9 @@ class Storage(Frozen):
     database_url: str = "sqlite:///var/triage-node.db"
     min_free_mb: Annotated[int, _between(0, 10**9)] = 500
     retention_days: Annotated[float, _between(0, 36500)] | None = 30
+    # Nodes sharing one database: a claimed job or outbox row is held this long past the last heartbeat (every
+    # lease_s / 6); when its node dies, another takes it over after this.
+    lease_s: Annotated[float, _between(2, 3600)] = 30
 
 
 class Match(Frozen):

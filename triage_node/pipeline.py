@@ -62,6 +62,9 @@ class PipelineContext:
     # Called after the flag is committed (the daemon wakes its notification sender).
     on_flag: Callable[[], None] = lambda: None
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+    # Called first in every transaction that writes the job: raises (worklist.claims.ClaimLost) when this node no
+    # longer holds the job's claim (another node took it over), so nothing of a lost claim is committed.
+    fence: Callable[[Session, int], None] = lambda session, job_id: None
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class Loaded:
 
 def _load(ctx: PipelineContext, job_id: int) -> Loaded:
     with transaction(ctx.sessions) as s:
+        ctx.fence(s, job_id)
         job = s.get(Job, job_id)
         assert job is not None
         series = s.get(Series, job.series_id)
@@ -197,6 +201,7 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
         )
     pipeline = rule.pipeline.value
     with transaction(ctx.sessions) as s:
+        ctx.fence(s, job_id)
         job = s.get(Job, job_id)
         assert job is not None
         job.pipeline, job.rule = pipeline, rule.name
@@ -252,6 +257,7 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
 
     t = time.perf_counter()
     with transaction(ctx.sessions) as s:
+        ctx.fence(s, job_id)
         job = s.get(Job, job_id)
         assert job is not None
         identity = ResultIdentity.from_job(job)
@@ -337,6 +343,7 @@ def _flag(
     timings["flag"] = time.perf_counter() - t0
     now = ctx.clock()
     with transaction(ctx.sessions) as s:
+        ctx.fence(s, job_id)
         job = s.get(Job, job_id)
         assert job is not None
         study = job.series.study
@@ -370,6 +377,7 @@ def _commit(
 ) -> JobState:
     now = ctx.clock()
     with transaction(ctx.sessions) as s:
+        ctx.fence(s, job_id)
         job = s.get(Job, job_id)
         assert job is not None
         study = job.series.study
@@ -429,6 +437,7 @@ def _finish_without_results(
 ) -> JobState:
     now = ctx.clock()
     with transaction(ctx.sessions) as s:
+        ctx.fence(s, job_id)
         job = s.get(Job, job_id)
         assert job is not None
         job.timings = timings
@@ -444,6 +453,7 @@ def fail_job(ctx: PipelineContext, job_id: int, error: BaseException) -> JobStat
     now = ctx.clock()
     reason = f"{type(error).__name__}: {error}"[:2000]
     with transaction(ctx.sessions) as s:
+        ctx.fence(s, job_id)
         job = s.get(Job, job_id)
         assert job is not None
         states.transition(s, job, JobState.FAILED, reason=reason, now=now)

@@ -17,8 +17,8 @@ from triage_node.worklist.models import Job, JobState, Series, Study
 
 
 @pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'triage.db'}")
+def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(db_url)
     migrate(engine)
     yield session_factory(engine)
     engine.dispose()

@@ -14,8 +14,8 @@ T0 = dt.datetime(2026, 1, 1, 8, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-def sessions(tmp_path):  # type: ignore[no-untyped-def]
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def sessions(db_url):  # type: ignore[no-untyped-def]
+    engine = make_engine(db_url)
     migrate(engine)
     yield session_factory(engine)
     engine.dispose()

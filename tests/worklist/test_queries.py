@@ -33,8 +33,8 @@ CONTRACT_SERIES = {
 
 
 @pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'wl.db'}")
+def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(db_url)
     migrate(engine)
     yield session_factory(engine)
     engine.dispose()

@@ -20,7 +20,7 @@ from pynetdicom import AE, Association, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage_node.config import SCP, Caller
@@ -88,6 +88,13 @@ class NoDelayServer(ThreadedAssociationServer):
             # would block every later association. Deferred, it runs on the association's first read, in its thread.
             sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, address
+
+
+class ReusePortServer(NoDelayServer):
+    """Binds with SO_REUSEPORT (``scp.reuse_port``): several receive processes listen on one port and the kernel
+    spreads the incoming associations over them, so ingest uses every core."""
+
+    allow_reuse_port = True
 
 
 @dataclass(eq=False)
@@ -184,25 +191,25 @@ class GroupCommitter:
             now = self.clock()
             alone = len(group) == 1  # no savepoint needed: if its row fails, the whole transaction is its own
             conn = self._connection()
-            with conn.begin():  # BEGIN IMMEDIATE on SQLite (worklist.db); committed at the end of the block
-                for p in group:
+            if conn.dialect.name == "postgresql":
+                # Other receive processes write the same tables: rows are locked in one global order (study, series)
+                # so two groups never deadlock; a conflict that still happens (deadlock, a row another process
+                # inserted) rolls the group back and it is recorded again, up to three times.
+                group.sort(key=lambda p: (p.header.study_uid, p.header.series_uid))
+                for attempt in range(3):
                     try:
-                        with contextlib.nullcontext() if alone else conn.begin_nested():
-                            p.result = record_instance(
-                                conn, p.header, p.rel, p.size, p.sha, p.calling_ae, now, self.studies
-                            )
-                            if p.result.complete_by_count:
-                                # A session inside this transaction: its commit releases its own savepoint.
-                                with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
-                                    series = session.get(Series, p.result.series_id)
-                                    assert series is not None
-                                    complete_series(session, series, now, "declared size reached")
-                                    session.commit()
-                    except (SQLAlchemyError, ValueError, TypeError, KeyError) as exc:
-                        self.studies = StudyIds()  # a rolled-back insert may have left a cached id behind
-                        if alone:
-                            raise  # rolls the transaction back; the handler below reports it
-                        p.result, p.error = None, exc
+                        self._record_group(conn, group, now, alone)
+                        break
+                    except DBAPIError as exc:
+                        if attempt == 2 or getattr(exc.orig, "sqlstate", None) not in RETRY_SQLSTATES:
+                            raise
+                        self.studies = StudyIds()
+                        for p in group:
+                            p.result, p.error = None, None
+                        log.info("receive group of %d rolled back (%s), recording it again", len(group),
+                                 getattr(exc.orig, "sqlstate", None))
+            else:
+                self._record_group(conn, group, now, alone)
             self.groups += 1
             self.committed += sum(1 for p in group if p.error is None)
         except (OSError, SQLAlchemyError, ValueError, TypeError, KeyError) as exc:  # nobody in the group is stored
@@ -218,6 +225,35 @@ class GroupCommitter:
         finally:
             for p in group:
                 p.done.set()
+
+    def _record_group(self, conn: Connection, group: list[_Pending], now: dt.datetime, alone: bool) -> None:
+        with conn.begin():  # BEGIN IMMEDIATE on SQLite (worklist.db); committed at the end of the block
+            for p in group:
+                try:
+                    with contextlib.nullcontext() if alone else conn.begin_nested():
+                        p.result = record_instance(
+                            conn, p.header, p.rel, p.size, p.sha, p.calling_ae, now, self.studies
+                        )
+                        if p.result.complete_by_count:
+                            # A session inside this transaction: its commit releases its own savepoint.
+                            with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
+                                series = session.get(Series, p.result.series_id)
+                                assert series is not None
+                                complete_series(session, series, now, "declared size reached")
+                                session.commit()
+                except (SQLAlchemyError, ValueError, TypeError, KeyError) as exc:
+                    self.studies = StudyIds()  # a rolled-back insert may have left a cached id behind
+                    if alone or _retryable(exc):
+                        raise  # rolls the transaction back; the caller retries it or reports it
+                    p.result, p.error = None, exc
+
+
+# PostgreSQL: deadlock detected, serialization failure, unique violation (a row another receiver inserted first).
+RETRY_SQLSTATES = frozenset({"40P01", "40001", "23505"})
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in RETRY_SQLSTATES
 
 
 @dataclass
@@ -299,7 +335,7 @@ class StorageSCP:
             (self.cfg.host, self.cfg.port),
             evt_handlers=handlers,  # type: ignore[arg-type]
             ssl_context=make_ssl_context(self.cfg),
-            server_class=NoDelayServer,
+            server_class=ReusePortServer if self.cfg.reuse_port else NoDelayServer,
             request_handler=self.request_handler,
         )
         self.ae._servers.append(self.server)  # so AE.shutdown() and server.shutdown() know it

@@ -11,6 +11,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from triage_node.receive.contexts import (
@@ -452,6 +454,8 @@ class Spool:
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
         self._serial = 0
+        # In temporary names: receive processes on several machines may share the spool, and pids repeat.
+        self._token = os.urandom(4).hex()
 
     def relative_path(self, header: Header, sha: str) -> str:
         return f"{_safe(header.study_uid)}/{_safe(header.series_uid)}/{_safe(header.sop_instance_uid)}.{sha[:16]}.dcm"
@@ -480,7 +484,7 @@ class Spool:
         with self._lock:
             self._serial += 1
             n = self._serial
-        return Incoming(self, folder / f".{os.getpid()}.{threading.get_ident()}.{n}.tmp")
+        return Incoming(self, folder / f".{os.getpid()}.{self._token}.{threading.get_ident()}.{n}.tmp")
 
     def keep(self, tmp: Path, rel: str) -> Path:
         """Move the fsynced temporary file ``tmp`` to ``rel`` and fsync its folder (the new entry is then durable);
@@ -497,10 +501,18 @@ class Spool:
         _fsync_dir(final.parent)
         return final
 
-    def remove_temporaries(self) -> int:
-        """Delete ``*.tmp`` files left by a crash mid-write (their senders never got a success status)."""
+    def remove_temporaries(self, older_than_s: float | None = None) -> int:
+        """Delete ``*.tmp`` files left by a crash mid-write (their senders never got a success status).
+        ``older_than_s``: only those not written to for that long (a spool shared with other receive processes holds
+        their transfers in progress too)."""
         n = 0
+        cutoff = None if older_than_s is None else time.time() - older_than_s
         for tmp in self.root.rglob(".*.tmp"):
+            try:
+                if cutoff is not None and tmp.stat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
             tmp.unlink(missing_ok=True)
             n += 1
         return n
@@ -639,6 +651,18 @@ _REOPEN_SERIES = (
 )
 
 
+# PostgreSQL, where several receive processes write at once: a new study or series row is inserted with ON CONFLICT DO
+# NOTHING (another process may insert the same one in the same instant) and the series row is read under a row lock,
+# so its counters are never updated from a stale read.
+_SELECT_SERIES_LOCKED = _SELECT_SERIES.with_for_update()
+_INSERT_STUDY_PG = (
+    pg_insert(_studies).on_conflict_do_nothing(index_elements=[_studies.c.study_instance_uid]).returning(_studies.c.id)
+)
+_INSERT_SERIES_PG = (
+    pg_insert(_series).on_conflict_do_nothing(index_elements=[_series.c.series_instance_uid]).returning(_series.c.id)
+)
+
+
 def _study_id(conn: FastConnection, header: Header, now: dt.datetime, cache: StudyIds | None) -> int:
     cached = cache.get(header.study_uid) if cache else None
     if cached is not None:
@@ -647,10 +671,9 @@ def _study_id(conn: FastConnection, header: Header, now: dt.datetime, cache: Stu
         assert cache is not None
         cache.drop(header.study_uid)
     row_id = conn.execute(_SELECT_STUDY, {"p_uid": header.study_uid}).scalar_one_or_none()
+    pg = conn.dialect.name == "postgresql"
     if row_id is None:
-        row_id = conn.execute(
-            _INSERT_STUDY,
-            {
+        values = {
                 "study_instance_uid": header.study_uid,
                 "patient_name": header.patient_name,
                 "patient_id": header.patient_id,
@@ -665,8 +688,14 @@ def _study_id(conn: FastConnection, header: Header, now: dt.datetime, cache: Stu
                 "first_received_at": now,
                 "last_received_at": now,
                 "priority": Priority.NONE.value,
-            },
-        ).inserted_primary_key[0]  # type: ignore[index]
+            }
+        if pg:
+            row_id = conn.execute(_INSERT_STUDY_PG, values).scalar_one_or_none()
+            if row_id is None:  # inserted by another receiver meanwhile
+                row_id = conn.execute(_SELECT_STUDY, {"p_uid": header.study_uid}).scalar_one()
+                conn.execute(_TOUCH_STUDY, {"p_id": row_id, "p_now": now})
+        else:
+            row_id = conn.execute(_INSERT_STUDY, values).inserted_primary_key[0]  # type: ignore[index]
     else:
         conn.execute(_TOUCH_STUDY, {"p_id": row_id, "p_now": now})
     if cache is not None:
@@ -697,31 +726,45 @@ def record_instance(
             return Recorded(row.series_id, duplicate=True, new_version=False, reopened=False, complete_by_count=False)
 
     study_id = _study_id(conn, header, now, studies)
-    found = conn.execute(_SELECT_SERIES, {"p_uid": header.series_uid}).one_or_none()
+    pg = conn.dialect.name == "postgresql"
+    found = conn.execute(_SELECT_SERIES_LOCKED if pg else _SELECT_SERIES, {"p_uid": header.series_uid}).one_or_none()
+    inserted: int | None = None
+    if found is None:
+        values = {
+            "study_id": study_id,
+            "series_instance_uid": header.series_uid,
+            "modality": header.modality,
+            "series_number": header.series_number,
+            "series_description": header.series_description,
+            "body_part": header.body_part,
+            "calling_ae": calling_ae,
+            "expected_instances": header.expected_instances,
+            "received_instances": 0 if existing else 1,
+            "first_received_at": now,
+            "last_received_at": now,
+            "state": SeriesState.RECEIVING.value,
+            "version": 1,
+        }
+        if pg:
+            inserted = conn.execute(_INSERT_SERIES_PG, values).scalar_one_or_none()
+            if inserted is None:  # another receiver inserted it meanwhile: continue as an existing series
+                found = conn.execute(_SELECT_SERIES_LOCKED, {"p_uid": header.series_uid}).one()
+        else:
+            inserted = conn.execute(_INSERT_SERIES, values).inserted_primary_key[0]  # type: ignore[index]
+    if pg and found is not None:
+        # Under the series lock: another receiver may have stored this very instance since the first look.
+        existing = conn.execute(_SELECT_VERSIONS, {"p_sop": header.sop_instance_uid}).all()
+        for row in existing:
+            if row.sha256 == sha:
+                return Recorded(
+                    row.series_id, duplicate=True, new_version=False, reopened=False, complete_by_count=False
+                )
     reopened = False
     increment = 0 if existing else 1
     if found is None:
+        assert inserted is not None
+        series_id = int(inserted)
         expected, received = header.expected_instances, increment
-        series_id = int(
-            conn.execute(
-                _INSERT_SERIES,
-                {
-                    "study_id": study_id,
-                    "series_instance_uid": header.series_uid,
-                    "modality": header.modality,
-                    "series_number": header.series_number,
-                    "series_description": header.series_description,
-                    "body_part": header.body_part,
-                    "calling_ae": calling_ae,
-                    "expected_instances": expected,
-                    "received_instances": received,
-                    "first_received_at": now,
-                    "last_received_at": now,
-                    "state": SeriesState.RECEIVING.value,
-                    "version": 1,
-                },
-            ).inserted_primary_key[0]
-        )  # type: ignore[index]
     else:
         series_id = int(found.id)
         expected = found.expected_instances or header.expected_instances

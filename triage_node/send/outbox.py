@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage_node.config import Destination
 from triage_node.worklist import states
-from triage_node.worklist.db import transaction
+from triage_node.worklist.claims import DEFAULT_LEASE_S, OUTBOX_CHANNEL, Heartbeat, notify
+from triage_node.worklist.db import is_postgres, transaction
 from triage_node.worklist.models import Job, JobState, OutboxItem, OutboxState
 
 if TYPE_CHECKING:  # send/scu.py (pydicom, pynetdicom) is imported where delivery happens, not by `triage-node resend`
@@ -91,24 +92,43 @@ def enqueue(
             )
             added += 1
     if added:
+        notify(session, OUTBOX_CHANNEL)
         log.info("job %d: %d result object(s) queued for %d destination(s)", job.id, added, len(destinations))
 
 
-def _claim(session: Session, destinations: dict[str, Destination], now: dt.datetime, limit: int) -> list[OutboxItem]:
-    rows = list(
-        session.scalars(
-            select(OutboxItem)
-            .where(OutboxItem.state == OutboxState.PENDING.value)
-            .where(OutboxItem.next_attempt_at <= now)
-            .where(OutboxItem.destination.in_(destinations))
-            .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
-            .limit(limit)
-        )
+def _claim(
+    session: Session,
+    destinations: dict[str, Destination],
+    now: dt.datetime,
+    limit: int,
+    node: str | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
+) -> list[OutboxItem]:
+    """Due rows (``pending`` whose time has come, or ``sending`` under a lease that ran out: their sender died),
+    taken with FOR UPDATE SKIP LOCKED on PostgreSQL so that two senders never send the same row at once."""
+    due = ((OutboxItem.state == OutboxState.PENDING.value) & (OutboxItem.next_attempt_at <= now)) | (
+        (OutboxItem.state == OutboxState.SENDING.value)
+        & OutboxItem.lease_until.is_not(None)
+        & (OutboxItem.lease_until < now)
     )
+    stmt = (
+        select(OutboxItem)
+        .where(due)
+        .where(OutboxItem.destination.in_(destinations))
+        .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
+        .limit(limit)
+    )
+    if is_postgres(session):
+        stmt = stmt.with_for_update(skip_locked=True)
+    rows = list(session.scalars(stmt))
     for row in rows:
+        if row.state == OutboxState.SENDING.value:
+            log.warning("job %d: %s to %s taken over from %s", row.job_id, row.kind, row.destination, row.claimed_by)
         row.state = OutboxState.SENDING.value
         row.attempts += 1
         row.updated_at = now
+        row.claimed_by = node
+        row.lease_until = now + dt.timedelta(seconds=lease_s)
     return rows
 
 
@@ -143,10 +163,15 @@ def deliver_due(
     *,
     batch_size: int = BATCH_SIZE,
     sender: Sender | None = None,
+    node: str | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
+    heartbeat: Heartbeat | None = None,
 ) -> int:
     """Send the items whose time has come (at most ``batch_size``), one association per destination; return how many
     were delivered. Rows for destinations no longer configured stay pending (listed by the worklist, not lost).
-    ``sender``: default ``send/scu.send_batch``."""
+    ``sender``: default ``send/scu.send_batch``. ``node``, ``lease_s``: the claim this sender writes on the rows
+    (another node's sender takes them over once the lease runs out); ``heartbeat`` extends it while the batch is
+    sent."""
     from triage_node.send.scu import Outcome, Outgoing, SendResult, send_batch
 
     sender = sender or send_batch
@@ -154,28 +179,38 @@ def deliver_due(
     if not by_name:
         return 0
     with transaction(sessions) as s:
-        claimed = _claim(s, by_name, now, batch_size)
+        claimed = _claim(s, by_name, now, batch_size, node, lease_s)
+        claimed_ids = [row.id for row in claimed]
         batches: dict[str, list[Outgoing]] = defaultdict(list)
         for row in claimed:
             batches[row.destination].append(Outgoing(row.id, Path(row.path), row.sop_class_uid, row.sop_instance_uid))
     if not batches:
         return 0
     results: dict[str, list[SendResult]] = {}
-    for name, items in batches.items():
-        try:
-            results[name] = sender(by_name[name], calling_ae, items)
-        except Exception as exc:  # noqa: BLE001 - a bug below the network edge must not strand rows in 'sending'
-            log.exception("destination %s: sending failed unexpectedly", name)
-            results[name] = [SendResult(i.key, Outcome.RETRY, None, f"{type(exc).__name__}: {exc}") for i in items]
+    if heartbeat is not None:
+        heartbeat.hold_outbox(claimed_ids)
+    try:
+        for name, items in batches.items():
+            try:
+                results[name] = sender(by_name[name], calling_ae, items)
+            except Exception as exc:  # noqa: BLE001 - a bug below the network edge must not strand rows in 'sending'
+                log.exception("destination %s: sending failed unexpectedly", name)
+                results[name] = [
+                    SendResult(i.key, Outcome.RETRY, None, f"{type(exc).__name__}: {exc}") for i in items
+                ]
+    finally:
+        if heartbeat is not None:
+            heartbeat.release_outbox(claimed_ids)
     delivered = 0
     with transaction(sessions) as s:
         jobs: set[int] = set()
         for name, batch_results in results.items():
             for result in batch_results:
                 item = s.get(OutboxItem, result.key)
-                if item is None or item.state != OutboxState.SENDING.value:
-                    continue  # re-queued by ``resend`` meanwhile: its new state wins
+                if item is None or item.state != OutboxState.SENDING.value or item.claimed_by != node:
+                    continue  # re-queued by ``resend``, or taken over by another sender, meanwhile: its state wins
                 _settle(s, item, result, by_name[name], now)
+                item.claimed_by = item.lease_until = None
                 delivered += result.outcome is Outcome.DELIVERED
                 jobs.add(item.job_id)
         s.flush()
@@ -202,9 +237,11 @@ def resend(session: Session, job_id: int, now: dt.datetime) -> int:
         row.delivered_at = None
         row.committed_at = None
         row.updated_at = now
+        row.claimed_by = row.lease_until = None
     job = session.get(Job, job_id)
     if rows and job is not None and job.state in (JobState.DELIVERED.value, JobState.DEAD_LETTER.value):
         states.transition(session, job, JobState.RESULTS_READY, reason=None, now=now)
     if rows:
+        notify(session, OUTBOX_CHANNEL)
         log.info("job %d: %d outbox item(s) re-queued", job_id, len(rows))
     return len(rows)

@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 
 from triage_node.config import CountRule
 from triage_node.series.routing import SeriesAttributes, matches
+from triage_node.worklist.claims import JOBS_CHANNEL, notify
+from triage_node.worklist.db import is_postgres
 from triage_node.worklist.models import Job, JobState, Series, SeriesState
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ def complete_series(session: Session, series: Series, now: dt.datetime, why: str
     )
     session.add(job)
     session.flush()
+    notify(session, JOBS_CHANNEL)  # wakes the work nodes at commit (PostgreSQL); they poll as well
     log.info(
         "series %s complete (%s): %d instances, version %d, job %d",
         series.series_instance_uid,
@@ -81,7 +84,11 @@ def complete_due(
     cutoff = now - dt.timedelta(seconds=quiet_period_s)
     incomplete_cutoff = now - dt.timedelta(seconds=max(quiet_period_s, incomplete_grace_s))
     jobs = []
-    receiving = session.scalars(select(Series).where(Series.state == SeriesState.RECEIVING.value)).all()
+    query = select(Series).where(Series.state == SeriesState.RECEIVING.value).order_by(Series.id)
+    if is_postgres(session):
+        # Several nodes run this: each completes the rows it could lock; a row a receiver is writing waits a tick.
+        query = query.with_for_update(of=Series, skip_locked=True)
+    receiving = session.scalars(query).all()
     for series in receiving:
         if series.expected_instances and series.received_instances >= series.expected_instances:
             jobs.append(complete_series(session, series, now, "declared size reached"))

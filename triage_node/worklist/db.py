@@ -51,12 +51,28 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
         return engine
+    if parsed.get_backend_name() == "postgresql":
+        # psycopg 3 whatever the URL names (postgresql://, postgresql+psycopg://); READ COMMITTED, PostgreSQL's own
+        # default: claims lock their rows (FOR UPDATE SKIP LOCKED), counters are updated under a row lock.
+        return create_engine(
+            parsed.set(drivername="postgresql+psycopg"),
+            pool_pre_ping=True,
+            pool_size=8,
+            max_overflow=16,
+            connect_args={"connect_timeout": 10},
+        )
     return create_engine(url, pool_pre_ping=True)
+
+
+def is_postgres(bind: Any) -> bool:
+    """True for a PostgreSQL engine, connection or session (the shared, multi-node database)."""
+    dialect = getattr(bind, "dialect", None) or bind.get_bind().dialect
+    return bool(dialect.name == "postgresql")
 
 
 # The newest Alembic revision in migrations/versions (a test holds the two equal). A database already at it needs no
 # Alembic at all, which keeps the operator commands (worklist, resend, user) quick to start.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 
 def at_head(engine: Engine) -> bool:
@@ -77,8 +93,14 @@ def migrate(engine: Engine) -> None:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Several nodes may start at once on one database: one migrates, the others wait here and find it done.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+MIGRATION_LOCK = 0x7472_6961  # "tria": the advisory lock key the nodes' migrations take on PostgreSQL
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

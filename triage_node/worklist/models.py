@@ -202,6 +202,11 @@ class Job(Base):
     result_series_number: Mapped[int] = mapped_column(Integer, default=9000)
     results_dir: Mapped[str | None] = mapped_column(String(512))
     timings: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    # The node holding a ``processing`` claim, until when (its heartbeat extends it; once past, another node may take
+    # the job over), and the claim's number: each claim increments it, and a node commits only under its own number.
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    claim_token: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     series: Mapped[Series] = relationship(back_populates="jobs")
     findings: Mapped[list[FindingRow]] = relationship(back_populates="job", order_by="FindingRow.id")
@@ -256,6 +261,9 @@ class OutboxItem(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     committed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The node sending a ``sending`` row and until when; past it, another node's sender takes the row over.
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     job: Mapped[Job] = relationship(back_populates="outbox")
 
@@ -300,6 +308,16 @@ class WebUser(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ClusterSetting(Base):
+    """Facts every node of one database agrees on, e.g. ``spool_id``: the identity of the spool the database was
+    created with (a marker file in the spool holds the same value)."""
+
+    __tablename__ = "cluster_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512))
 
 
 class VerdictKind(str, Enum):

@@ -11,6 +11,7 @@ import datetime as dt
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from triage_node.worklist.claims import DEFAULT_LEASE_S, claim_job, new_node_name
 from triage_node.worklist.models import Job, JobState, OutboxItem, OutboxState
 
 TERMINAL = frozenset({JobState.DELIVERED, JobState.REJECTED, JobState.SKIPPED, JobState.DEAD_LETTER})
@@ -59,36 +60,37 @@ def transition(
         job.finished_at = now
 
 
-def claim_next_job(session: Session, now: dt.datetime) -> Job | None:
-    """Atomically claim the oldest queued job (``complete`` whose retry time has come) for processing."""
-    candidates = session.scalars(
-        select(Job.id)
-        .where(Job.state == JobState.COMPLETE.value)
-        .where((Job.next_attempt_at.is_(None)) | (Job.next_attempt_at <= now))
-        .order_by(Job.id)
-        .limit(5)
-    ).all()
-    for job_id in candidates:
-        res = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == JobState.COMPLETE.value)
-            .values(state=JobState.PROCESSING.value, started_at=now, updated_at=now, attempts=Job.attempts + 1)
-        )
-        if res.rowcount == 1:  # type: ignore[attr-defined]
-            return session.get(Job, job_id)
-    return None
+def claim_next_job(
+    session: Session, now: dt.datetime, node: str | None = None, lease_s: float | None = None
+) -> Job | None:
+    """Claim the oldest due job for processing: queued (``complete`` whose retry time has come), or ``processing``
+    under a lease that ran out (its node died). See ``worklist/claims.py`` (FOR UPDATE SKIP LOCKED, lease)."""
+    return claim_job(session, now, node or new_node_name(), lease_s or DEFAULT_LEASE_S)
 
 
-def resume_interrupted(session: Session, now: dt.datetime) -> list[int]:
+def resume_interrupted(session: Session, now: dt.datetime, *, only_expired: bool = False) -> list[int]:
     """At start-up: jobs left ``processing`` by a crash go back to the queue; outbox items left ``sending`` become
-    ``pending`` again (the PACS may have stored them: the same SOP Instance UID makes the resend harmless)."""
-    ids = list(session.scalars(select(Job.id).where(Job.state == JobState.PROCESSING.value)))
+    ``pending`` again (the PACS may have stored them: the same SOP Instance UID makes the resend harmless).
+
+    ``only_expired``: when other nodes share the database, only claims whose lease ran out (or that have none) are
+    someone's crash; a live node's claims are left alone."""
+    expired_job = Job.lease_until.is_(None) | (Job.lease_until < now)
+    expired_out = OutboxItem.lease_until.is_(None) | (OutboxItem.lease_until < now)
+    query = select(Job.id).where(Job.state == JobState.PROCESSING.value)
+    if only_expired:
+        query = query.where(expired_job)
+    ids = list(session.scalars(query))
     if ids:
-        session.execute(update(Job).where(Job.id.in_(ids)).values(state=JobState.COMPLETE.value, updated_at=now))
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(ids))
+            .values(state=JobState.COMPLETE.value, updated_at=now, claimed_by=None, lease_until=None)
+        )
+    out = update(OutboxItem).where(OutboxItem.state == OutboxState.SENDING.value)
+    if only_expired:
+        out = out.where(expired_out)
     session.execute(
-        update(OutboxItem)
-        .where(OutboxItem.state == OutboxState.SENDING.value)
-        .values(state=OutboxState.PENDING.value, next_attempt_at=now)
+        out.values(state=OutboxState.PENDING.value, next_attempt_at=now, claimed_by=None, lease_until=None)
     )
     return ids
 
