@@ -6,7 +6,6 @@ import datetime as dt
 import itertools
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
