@@ -294,8 +294,18 @@ class Models(Frozen):
         return self
 
 
+# What a destination receives (``outputs``): seg (the lesion SEG and the Grad-CAM map), sr (TID 1500), sc (Secondary
+# Capture key images with the outline burned in), gsps (a presentation state outlining the source images), pdf.
+OutputName = Literal["seg", "sr", "sc", "gsps", "pdf"]
+
+
 class Destination(Frozen):
+    """A DICOM destination: ``type: dimse`` (C-STORE to ae_title@host:port, the default) or ``type: dicomweb``
+    (STOW-RS to ``url``, the DICOMweb service root, with ``token`` as a bearer token; ``qido_check`` asks QIDO-RS
+    whether every object arrived). For a DICOMweb destination host and port are taken from the URL."""
+
     name: str
+    type: Literal["dimse", "dicomweb"] = "dimse"
     ae_title: AETitle
     host: str
     port: Port
@@ -305,6 +315,78 @@ class Destination(Frozen):
     backoff_initial_s: Annotated[float, _between(0.01, 86400)] = 5
     backoff_max_s: Annotated[float, _between(0.01, 86400)] = 600
     storage_commitment: bool = False
+    outputs: tuple[OutputName, ...] = ("seg", "sr")
+    url: str | None = None
+    token: str | None = None
+    qido_check: bool = False
+    timeout_s: Annotated[float, _between(1, 3600)] = 30
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dicomweb_address(cls, data: Any) -> Any:
+        """A DICOMweb destination is addressed by its URL: fill host and port from it (and a placeholder AE title)."""
+        if not isinstance(data, dict) or data.get("type") != "dicomweb":
+            return data
+        url = data.get("url")
+        if not isinstance(url, str) or not re.match(r"^https?://[^/]+", url):
+            raise ValueError(f"url: a DICOMweb destination needs an http(s) service root URL, got {url!r}")
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        data = dict(data)
+        data.setdefault("host", parts.hostname or "")
+        data.setdefault("port", parts.port or (443 if parts.scheme == "https" else 80))
+        data.setdefault("ae_title", "DICOMWEB")
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Destination:
+        if not self.outputs:
+            raise ValueError("outputs must name at least one of seg, sr, sc, gsps, pdf")
+        if len(set(self.outputs)) != len(self.outputs):
+            raise ValueError(f"outputs lists an output twice: {list(self.outputs)}")
+        if self.type == "dicomweb" and self.storage_commitment:
+            raise ValueError("storage_commitment is DIMSE only; a DICOMweb destination uses qido_check")
+        if self.type == "dimse" and (self.url is not None or self.qido_check or self.token is not None):
+            raise ValueError("url, token and qido_check are for type: dicomweb destinations")
+        return self
+
+
+class StowSender(Frozen):
+    """A DICOMweb sender allowed to STOW-RS to us: its bearer token (``token``, or its SHA-256 in hex as
+    ``token_sha256``), and ``host`` (an IP address) to pin it to one peer. ``name`` is recorded as the instances'
+    calling AE (16 characters at most)."""
+
+    name: AETitle
+    token: str | None = None
+    token_sha256: str | None = None
+    host: str | None = None
+
+    @model_validator(mode="after")
+    def _one_token(self) -> StowSender:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError("give exactly one of token and token_sha256")
+        if self.token is not None and len(self.token) < 16:
+            raise ValueError("token must be at least 16 characters")
+        if self.token_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.token_sha256):
+            raise ValueError("token_sha256 must be 64 lowercase hex digits")
+        return self
+
+
+class DicomWeb(Frozen):
+    """STOW-RS receive (``POST /dicomweb/studies``) on its own HTTP listener in the receive role."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Port = 8042
+    allowed_senders: tuple[StowSender, ...] = ()
+    max_request_mb: Annotated[int, _between(1, 100000)] = 2048
+
+    @model_validator(mode="after")
+    def _senders(self) -> DicomWeb:
+        if self.enabled and not self.allowed_senders:
+            raise ValueError("allowed_senders: STOW-RS needs at least one sender with a bearer token")
+        return self
 
 
 class User(Frozen):
@@ -345,9 +427,31 @@ class Email(Frozen):
     include_phi: bool = False
 
 
+class HL7(Frozen):
+    """A RIS that takes HL7 v2.5 ORU^R01 over MLLP."""
+
+    host: str
+    port: Port
+    sending_application: str = "TRIAGE_NODE"
+    sending_facility: str = "TRIAGE_NODE"
+    receiving_application: str = "RIS"
+    receiving_facility: str = "RIS"
+    include_phi: bool = False
+
+
+class FHIR(Frozen):
+    """A FHIR R4 server: a transaction Bundle (DiagnosticReport + Flag) is POSTed to ``url`` (the service base)."""
+
+    url: str
+    token: str | None = None
+    include_phi: bool = False
+
+
 class Notifications(Frozen):
     webhooks: tuple[Webhook, ...] = ()
     email: Email | None = None
+    hl7: tuple[HL7, ...] = ()
+    fhir: tuple[FHIR, ...] = ()
     max_attempts: Annotated[int, _between(1, 100)] = 5
     priorities: tuple[Literal["critical", "urgent", "routine"], ...] = ("critical",)
 
@@ -375,6 +479,7 @@ class Config(BaseSettings):
     models: Models = Models()
     destinations: tuple[Destination, ...] = ()
     web: Web = Web()
+    dicomweb: DicomWeb = DicomWeb()
     notifications: Notifications = Notifications()
     logging: Logging = Logging()
 

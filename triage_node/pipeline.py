@@ -276,6 +276,7 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
             pipeline,
             out_dir,
             source_frames=source_frames,
+            visible={o for d in cfg.destinations for o in d.outputs},  # sc, gsps, pdf: when a destination asks
         )
     timings["results"] = time.perf_counter() - t
     ctx.observe_stage("results", timings["results"])

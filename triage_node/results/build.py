@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,17 @@ MANUFACTURER = "triage-node project"
 SEG_SOP_CLASS = sop.SEG_SOP_CLASS
 SR_SOP_CLASS = sop.SR_SOP_CLASS
 RESULT_KINDS = ("seg", "map", "sr")
+VISIBLE_OUTPUTS = ("sc", "gsps", "pdf")  # built only when a destination's ``outputs`` asks for them
+
+
+def output_of(kind: str) -> str:
+    """The ``outputs`` name (config) a result kind belongs to: the Grad-CAM map travels with the SEG, key images
+    ``sc1``.. with ``sc``."""
+    if kind == "map":
+        return "seg"
+    if kind.startswith("sc") and kind[2:].isdigit():
+        return "sc"
+    return kind
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,31 @@ class ResultIdentity:
         if not 1 <= self.series_number <= 2**31 - 3:
             raise ValueError(f"ResultIdentity.series_number must be a positive integer, got {self.series_number}")
 
+    # The visible results (results/visible.py) take UIDs derived from the SEG's stored ones: as stable per job as
+    # the stored UIDs themselves, with no column per object (a job has up to three key images).
+    @property
+    def sc_series_uid(self) -> str:
+        return derived_uid(self.seg_series_uid, "sc-series")
+
+    def sc_sop_uid(self, number: int) -> str:
+        return derived_uid(self.seg_sop_uid, "sc", str(number))
+
+    @property
+    def gsps_series_uid(self) -> str:
+        return derived_uid(self.seg_series_uid, "gsps-series")
+
+    @property
+    def gsps_sop_uid(self) -> str:
+        return derived_uid(self.seg_sop_uid, "gsps")
+
+    @property
+    def pdf_series_uid(self) -> str:
+        return derived_uid(self.seg_series_uid, "pdf-series")
+
+    @property
+    def pdf_sop_uid(self) -> str:
+        return derived_uid(self.seg_sop_uid, "pdf")
+
     @classmethod
     def new(cls, series_number: int = 9000, created_at: dt.datetime | None = None) -> ResultIdentity:
         """Fresh random UIDs (the caller stores them on the job)."""
@@ -107,7 +143,7 @@ class ResultIdentity:
 class ResultFile:
     """One written result object."""
 
-    kind: str  # 'seg' | 'sr' | 'map'
+    kind: str  # 'seg' | 'sr' | 'map' | 'sc1'..'sc3' | 'gsps' | 'pdf'
     path: Path
     sop_class_uid: str
     sop_instance_uid: str
@@ -250,8 +286,11 @@ def build_results(
     pipeline: str,
     out_dir: Path,
     source_frames: Sequence[int | None] | None = None,
+    visible: Collection[str] = (),
 ) -> list[ResultFile]:
-    """Build and write the job's results: SEG (when a mask is non-empty), Grad-CAM map (when heat maps exist), SR.
+    """Build and write the job's results: SEG (when a mask is non-empty), Grad-CAM map (when heat maps exist), SR;
+    and those of ``visible`` (``sc``, ``gsps``, ``pdf``) a destination asks for: key images and a presentation state
+    when a mask is non-empty, the PDF always.
 
     ``source_frames``: for a volume made of the frames of one enhanced multi-frame instance, each slice's 0-based
     frame index (None for single-frame sources).
@@ -278,6 +317,25 @@ def build_results(
         files.append(_save("map", map_ds, out_dir))
     sr_ds = build_sr(sources, volume, outputs, algorithms, identity, priority, pipeline, seg_ds, segments, when)
     files.append(_save("sr", sr_ds, out_dir))
+    if visible:
+        from triage_node.results import visible as vis
+
+        if "sc" in visible:
+            for number, image in enumerate(
+                vis.build_sc(sources, volume, segments, algorithms, identity, outputs, priority, when, source_frames),
+                start=1,
+            ):
+                files.append(_save(f"sc{number}", image, out_dir))
+        if "gsps" in visible:
+            gsps = vis.build_gsps(sources, volume, segments, algorithms, identity, pipeline, when, source_frames)
+            if gsps is not None:
+                files.append(_save("gsps", gsps, out_dir))
+        if "pdf" in visible:
+            pdf = vis.build_pdf(
+                sources, outputs, algorithms, identity, priority, pipeline, when, vis.key_slices(segments),
+                source_frames,
+            )
+            files.append(_save("pdf", pdf, out_dir))
     log.info(
         "results built: %s (%d segments, %d heat maps) in %s",
         ", ".join(f.kind for f in files), len(segments), len(heatmaps), out_dir,

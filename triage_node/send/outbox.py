@@ -45,6 +45,13 @@ class ResultFileLike(Protocol):
     def sop_instance_uid(self) -> str: ...
 
 
+def _output_of(kind: str) -> str:
+    """= results.build.output_of (not imported: send/ stays free of the builders): map -> seg, sc1.. -> sc."""
+    if kind == "map":
+        return "seg"
+    return "sc" if kind.startswith("sc") and kind[2:].isdigit() else kind
+
+
 class Sender(Protocol):
     def __call__(self, dest: Destination, calling_ae: str, items: Sequence[Outgoing]) -> list[SendResult]: ...
 
@@ -71,6 +78,8 @@ def enqueue(
     added = 0
     for dest in destinations:
         for f in files:
+            if _output_of(f.kind) not in dest.outputs:  # the destination's output profile (config: outputs)
+                continue
             row = existing.get((dest.name, f.kind))
             if row is not None:
                 row.path = str(f.path)
