@@ -33,6 +33,7 @@ from triage_node.ops.sdnotify import SdNotifier
 from triage_node.pipeline import PipelineContext, fail_job, run_job
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
 from triage_node.receive.store import Spool
+from triage_node.receive.stow import StowServer
 from triage_node.send.commitment import add_commitment_context, handle_commitment_report
 from triage_node.send.outbox import deliver_due
 from triage_node.series.completion import complete_due
@@ -99,6 +100,7 @@ class App:
         # highdicom narrates every attribute it copies at INFO; only its warnings matter to ops.
         logging.getLogger("highdicom").setLevel(logging.WARNING)
         self.scp: StorageSCP | None = None
+        self.stow: StowServer | None = None  # DICOMweb STOW-RS receive
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._work = threading.Event()
@@ -225,6 +227,9 @@ class App:
                 (evt.EVT_N_EVENT_REPORT, handle_commitment_report, [self.sessions, cfg.destinations, self.clock])
             )
         self.scp.start(extra_handlers=extra)
+        if cfg.dicomweb.enabled:  # STOW-RS: its own HTTP listener, the SCP's store path (same durability)
+            self.stow = StowServer(cfg.dicomweb, self.scp.store)
+            self.stow.start()
 
     def _start_web(self) -> None:
         if not self.config.web.enabled:
@@ -435,6 +440,8 @@ class App:
             self.pipeline.config = card_settings(applied, self.analyzers)
         if self.scp is not None:
             self.scp.reload_policy(applied.scp)
+        if self.stow is not None:
+            self.stow.service.reload(applied.dicomweb)  # allowed_senders
         log.info("reloaded %s", ", ".join(sorted(live)))
         if restart:
             log.warning("changed settings that need a restart to take effect: %s", ", ".join(restart))
@@ -445,6 +452,8 @@ class App:
         log.info("stopping: no new associations; waiting for in-flight transfers and the running job")
         self.notifier.stopping()
         self._stop.set()
+        if self.stow is not None:
+            self.stow.stop()
         if self.scp is not None:
             self.scp.stop(timeout_s=timeout_s / 2)
         self._work.set()

@@ -21,8 +21,10 @@ from enum import StrEnum
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from triage_node.config import Notifications
+from triage_node.config import FHIR, HL7, Notifications
 from triage_node.notify.channels import NotificationError, post_webhook, send_email
+from triage_node.notify.fhir import bundle, post_bundle
+from triage_node.notify.hl7 import oru_r01, send_mllp
 from triage_node.notify.message import WEBHOOK_FORMATS, Alert, build_alert, email_text
 from triage_node.worklist.db import transaction
 from triage_node.worklist.models import Job, Notification, Study
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 
 EMAIL_CHANNEL = "email"
 WEBHOOK_PREFIX = "webhook:"
+HL7_PREFIX = "hl7:"
+FHIR_PREFIX = "fhir:"
 
 
 class NotificationState(StrEnum):
@@ -63,8 +67,17 @@ def webhook_channel(url: str) -> str:
     return WEBHOOK_PREFIX + hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
+def hl7_channel(cfg: HL7) -> str:
+    return HL7_PREFIX + hashlib.sha256(f"{cfg.host}:{cfg.port}".encode()).hexdigest()[:16]
+
+
+def fhir_channel(cfg: FHIR) -> str:
+    return FHIR_PREFIX + hashlib.sha256(cfg.url.encode()).hexdigest()[:16]
+
+
 def channels(config: Notifications) -> list[str]:
     names = [webhook_channel(w.url) for w in config.webhooks]
+    names += [hl7_channel(h) for h in config.hl7] + [fhir_channel(f) for f in config.fhir]
     if config.email is not None:
         names.append(EMAIL_CHANNEL)
     return names
@@ -139,6 +152,18 @@ def _send(channel: str, alert: Alert, config: Notifications, now: dt.datetime, t
             raise NotificationError("channel email is no longer configured")
         subject, body = email_text(alert, config.email.include_phi)
         send_email(config.email, subject, body, now, timeout_s)
+        return
+    if channel.startswith(HL7_PREFIX):
+        ris = next((h for h in config.hl7 if hl7_channel(h) == channel), None)
+        if ris is None:
+            raise NotificationError(f"channel {channel} is no longer configured")
+        send_mllp(ris, oru_r01(alert, ris, now.strftime("%Y%m%d%H%M%S")), timeout_s)
+        return
+    if channel.startswith(FHIR_PREFIX):
+        server = next((f for f in config.fhir if fhir_channel(f) == channel), None)
+        if server is None:
+            raise NotificationError(f"channel {channel} is no longer configured")
+        post_bundle(server, bundle(alert, server.include_phi), timeout_s)
         return
     hook = next((w for w in config.webhooks if webhook_channel(w.url) == channel), None)
     if hook is None:

@@ -131,7 +131,12 @@ def _request_commitment(
 def send_batch(
     dest: Destination, calling_ae: str, items: Sequence[Outgoing], timeout_s: float = TIMEOUT_S
 ) -> list[SendResult]:
-    """Send ``items`` to ``dest`` over one association; one result per item, in no particular order."""
+    """Send ``items`` to ``dest`` over one association; one result per item, in no particular order. A
+    ``type: dicomweb`` destination gets one STOW-RS request instead (send/dicomweb.py)."""
+    if dest.type == "dicomweb":
+        from triage_node.send.dicomweb import send_batch as stow_batch
+
+        return stow_batch(dest, calling_ae, items)
     ready, results = _read(items)
     if not ready:
         return results
