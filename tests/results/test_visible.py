@@ -38,7 +38,8 @@ def test_kinds_classes_and_outputs(built: dict[str, ResultFile]) -> None:
     assert built["sc1"].sop_class_uid == sop.SC_SOP_CLASS
     assert built["gsps"].sop_class_uid == sop.GSPS_SOP_CLASS
     assert built["pdf"].sop_class_uid == sop.ENCAPSULATED_PDF_SOP_CLASS
-    assert [output_of(k) for k in ("seg", "map", "sr", "sc2", "gsps", "pdf")] == ["seg", "seg", "sr", "sc", "gsps", "pdf"]
+    kinds = ("seg", "map", "sr", "sc2", "gsps", "pdf")
+    assert [output_of(k) for k in kinds] == ["seg", "seg", "sr", "sc", "gsps", "pdf"]
     assert len({f.sop_instance_uid for f in built.values()}) == len(built)
 
 

@@ -25,7 +25,13 @@ from triage_node import __version__
 from triage_node.config import SCP, Destination
 from triage_node.receive import contexts
 from triage_node.receive.contexts import PREFERENCE, STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION_SOP_CLASS
-from triage_node.results.sop import SEG_SOP_CLASS, SR_SOP_CLASS
+from triage_node.results.sop import (
+    ENCAPSULATED_PDF_SOP_CLASS,
+    GSPS_SOP_CLASS,
+    SC_SOP_CLASS,
+    SEG_SOP_CLASS,
+    SR_SOP_CLASS,
+)
 from triage_node.send import commitment, scu
 
 # Transfer syntaxes the SCP accepts for Verification (C-ECHO carries no data set).
@@ -81,6 +87,9 @@ _OUTCOME_TEXT = {
 SENT_SOP_CLASSES: dict[str, str] = {
     SEG_SOP_CLASS: "Segmentation Storage",
     SR_SOP_CLASS: "Comprehensive 3D SR Storage",
+    SC_SOP_CLASS: "Secondary Capture Image Storage",
+    GSPS_SOP_CLASS: "Grayscale Softcopy Presentation State Storage",
+    ENCAPSULATED_PDF_SOP_CLASS: "Encapsulated PDF Storage",
 }
 
 
@@ -277,6 +286,42 @@ def render() -> str:
         | `0x{commitment.STATUS_SUCCESS:04X}` | Recorded (or ignored: the reporting AE is no destination). |
         | `0x{commitment.STATUS_NO_SUCH_EVENT_TYPE:04X}` | Not a Storage Commitment report, or an unknown Event Type. |
         | `0x{commitment.STATUS_PROCESSING_FAILURE:04X}` | The report could not be recorded (logged). |
+
+        Which objects a destination receives is its `outputs` (default `seg`, `sr`; the Grad-CAM map goes with
+        `seg`): `sc` adds up to three Secondary Capture key images (RGB, the outline and the banner "AI triage
+        result, not for diagnosis" burned in, Burned In Annotation YES), `gsps` a Grayscale Softcopy Presentation
+        State on the source images (the outline as POLYLINE graphic annotations, the banner as text), `pdf` an
+        Encapsulated PDF summary; all in the source study, with the same Contributing Equipment as the SEG and SR.
+
+        ### 3.4 DICOMweb (PS3.18)
+
+        - STOW-RS, origin server (receive): `POST /dicomweb/studies` and `POST /dicomweb/studies/{{study}}`,
+          `multipart/related; type="application/dicom"` in, `application/dicom+json` out.
+        - STOW-RS, user agent (send): `POST {{url}}/studies` to a `type: dicomweb` destination, the same media types.
+        - QIDO-RS, user agent: `GET {{url}}/instances?SOPInstanceUID=` (destinations with `qido_check: true`).
+
+        STOW-RS receive runs on its own listener (`dicomweb.host`, `dicomweb.port`) and needs a bearer token from
+        `dicomweb.allowed_senders` (a sender may be pinned to an address); without one the answer is 401. Each
+        part is stored through the C-STORE path (same SOP classes and transfer syntaxes as section 3.1, same
+        durability: fsync and commit before the response). Response: 200 all stored, 202 some failed or were
+        stored with a warning, 409 none stored; Failed SOP Sequence (0008,1198) with Failure Reason (0008,1197)
+        per instance (the C-STORE status, `0x0122` SOP class not supported, `0xC122` transfer syntax not
+        supported, `0xA900` Study Instance UID differs from the URL, `0xC000`-range cannot understand), Referenced
+        SOP Sequence (0008,1199) with Warning Reason (0008,1196) where one applies.
+
+        Sending: the result objects of a job go through the same outbox as C-STORE (retries, back-off, dead
+        letters, `triage-node resend`, the same SOP Instance UIDs on every attempt). HTTP 400, 413 and 415
+        dead-letter the batch; other HTTP errors and network failures retry; per-instance failure reasons are
+        classified as C-STORE statuses above. With `qido_check`, an object the archive acknowledged but QIDO-RS
+        does not list is sent again.
+
+        ### 3.5 HL7 v2 and FHIR (notifications)
+
+        - HL7 v2.5 ORU^R01 over MLLP (`notifications.hl7`): priority in OBR-5 and TQ1-9 (S, A, R), findings in
+          OBX, result status P; an ACK with MSA-1 AA or CA is success, anything else retries.
+        - FHIR R4 (`notifications.fhir`): a transaction Bundle with a DiagnosticReport (status preliminary) and a
+          Flag (status active, the priority as code), `PUT` to ids derived from the job, POSTed to the base URL.
+        - Patient name, ID and accession number only with `include_phi: true`.
 
         ## 4. Communication profiles
 

@@ -25,6 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
 from triage_node.config import DicomWeb, StowSender
 from triage_node.receive.contexts import (
     STATUS_CANNOT_UNDERSTAND,
@@ -258,11 +261,8 @@ class _Refusal(Exception):
     why: str
 
 
-def create_stow_app(service: StowService) -> Any:
+def create_stow_app(service: StowService) -> FastAPI:
     """The FastAPI app of the DICOMweb listener (STOW-RS only)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-
     app = FastAPI(title="triage-node DICOMweb (STOW-RS)", docs_url=None, redoc_url=None, openapi_url=None)
     limit = service.cfg.max_request_mb * 1024 * 1024
 
