@@ -158,7 +158,7 @@ def make_ct_case(
     pose = draw_pose(rng)
     acq = draw_acquisition(rng, matrix, thickness)
     frame = HeadFrame.axial(anatomy.hu.shape, anatomy.spacing, anatomy.centre, anatomy.flip_x)  # type: ignore[arg-type]
-    planes, acq = _plan(rng, anatomy.inside, anatomy.outline, frame, pose, acq)
+    planes, acq = _plan(rng, anatomy.inside, frame, pose, acq)
     hu, bits = _sample_slabs(canvas, frame, pose, planes)
     masks = {s: ((bits & BIT[s]) > 0) for s in SUBTYPES if canvas.volumes_ml.get(s, 0.0) > 0}
     volumes = {s: v * pose.volume_factor for s, v in canvas.volumes_ml.items()}
@@ -170,7 +170,6 @@ def make_ct_case(
 def _plan(
     rng: np.random.Generator,
     inside_mm: np.ndarray,
-    outline_mm: np.ndarray,
     frame: HeadFrame,
     pose: Pose,
     acq: CtAcquisition,
@@ -178,12 +177,11 @@ def _plan(
     """Slices from just below the skull base to the vertex, a field of view that holds the head."""
     sp = 1.0 / np.abs(np.array([frame.matrix[0, 2], frame.matrix[1, 1], frame.matrix[2, 0]]))  # array spacing (z, y, x)
     inside = pose.head_to_patient(frame.to_head(inside_mm / sp))
-    body = pose.head_to_patient(frame.to_head(outline_mm / sp))
     z0, z1 = float(inside[:, 2].min()) - 12.0, float(inside[:, 2].max()) + 4.0
     centre = inside[:, :2].mean(axis=0) + rng.uniform(-6.0, 6.0, 2)
-    in_range = body[(body[:, 2] > z0) & (body[:, 2] < z1)]
-    radius = float(np.sqrt(((in_range[:, :2] - centre) ** 2).sum(axis=1)).max()) if len(in_range) else 100.0
-    fov = float(np.clip(max(rng.uniform(205.0, 250.0), 2.0 * (radius + 14.0)), 180.0, 320.0))  # + scalp
+    # The skull and scalp lie within ~20 mm of the intracranial space; the headrest and table do not count.
+    radius = float(np.sqrt(((inside[:, :2] - centre) ** 2).sum(axis=1)).max())
+    fov = float(np.clip(max(rng.uniform(200.0, 240.0), 2.0 * (radius + 20.0)), 180.0, 280.0))
     z = np.arange(z0, z1, acq.increment)
     xy = (float(centre[0]), float(centre[1]))
     planes = axial_planes(z, acq.matrix, fov, acq.thickness, acq.sub, acq.tilt_deg, xy)

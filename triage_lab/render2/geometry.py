@@ -47,12 +47,12 @@ class Pose:
         return float(np.prod(self.scale))
 
     def patient_to_head(self, pts: torch.Tensor) -> torch.Tensor:
-        """Patient LPS mm (N, 3) -> head mm (N, 3)."""
-        p = pts.double()
+        """Patient LPS mm (N, 3) -> head mm (N, 3), float32 (ample for mm)."""
+        p = pts.float()
         if self.warp is not None:
-            p = p - _sample_warp(self.warp, pts)
-        inv = np.linalg.inv(self.rotation @ np.diag(self.scale))
-        return (p - torch.from_numpy(self.shift)) @ torch.from_numpy(inv).T
+            p = p - _sample_warp(self.warp, p)
+        inv = np.linalg.inv(self.rotation @ np.diag(self.scale)).astype(np.float32)
+        return (p - torch.from_numpy(self.shift.astype(np.float32))) @ torch.from_numpy(inv).T
 
     def head_to_patient(self, pts: np.ndarray) -> np.ndarray:
         """Head mm (N, 3) -> patient mm (N, 3), ignoring the (small) warp."""
@@ -95,7 +95,7 @@ def _sample_warp(warp: np.ndarray, pts: torch.Tensor) -> torch.Tensor:
     g = (pts.float() / WARP_BOX_MM).clamp(-1.0, 1.0).reshape(1, 1, 1, -1, 3)
     field = torch.from_numpy(warp)[None]  # (1, 3, D=z, H=y, W=x)
     d = F.grid_sample(field, g, mode="bilinear", padding_mode="border", align_corners=True)
-    return d.reshape(3, -1).T.double()
+    return d.reshape(3, -1).T
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,8 @@ class HeadFrame:
         return cls(m, b, shape)
 
     def to_index(self, head: torch.Tensor) -> torch.Tensor:
-        return head @ torch.from_numpy(self.matrix).T + torch.from_numpy(self.offset)
+        m, b = self.matrix.astype(np.float32), self.offset.astype(np.float32)
+        return head.float() @ torch.from_numpy(m).T + torch.from_numpy(b)
 
     def to_head(self, index: np.ndarray) -> np.ndarray:
         """Array indices (N, 3) as (z, y, x) -> head mm (N, 3)."""
@@ -155,14 +156,14 @@ class Planes:
         return int(self.origins.shape[0])
 
     def points(self, k: int) -> torch.Tensor:
-        """Patient points (sub, rows, cols, 3) float64 of plane ``k``'s thin sub-slices."""
-        r = torch.arange(self.rows, dtype=torch.float64)[:, None, None] * self.pixel[0]
-        c = torch.arange(self.cols, dtype=torch.float64)[None, :, None] * self.pixel[1]
-        offs = (np.arange(self.sub) + 0.5) / self.sub - 0.5
-        base = torch.from_numpy(self.origins[k])
-        row_d, col_d, nrm = (torch.from_numpy(v) for v in (self.row_dir, self.col_dir, self.normal))
+        """Patient points (sub, rows, cols, 3) float32 of plane ``k``'s thin sub-slices."""
+        r = torch.arange(self.rows, dtype=torch.float32)[:, None, None] * self.pixel[0]
+        c = torch.arange(self.cols, dtype=torch.float32)[None, :, None] * self.pixel[1]
+        offs = ((np.arange(self.sub) + 0.5) / self.sub - 0.5).astype(np.float32)
+        base = torch.from_numpy(self.origins[k].astype(np.float32))
+        row_d, col_d, nrm = (torch.from_numpy(v.astype(np.float32)) for v in (self.row_dir, self.col_dir, self.normal))
         plane = base + c * row_d + r * col_d  # (rows, cols, 3)
-        d = torch.from_numpy(offs * self.thickness)[:, None, None, None] * nrm
+        d = torch.from_numpy(offs * np.float32(self.thickness))[:, None, None, None] * nrm
         return plane[None] + d
 
 
@@ -192,8 +193,8 @@ def plane_grid(frame: HeadFrame, pose: Pose, points: torch.Tensor) -> torch.Tens
     """The ``grid_sample`` grid (1, 1, 1, N, 3) that reads a canonical array at patient ``points`` (..., 3)."""
     head = pose.patient_to_head(points.reshape(-1, 3))
     idx = frame.to_index(head)  # (N, 3) as (z, y, x)
-    size = torch.tensor([max(n - 1, 1) for n in frame.shape], dtype=torch.float64)
-    return (idx / size * 2.0 - 1.0).flip(1).float().reshape(1, 1, 1, -1, 3)  # grid wants (x, y, z)
+    size = torch.tensor([max(n - 1, 1) for n in frame.shape], dtype=torch.float32)
+    return (idx * (2.0 / size) - 1.0).flip(1).reshape(1, 1, 1, -1, 3)  # grid wants (x, y, z)
 
 
 def sample_grid(

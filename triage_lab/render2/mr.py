@@ -53,7 +53,7 @@ def _ellipsoids(
     out = np.zeros(shape, np.float32)
     for c, r in items:
         d = ((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2
-        out = np.maximum(out, np.clip((1.0 - d) * 4.0, 0.0, 1.0))
+        out = np.maximum(out, np.clip((1.0 - d) * 4.0, 0.0, 1.0)).astype(np.float32)
     return out
 
 
@@ -126,7 +126,7 @@ def _plan(rng: np.random.Generator, pose: Pose, acq: MrAcquisition) -> Planes:
 def _sample(maps: np.ndarray, pose: Pose, planes: Planes) -> np.ndarray:
     """Slab-averaged channels (C, slices, rows, cols) float32."""
     a = mr_anatomy()
-    vol = torch.from_numpy(maps)
+    vol = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
     out = np.empty((maps.shape[0], planes.n_slices, planes.rows, planes.cols), np.float32)
     for k in range(planes.n_slices):
         pts = planes.points(k)
@@ -159,22 +159,17 @@ def acquire(rng: np.random.Generator, images: np.ndarray, acq: MrAcquisition, co
     lo = (n - m) // 2
     pf_rows = int(round(m * (1.0 - acq.partial_fourier)))
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    centred = torch.zeros(n, n)
+    centred[lo + pf_rows : lo + m, lo : lo + m] = 1.0  # acquired lines (the first ones skipped: partial Fourier)
+    mask = torch.fft.ifftshift(centred).to(torch.complex64)  # in FFT order, so k-space is never shifted
+    sigma = acq.noise / np.sqrt(2.0)
     out = np.empty(images.shape, np.float32)
     for k in range(images.shape[0]):
         x = torch.from_numpy(images[k]).to(torch.complex64)[None] * coils  # (coils, n, n)
-        kspace = torch.fft.fftshift(torch.fft.fft2(x, norm="ortho"), dim=(-2, -1))
-        kept = torch.zeros_like(kspace)
-        kept[:, lo : lo + m, lo : lo + m] = kspace[:, lo : lo + m, lo : lo + m]
-        if pf_rows:
-            kept[:, lo : lo + pf_rows, :] = 0
-        noise = torch.complex(
-            torch.randn(kept.shape, generator=gen), torch.randn(kept.shape, generator=gen)
-        ) * (acq.noise / np.sqrt(2.0))
-        mask = torch.zeros(n, n, dtype=torch.bool)
-        mask[lo + pf_rows : lo + m, lo : lo + m] = True
-        kept = kept + noise * mask
-        img = torch.fft.ifft2(torch.fft.ifftshift(kept, dim=(-2, -1)), norm="ortho")
-        out[k] = torch.sqrt((img.abs() ** 2).sum(dim=0)).numpy()
+        noise = torch.complex(torch.randn(x.shape, generator=gen), torch.randn(x.shape, generator=gen)) * sigma
+        kspace = (torch.fft.fft2(x, norm="ortho") + noise) * mask
+        img = torch.fft.ifft2(kspace, norm="ortho")
+        out[k] = torch.sqrt((img.real**2 + img.imag**2).sum(dim=0)).numpy()
     return out
 
 
@@ -473,9 +468,10 @@ def make_swi_case(seed: int, n_bleeds: int | None = None) -> SwiCase:
         n_bleeds = 0 if rng.random() < 0.4 else int(rng.integers(1, 9))
     a = mr_anatomy()
     pose = draw_pose(rng, yaw_deg=8.0, pitch_deg=10.0, roll_deg=5.0, scale=(0.9, 1.1), warp_mm=(0.5, 2.5))
-    acq = draw_mr_acquisition(rng, (256,), (215.0, 240.0), (1.5, 2.5), 0.0)
+    acq = draw_mr_acquisition(rng, (256,), (215.0, 240.0), (2.0, 3.0), 0.0)
+    acq = MrAcquisition(**{**acq.__dict__, "sub": 2})
     planes = _plan(rng, pose, acq)
-    gm, wm, csf, scalp, bone, air, deep, _ = _sample(a.maps, pose, planes)
+    gm, wm, csf, scalp, bone, air, deep = _sample(a.maps[:-1], pose, planes)
     img = (
         gm * rng.uniform(0.6, 0.78) + wm * rng.uniform(0.46, 0.6) + csf * rng.uniform(0.8, 1.0)
         + scalp * rng.uniform(0.55, 0.9) + bone * 0.03
