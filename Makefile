@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PEERS := dcmtk orthanc chromium invesalius-examples
+APT_PEERS := dcmtk orthanc chromium invesalius-examples postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test peers lint bench reliability install clean
@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/triage-node serve --config config.yaml
 
-# The real peers the tests talk to: DCMTK, Orthanc, dicom3tools, Chromium, and the invesalius head CT.
+# The real peers the tests talk to: DCMTK, Orthanc, dicom3tools, Chromium, PostgreSQL (a throwaway cluster per test
+# session, tests/pgserver.py), and the invesalius head CT.
 peers:
 	@missing=""; \
 	for p in $(APT_PEERS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -18,7 +18,7 @@ ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- bench-table -->", "<!-- /bench-table -->"
-SCRIPTS = ("ingest", "time_to_flag", "flag_first", "inference", "memory")
+SCRIPTS = ("ingest", "ingest_scale", "time_to_flag", "flag_first", "inference", "memory")
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -75,6 +75,25 @@ def table() -> str:
                       f"sender's own time per instance (it sends the next one only after our response) and before "
                       f"any CPU: why 0.5x of tuned DCMTK is out of reach on one association, and what bounds four, is "
                       f"in `bench/README.md` (\"What bounds it now\")."]
+        lines.append("")
+    scale = _load("ingest_scale")
+    if scale:
+        lines += [
+            f"**Ingest on every core** ({scale['associations']} associations, {scale['slices']} CT slices "
+            f"{scale['matrix']}x{scale['matrix']}, {scale['megabytes']:g} MB, median of {scale['repeats']}; "
+            f"`bench/ingest_scale.py`, measured {scale['when'][:10]}): one receive process against two "
+            "(`serve --roles receive` twice on one port, SO_REUSEPORT), durability on (fsync file and folder, "
+            "database commit before each success), DCMTK `storescp` in the same run:",
+            "",
+            "| receiver | images/s | MB/s | x tuned DCMTK |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in scale["rows"]:
+            if "skipped" in r:
+                lines.append(f"| {r['receiver']} | skipped: {r['skipped']} | | |")
+            else:
+                lines.append(f"| {r['receiver']} | {_fmt(r['images_per_s'])} | {_fmt(r['mb_per_s'])} | "
+                             f"{_fmt(r['ratio_to_dcmtk'])} |")
         lines.append("")
     ttf = _load("time_to_flag")
     if ttf:

@@ -198,6 +198,11 @@ sed -e "s#/opt/triage-node#$PREFIX#g" -e "s#/etc/triage-node#$SYSCONFDIR#g" "$SR
   > "$ROOT$UNITDIR/triage-node.service.tmp"
 chmod 0644 "$ROOT$UNITDIR/triage-node.service.tmp"
 mv "$ROOT$UNITDIR/triage-node.service.tmp" "$ROOT$UNITDIR/triage-node.service"
+# The template for a multi-node deployment: one unit per role (docs/operations.md, "Multi-node deployment").
+sed -e "s#/opt/triage-node#$PREFIX#g" -e "s#/etc/triage-node#$SYSCONFDIR#g" "$SRC/systemd/triage-node@.service" \
+  > "$ROOT$UNITDIR/triage-node@.service.tmp"
+chmod 0644 "$ROOT$UNITDIR/triage-node@.service.tmp"
+mv "$ROOT$UNITDIR/triage-node@.service.tmp" "$ROOT$UNITDIR/triage-node@.service"
 install -m 0644 "$SRC/systemd/triage-node.sysusers" "$ROOT$SYSUSERSDIR/triage-node.conf"
 
 if [[ -z $DESTDIR ]] && ((SYSTEMCTL)); then

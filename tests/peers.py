@@ -105,6 +105,7 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     _log: object = field(default=None, repr=False)
     _log_offset: int = 0
+    args: tuple[str, ...] = ()  # more `serve` arguments, e.g. ("--roles", "work")
 
     @property
     def database_url(self) -> str:
@@ -118,7 +119,7 @@ class Daemon:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "triage_node.cli", "serve", "--config", str(ROOT / "config.yaml")],
+            [sys.executable, "-m", "triage_node.cli", "serve", "--config", str(ROOT / "config.yaml"), *self.args],
             cwd=self.workdir,
             env=self.env,
             stdout=self._log,

@@ -8,29 +8,28 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import signal
 import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom import evt
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from triage_node import __version__
 from triage_node.config import Config, ConfigError, load_config
-from triage_node.inference.external import card_settings
-from triage_node.inference.registry import load_analyzers
-from triage_node.inference.types import Analyzer
 from triage_node.notify import notify_due
 from triage_node.ops.disk import DiskGuard
 from triage_node.ops.metrics import Metrics
 from triage_node.ops.retention import purge_spool
 from triage_node.ops.sdnotify import SdNotifier
-from triage_node.pipeline import PipelineContext, fail_job, run_job
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
 from triage_node.receive.store import Spool
 from triage_node.receive.stow import StowServer
@@ -53,6 +52,10 @@ from triage_node.worklist.claims import (
 from triage_node.worklist.db import is_postgres, make_engine, migrate, session_factory, transaction
 from triage_node.worklist.models import Job, JobState
 
+if TYPE_CHECKING:  # the work role imports the models' stack (torch, MONAI, highdicom) when it starts, others never
+    from triage_node.inference.types import Analyzer
+    from triage_node.pipeline import PipelineContext
+
 log = logging.getLogger(__name__)
 
 # What one process can do (`serve --roles`); all of them is the single node. Each works through the database only.
@@ -60,8 +63,9 @@ ROLES = ("receive", "work", "send", "web")
 
 
 def parse_roles(text: str) -> frozenset[str]:
-    """``receive,work`` -> the set; raises ValueError naming an unknown role."""
-    roles = frozenset(r.strip() for r in text.split(",") if r.strip())
+    """``receive,work`` -> the set; raises ValueError naming an unknown role. ``_`` separates roles too and a
+    ``:suffix`` is ignored, for systemd instance names (``triage-node@receive:2``, ``triage-node@send_web``)."""
+    roles = frozenset(r.split(":")[0].strip() for r in re.split(r"[,_]", text) if r.split(":")[0].strip())
     unknown = sorted(roles - set(ROLES))
     if unknown or not roles:
         named = ", ".join(unknown) or "(none given)"
@@ -94,6 +98,7 @@ class App:
         self.metrics = Metrics(self.sessions, config.storage.spool_dir)
         self.notifier = SdNotifier()
         self.analyzers: dict[str, Analyzer] = {}
+        self.pipeline: PipelineContext | None = None
         self.scheduler = BackgroundScheduler(timezone="UTC")
         # A periodic job that overlaps its next run is skipped by design; APScheduler would warn about each one.
         logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
@@ -143,13 +148,20 @@ class App:
         if roles & {"receive", "work"}:
             tick = min(1.0, cfg.series.quiet_period_s / 4)
             self.scheduler.add_job(
-                self._complete_due, "interval", seconds=tick, id="complete", max_instances=1, coalesce=True
+                self._db_guard(self._complete_due),
+                "interval",
+                seconds=tick,
+                id="complete",
+                max_instances=1,
+                coalesce=True,
             )
         if "send" in roles:
             self.scheduler.add_job(
-                self._deliver, "interval", seconds=1.0, id="deliver", max_instances=1, coalesce=True
+                self._db_guard(self._deliver), "interval", seconds=1.0, id="deliver", max_instances=1, coalesce=True
             )
-            self.scheduler.add_job(self._notify, "interval", seconds=2.0, id="notify", max_instances=1, coalesce=True)
+            self.scheduler.add_job(
+                self._db_guard(self._notify), "interval", seconds=2.0, id="notify", max_instances=1, coalesce=True
+            )
         if cfg.storage.retention_days is not None and "work" in roles:
             self.scheduler.add_job(
                 self._retention,
@@ -186,6 +198,10 @@ class App:
         log.info("triage-node %s ready: DICOM %s%s", __version__, where, also)
 
     def _start_work(self) -> None:
+        from triage_node.inference.external import card_settings
+        from triage_node.inference.registry import load_analyzers
+        from triage_node.pipeline import PipelineContext
+
         cfg = self.config
         names = sorted({n for names in cfg.models.pipelines.values() for n in names})
         self.notifier.status(f"loading models {', '.join(names) or '(none)'}")
@@ -301,12 +317,29 @@ class App:
             self.metrics.series_completed.inc(len(jobs))
             self._work.set()
 
+    def _db_guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """A scheduled job whose database is away (PostgreSQL restarting) says so in one line and runs at its next
+        tick, instead of a traceback per tick."""
+
+        def run() -> None:
+            try:
+                fn()
+            except SQLAlchemyError as exc:
+                log.warning("%s: database unavailable (%s); next tick", fn.__name__.lstrip("_"), type(exc).__name__)
+
+        run.__name__ = fn.__name__
+        return run
+
     def _work_loop(self) -> None:
         while not self._stop.is_set():
             self._work.wait(timeout=1.0)
             self._work.clear()
-            while not self._stop.is_set() and self._process_one():
-                pass
+            try:
+                while not self._stop.is_set() and self._process_one():
+                    pass
+            except SQLAlchemyError as exc:  # the database is away: the claim (if any) resumes when its lease runs out
+                log.warning("job worker: database unavailable (%s); retrying", type(exc).__name__)
+                self._stop.wait(1.0)
 
     def _process_one(self) -> bool:
         with transaction(self.sessions) as s:
@@ -317,17 +350,24 @@ class App:
         job_id = claim.job_id
         self._claims[job_id] = claim
         self.heartbeat.hold_job(claim)
+        from triage_node.pipeline import fail_job, run_job
+
+        pipeline = self.pipeline
+        assert pipeline is not None  # the work role made it at start
+
         try:
-            if run_job(self.pipeline, job_id) == JobState.RESULTS_READY:
+            if run_job(pipeline, job_id) == JobState.RESULTS_READY:
                 self._wake("deliver")
         except ClaimLost as exc:
             log.warning("%s: this node's work on it is dropped (the new holder runs it)", exc)
         except Exception as exc:  # noqa: BLE001 - the worker's edge: any error becomes a failed, retryable job
             log.exception("job %d raised", job_id)
             try:
-                fail_job(self.pipeline, job_id, exc)
+                fail_job(pipeline, job_id, exc)
             except ClaimLost as lost:
                 log.warning("%s: the failure is not recorded (the new holder runs it)", lost)
+            except SQLAlchemyError as db_exc:  # cannot record it: the lease runs out and the job is claimed again
+                log.warning("job %d: failure not recorded, database unavailable (%s)", job_id, type(db_exc).__name__)
         finally:
             self.heartbeat.release_job(job_id)
             self._claims.pop(job_id, None)
@@ -370,8 +410,11 @@ class App:
     # -- main loop, reload, stop ----------------------------------------------------------------------------------
 
     def _status_line(self) -> str:
-        with self.sessions() as s:
-            counts = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+        try:
+            with self.sessions() as s:
+                counts = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+        except SQLAlchemyError as exc:  # a shared database away for a while: the main loop carries on
+            return f"database unavailable ({type(exc).__name__})"
         queued = counts.get(JobState.COMPLETE.value, 0) + counts.get(JobState.PROCESSING.value, 0)
         where = f"listening on {self.config.scp.port}" if "receive" in self.roles else "roles " + ",".join(
             r for r in ROLES if r in self.roles
@@ -436,7 +479,9 @@ class App:
             | {"scp": self.config.scp.model_copy(update={"allowed_callers": new.scp.allowed_callers})}
         )
         self.config = applied
-        if "work" in self.roles:
+        if self.pipeline is not None:
+            from triage_node.inference.external import card_settings
+
             self.pipeline.config = card_settings(applied, self.analyzers)
         if self.scp is not None:
             self.scp.reload_policy(applied.scp)

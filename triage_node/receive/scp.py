@@ -94,7 +94,9 @@ class ReusePortServer(NoDelayServer):
     """Binds with SO_REUSEPORT (``scp.reuse_port``): several receive processes listen on one port and the kernel
     spreads the incoming associations over them, so ingest uses every core."""
 
-    allow_reuse_port = True
+    def server_bind(self) -> None:  # pynetdicom's own server_bind ignores allow_reuse_port
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # type: ignore[union-attr]
+        super().server_bind()
 
 
 @dataclass(eq=False)
