@@ -32,6 +32,21 @@ def _need_invesalius() -> None:
     require(DEFAULT_PATH.exists(), f"{DEFAULT_PATH} missing (apt-get install invesalius-examples)")
 
 
+def test_training_never_imports_the_test_renderer() -> None:
+    """render2 only tests: no training or training-data module may import it."""
+    import ast
+
+    offenders = []
+    for folder in ("synth", "training"):
+        for path in sorted((ROOT / "triage_lab" / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names.append(node.module)
+                offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.startswith("triage_lab.render2")]
+    assert offenders == []
+
+
 def test_fbp_of_uniform_disc_is_flat() -> None:
     n = 128
     yy, xx = np.mgrid[:n, :n]

@@ -193,6 +193,7 @@ def score_swi(w: Written, volume: Volume, outputs: dict[str, ModelOutput]) -> di
         "within_1": abs(count - int(w.truth["count"])) <= 1,
         "matched": int(hit.sum()),
         "false": false,
+        "positions_mm": [[round(float(v), 1) for v in p] for p in found],
     }
 
 
