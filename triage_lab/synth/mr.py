@@ -285,6 +285,26 @@ def _render_veins(
     return np.clip(v / max(peak, 1e-6), 0.0, 1.0)
 
 
+def place_bleeds(
+    rng: np.random.Generator, brain: np.ndarray, spacing: tuple[float, float, float], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``n`` microbleed centres (voxels, (N, 3)) in ``brain``, at least 8 mm apart so a count is well defined,
+    and their true radii (1-5 mm, (N,))."""
+    cand = np.argwhere(brain)
+    centres: list[np.ndarray] = []
+    radii: list[float] = []
+    sp = np.asarray(spacing)
+    tries = 0
+    while len(centres) < n and tries < 500 and len(cand):
+        tries += 1
+        c = cand[rng.integers(len(cand))] + rng.uniform(-0.5, 0.5, 3)
+        if any(np.linalg.norm((c - o) * sp) < 8.0 for o in centres):
+            continue
+        centres.append(c)
+        radii.append(float(rng.uniform(1.0, 5.0)))
+    return np.asarray(centres, dtype=np.float64).reshape(-1, 3), np.asarray(radii, dtype=np.float64)
+
+
 def make_swi_case(seed: int, n_bleeds: int | None = None, source: str | None = None) -> SwiCase:
     """A synthetic SWI series with ``n_bleeds`` microbleeds (random 0-8 when None), deterministic per seed.
 
@@ -323,21 +343,7 @@ def make_swi_case(seed: int, n_bleeds: int | None = None, source: str | None = N
     # Veins: mostly near the surface of the brain and radially through white matter.
     veins = _render_veins(rng, grid.shape, grid.spacing, (gm + wm + csf) > 0.5, int(rng.integers(6, 22)))
     img = img * (1.0 - rng.uniform(0.5, 0.8) * veins)
-    # Microbleeds: keep them apart (>= 8 mm) so a count is well defined.
-    cand = np.argwhere(brain)
-    centres: list[np.ndarray] = []
-    radii: list[float] = []
-    sp = np.asarray(grid.spacing)
-    tries = 0
-    while len(centres) < n_bleeds and tries < 500 and len(cand):
-        tries += 1
-        c = cand[rng.integers(len(cand))] + rng.uniform(-0.5, 0.5, 3)
-        if any(np.linalg.norm((c - o) * sp) < 8.0 for o in centres):
-            continue
-        centres.append(c)
-        radii.append(float(rng.uniform(1.0, 5.0)))
-    centres_a = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
-    radii_a = np.asarray(radii, dtype=np.float64)
+    centres_a, radii_a = place_bleeds(rng, brain, grid.spacing, n_bleeds)
     if len(centres_a):
         bloom = radii_a * rng.uniform(1.1, 1.6, len(radii_a))
         occ = _render_spheres(grid.shape, grid.spacing, centres_a, bloom)

@@ -32,6 +32,7 @@ from triage_lab.synth.mr import (
     _sample_points,
     ct_source,
     mni_source,
+    place_bleeds,
 )
 from triage_node.inference.atlas import Region
 
@@ -45,6 +46,14 @@ def mni_scalp() -> tuple[np.ndarray, np.ndarray]:
     bone = ((d > 2.5) & (d <= 8.0)).astype(np.float32)
     scalp = ((d > 8.0) & (d <= 13.0)).astype(np.float32)
     return scalp, bone
+
+
+def scalp_and_bone(src: HeadSource, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scalp and bone fractions at the sample points: the CT head's own, or a shell around the MNI brain."""
+    if src.name == "ct":
+        return _sample(src.scalp, pts), _sample(src.bone, pts)
+    sc, bo = mni_scalp()
+    return _sample(sc, pts), _sample(bo, pts)
 
 
 def _noise(rng: np.random.Generator, img: np.ndarray, sigma: float) -> np.ndarray:
@@ -117,11 +126,7 @@ def randomised_dwi_case(
     grid = _grid(rng, fov_xy=rng.uniform(200, 250), fov_z=rng.uniform(140, 170), dxy=(1.0, 2.0), dz=(2.5, 5.5))
     pts = _sample_points(rng, grid, src, sub=2, deform_mm=rng.uniform(0.0, 6.0), wide=True)
     gm, wm, csf = (_sample(m, pts) for m in (src.gm, src.wm, src.csf))
-    if src.name == "ct":
-        scalp, bone = _sample(src.scalp, pts), _sample(src.bone, pts)
-    else:
-        sc, bo = mni_scalp()
-        scalp, bone = _sample(sc, pts), _sample(bo, pts)
+    scalp, bone = scalp_and_bone(src, pts)
     lesion = np.zeros(grid.shape, dtype=np.float32)
     if reg is not None and side is not None:
         lesion = _sample(_lesion_in_mni(rng, reg, side), pts if src.name == "mni" else _ct_to_mni_index(pts))
@@ -257,11 +262,7 @@ def randomised_swi_case(seed: int, n_bleeds: int | None = None) -> SwiCase:
     sub = 2 if grid.spacing[0] > 2.0 else 1
     pts = _sample_points(rng, grid, src, sub=sub, deform_mm=rng.uniform(0.0, 5.0), wide=True)
     gm, wm, csf = (_sample(m, pts) for m in (src.gm, src.wm, src.csf))
-    if src.name == "ct":
-        scalp, bone = _sample(src.scalp, pts), _sample(src.bone, pts)
-    else:
-        sc, bo = mni_scalp()
-        scalp, bone = _sample(sc, pts), _sample(bo, pts)
+    scalp, bone = scalp_and_bone(src, pts)
     c_gm, c_wm, c_csf = rng.uniform(0.45, 0.75), rng.uniform(0.35, 0.6), rng.uniform(0.7, 1.1)
     img = gm * c_gm + wm * c_wm + csf * c_csf + scalp * rng.uniform(0.3, 0.8) * (1.0 - bone)
     if src.labels is not None:
@@ -286,20 +287,7 @@ def randomised_swi_case(seed: int, n_bleeds: int | None = None) -> SwiCase:
         img = img * np.minimum(field, 1.0) ** rng.uniform(1.0, 3.0)  # SWI shows drop-out, not pile-up
     parenchyma = (gm + wm) > 0.8
     brain = ndimage.binary_erosion(parenchyma, iterations=1)
-    cand = np.argwhere(brain)
-    centres: list[np.ndarray] = []
-    radii: list[float] = []
-    sp = np.asarray(grid.spacing)
-    tries = 0
-    while len(centres) < n_bleeds and tries < 500 and len(cand):
-        tries += 1
-        c = cand[rng.integers(len(cand))] + rng.uniform(-0.5, 0.5, 3)
-        if any(np.linalg.norm((c - o) * sp) < 8.0 for o in centres):
-            continue
-        centres.append(c)
-        radii.append(float(rng.uniform(1.0, 5.0)))
-    centres_a = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
-    radii_a = np.asarray(radii, dtype=np.float64)
+    centres_a, radii_a = place_bleeds(rng, brain, grid.spacing, n_bleeds)
     if len(centres_a):
         occ = _render_spheres(grid.shape, grid.spacing, centres_a, radii_a * rng.uniform(1.0, 1.8, len(radii_a)))
         img = img * (1.0 - occ * rng.uniform(0.5, 0.95))
