@@ -54,7 +54,7 @@ class Cluster:
             **stub_models(tmp / "models", delay_s=delay_s),
             "TRIAGE_NODE__STORAGE__DATABASE_URL": db_url,
             "TRIAGE_NODE__STORAGE__SPOOL_DIR": str(tmp / "shared" / "spool"),
-            "TRIAGE_NODE__STORAGE__LEASE_S": "4",
+            "TRIAGE_NODE__STORAGE__LEASE_S": "8",
             "TRIAGE_NODE__SCP__PORT": str(self.port),
             "TRIAGE_NODE__SCP__REUSE_PORT": "true",
             "TRIAGE_NODE__SERIES__QUIET_PERIOD_S": "30",  # the series declare their size: complete by count
@@ -118,7 +118,7 @@ def test_a_cluster_on_postgresql_loses_nothing_and_does_every_job_once(
             recv[0].kill()
             for s in senders:
                 s.communicate(timeout=600)
-            recv[0].start()
+            recv[0].start(timeout=600)
             # every sender sends its series again (the ones cut off by the kill, and the rest: stored once)
             for s in _storescu(c.port, folders):
                 out = s.communicate(timeout=600)[0]
@@ -134,7 +134,7 @@ def test_a_cluster_on_postgresql_loses_nothing_and_does_every_job_once(
             wait_for(lambda: processing_on(work[0]), timeout=120, interval=0.05, what="work1 inside a job")
             time.sleep(0.5)
             work[0].kill()
-            work[0].start()
+            work[0].start(wait=False)
 
             # PostgreSQL away for 10 s while jobs run
             wait_for(lambda: work[0].sql("select count(*) from jobs where state = 'processing'")[0][0] > 0,

@@ -173,12 +173,9 @@ class Heartbeat:
             for c in jobs:
                 res = s.execute(
                     update(Job)
-                    .where(
-                        Job.id == c.job_id,
-                        Job.state == JobState.PROCESSING.value,
-                        Job.claimed_by == c.node,
-                        Job.claim_token == c.token,
-                    )
+                    # No state condition: a job this node has just committed (results_ready) is still its own
+                    # until released; only another node's claim (a new token) means the claim was lost.
+                    .where(Job.id == c.job_id, Job.claimed_by == c.node, Job.claim_token == c.token)
                     .values(lease_until=until)
                     .execution_options(synchronize_session=False)
                 )
