@@ -40,7 +40,11 @@ def test_each_subtype_is_intracranial_blood(subtype: str, profile: str) -> None:
     # the tissue label is the slab centre's, so a thin rim may sit over the table's label (partial volume).
     outside = (mask & ~intracranial).sum() / mask.sum()
     assert outside == 0 if profile == "legacy" else outside <= 0.1
-    core = mask & (case.hu > -100)
+    # Away from the table: a slab-averaged rim next to the skull holds bone by partial volume.
+    from scipy import ndimage
+
+    away = ndimage.binary_erosion(intracranial, iterations=2) if profile == "randomised" else intracranial
+    core = mask & (case.hu > -100) & away
     # acute blood 46-92 HU plus noise, calibration offset and partial volume
     assert 40 <= float(np.median(case.hu[core])) <= 105
     col = CLASSES.index(subtype)
@@ -109,8 +113,9 @@ def test_randomised_cases_vary_every_acquisition_parameter() -> None:
 def test_randomised_normal_heads_carry_mimics_and_are_at_least_40_percent() -> None:
     from triage_lab.synth.cases import P_NEGATIVE, draw_subtypes
 
-    draws = [draw_subtypes(np.random.default_rng(s), P_NEGATIVE["randomised"]) for s in range(400)]
-    assert sum(1 for d in draws if not d) / len(draws) >= 0.4
+    assert P_NEGATIVE["randomised"] >= 0.45
+    draws = [draw_subtypes(np.random.default_rng([s, 0x1C5]), P_NEGATIVE["randomised"]) for s in range(2000)]
+    assert sum(1 for d in draws if not d) / len(draws) >= 0.42
     case = make_ct_case(2, (), source="mni", n_slices=10)
     assert not case.masks and not case.labels.any()
     assert case.mimics  # this seed draws calcification / sinus mimics into a normal head
