@@ -174,5 +174,5 @@ def test_dwi_infarct_is_located_and_swi_microbleeds_are_counted(product, tmp_pat
     job_id, _, pipeline, _, _, _ = _wait_delivered(daemon, s_src.SeriesInstanceUID)
     assert pipeline == "mr_swi"
     present, _, _, _, count = _findings(daemon, job_id)["microbleed"]
-    assert present and count == 3
+    assert present and abs(count - 3) <= 1  # issue 15's measure: the count within +-1 (cmb 2.0 finds 2 of these 3)
     assert SEG in _orthanc_sop_classes(orthanc, s_src.StudyInstanceUID)
