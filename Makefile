@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PEERS := dcmtk orthanc chromium invesalius-examples postgresql
+APT_PEERS := dcmtk orthanc orthanc-dicomweb chromium invesalius-examples postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test peers lint bench reliability install clean
