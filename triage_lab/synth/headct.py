@@ -13,6 +13,7 @@ as if it were axial, so 60% of the CT training heads (and the "ct" DWI source) w
 from __future__ import annotations
 
 import functools
+import os
 import plistlib
 import tarfile
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_PATH = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
+# Debian's invesalius-examples (GPL-2): read where the package puts it, or where TRIAGE_LAB_INVESALIUS points (a copy
+# made for a machine without the package, e.g. a lent GPU host); never copied into the repository.
+DEFAULT_PATH = Path(os.environ.get("TRIAGE_LAB_INVESALIUS", "/usr/share/doc/invesalius-examples/examples/Cranium.inv3"))
 
 
 class HeadCTUnavailable(FileNotFoundError):

@@ -38,16 +38,29 @@ class SliceSet:
             parts += [self.x[lo], self.x[hi]]
         return torch.cat(parts, dim=1).float() / 255.0
 
+    def to(self, device: str | torch.device) -> SliceSet:
+        """The same set on ``device`` (a GPU holds a whole training set; batches are then cut and augmented there)."""
+        return SliceSet(*(t.to(device) for t in (self.x, self.y, self.case, self.prev, self.next)))
+
+
+def windowed_uint8(hu: np.ndarray, size: int) -> torch.Tensor:
+    """HU slices (z, y, x) -> uint8 (z, 3, size, size): the three windows x 255, as a SliceSet stores them."""
+    return (window_resize(hu, size) * 255.0).round().to(torch.uint8)
+
 
 def from_volumes(volumes: Iterable[tuple[np.ndarray, np.ndarray]], size: int) -> SliceSet:
     """Build a SliceSet from (hu (z, y, x), labels bool (z, 6)) pairs."""
+    return from_windowed((windowed_uint8(hu, size), labels) for hu, labels in volumes)
+
+
+def from_windowed(items: Iterable[tuple[torch.Tensor, np.ndarray]]) -> SliceSet:
+    """Build a SliceSet from (windowed uint8 (z, 3, S, S), labels bool (z, 6)) pairs, one pair per case."""
     xs, ys, cs, pv, nx = [], [], [], [], []
     offset = 0
-    for cid, (hu, labels) in enumerate(volumes):
-        w = window_resize(hu, size)
-        xs.append((w * 255.0).round().to(torch.uint8))
+    for cid, (w, labels) in enumerate(items):
+        xs.append(w)
         ys.append(torch.from_numpy(np.asarray(labels, np.float32)))
-        n = hu.shape[0]
+        n = w.shape[0]
         cs.append(torch.full((n,), cid, dtype=torch.int64))
         i = torch.arange(n) + offset
         pv.append(torch.cat([i[:1], i[:-1]]))

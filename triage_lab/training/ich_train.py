@@ -153,13 +153,24 @@ def train_ich(
     version: str = "1.0.0",
     train_seeds: list[int] | None = None,
     val_seeds: list[int] | None = None,
+    sets: tuple[SliceSet, SliceSet] | None = None,
 ) -> ModelCard:
-    """Train on the synthetic cache; write ``out`` (model.safetensors, model.yaml, history.json, train_history.png)."""
+    """Train on the synthetic cache; write ``out`` (model.safetensors, model.yaml, history.json, train_history.png).
+
+    ``sets`` (training, validation), when given, were built from ``train_seeds``/``val_seeds`` elsewhere (e.g. by
+    :mod:`triage_lab.training.device_ct`, in memory) and replace reading the cache. On a GPU the training set moves
+    there whole, so batches are cut and augmented on the device; validation batches go there one at a time.
+    """
     train_seeds = train_seeds if train_seeds is not None else split_seeds("train", recipe.n_train)
     val_seeds = val_seeds if val_seeds is not None else split_seeds("val", recipe.n_val)
     torch.set_num_threads(cfg.threads)
-    train = synthetic_slices(cache, train_seeds, recipe.size)
-    val = synthetic_slices(cache, val_seeds, recipe.size)
+    if sets is None:
+        train = synthetic_slices(cache, train_seeds, recipe.size)
+        val = synthetic_slices(cache, val_seeds, recipe.size)
+    else:
+        train, val = sets
+    if torch.device(cfg.device).type != "cpu":
+        train = train.to(cfg.device)
     log.info("ich: %d training slices, %d validation slices", len(train), len(val))
     seed_everything(cfg.seed)  # the initial weights follow --seed too, whatever ran before in this process
     model = build_classifier(recipe.arch, 3 * (2 * recipe.context + 1), len(CLASSES), recipe.width)
@@ -180,6 +191,7 @@ def train_ich(
     # Series-level thresholds are chosen on the validation cases, never on the test set.
     from triage_lab.training.evaluate import operating_thresholds, series_scores
 
+    model.to(cfg.device)
     p = predict_slices(model, val, recipe.context)
     sp, sy = series_scores(p, val.y.numpy(), val.case.numpy())
     thresholds = operating_thresholds(sy, sp)

@@ -39,6 +39,7 @@ class TrainConfig:
     progress: bool = True
     max_steps_per_epoch: int | None = None
     resume: bool = False  # continue from checkpoint_dir/last.pt (same epochs and steps per epoch)
+    deadline: float | None = None  # time.monotonic() by which training stops (a lent machine's limit); best is kept
 
 
 @dataclass
@@ -320,6 +321,12 @@ def fit(
                     "best_score": best_score,
                 },
             )
+        if cfg.deadline is not None and epoch + 1 < cfg.epochs:
+            per_epoch = hist.seconds / max(len(hist.train_loss), 1)
+            if time.monotonic() + per_epoch > cfg.deadline:
+                log.warning("stopping after epoch %d of %d: the next would pass the deadline", epoch + 1, cfg.epochs)
+                print(f"deadline: stopped after epoch {epoch + 1} of {cfg.epochs}", flush=True)
+                break
     hist.seconds = time.monotonic() - t0
     if best is None:
         raise ValueError(f"nothing trained: epochs={cfg.epochs}, steps per epoch={steps}")

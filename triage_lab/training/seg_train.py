@@ -235,14 +235,20 @@ def train_segmenter(
     version: str = "1.0.0",
     nifti_dir: Path | None = None,
     aug: AugmentConfig = SEG_AUGMENT,
+    sets: tuple[CropSet, CropSet] | None = None,
+    data_desc: str | None = None,
 ) -> ModelCard:
-    """Train on the synthetic cache (or NIfTI image/mask pairs) and write ``out``.
+    """Train on the synthetic cache (or NIfTI image/mask pairs, or ready ``sets`` described by ``data_desc``) and write
+    ``out``. On a GPU the training crops move there whole.
 
     ``cfg.sizes`` (progressive resizing) are crop sizes and must end at the crop size ``recipe.size // recipe.grid``.
     """
     check_sizes(cfg.sizes, recipe.size // recipe.grid)
     torch.set_num_threads(cfg.threads)
-    if nifti_dir is not None:
+    if sets is not None:
+        train, val = sets
+        data_desc = data_desc or "crops built in memory"
+    elif nifti_dir is not None:
         from triage_lab.training.nifti import split_pairs
 
         tr_vols, va_vols = split_pairs(nifti_dir)
@@ -258,6 +264,8 @@ def train_segmenter(
             f"synthetic: {len(tr_seeds)} cases (seeds {tr_seeds[0]}-{tr_seeds[-1]}) of synthetic hemorrhage "
             "in the invesalius head CT and an MNI152 pseudo-CT; all lesion crops plus as many tissue crops"
         )
+    if torch.device(cfg.device).type != "cpu":
+        train = CropSet(train.x.to(cfg.device), train.m.to(cfg.device))
     log.info("segmenter: %d training crops, %d validation crops", len(train), len(val))
     seed_everything(cfg.seed)  # the initial weights follow --seed too, whatever ran before in this process
     model = build_segmenter(int(train.x.shape[1]), recipe.base)
