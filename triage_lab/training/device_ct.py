@@ -140,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ich-lr", type=float, default=3e-3)
     p.add_argument("--seg-batch", type=int, default=64)
     p.add_argument("--seg-lr", type=float, default=3e-3)
+    p.add_argument("--ich-init", type=Path, default=None, help="initialise the classifier from these weights")
     p.add_argument("--context", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version-ich", default="2.1.0")
@@ -207,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=a.threads,
             progress=False,
             deadline=min(deadline, time.monotonic() + train_time * share),
+            init_from=a.ich_init,
         )
         card = train_ich(
             Path("/nonexistent"),
