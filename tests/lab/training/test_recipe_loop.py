@@ -245,3 +245,13 @@ def test_resume_refuses_a_missing_or_mismatched_checkpoint(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="4 steps in all, this run has 8"):
         fit(_tiny(), batches, 4, loss_fn, None, _cfg(epochs=2, checkpoint_dir=tmp_path, resume=True))
     assert np.isfinite(torch.load(tmp_path / "last.pt", weights_only=True)["history"]["train_loss"][0])
+
+
+def test_a_deadline_stops_training_after_the_epoch_that_reaches_it_and_keeps_the_best() -> None:
+    import time
+
+    hist, best = fit(_tiny(), batches, 4, loss_fn, validate, _cfg(epochs=5, deadline=time.monotonic()))
+    assert len(hist.train_loss) == 1  # the first epoch runs; the next would pass the deadline
+    assert best and set(best) == set(_tiny().state_dict())
+    hist, _ = fit(_tiny(), batches, 4, loss_fn, validate, _cfg(epochs=3, deadline=time.monotonic() + 3600))
+    assert len(hist.train_loss) == 3
