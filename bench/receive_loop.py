@@ -33,7 +33,7 @@ from sqlalchemy import Engine, event
 
 from triage_node.config import SCP
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
-from triage_node.receive.store import Spool
+from triage_node.receive.spool import Spool
 from triage_node.worklist.db import make_engine, migrate, session_factory
 
 CPU_MS: list[float] = []
@@ -42,9 +42,9 @@ SYS_MS: list[float] = []
 
 def _no_durability(engine: Engine) -> None:
     """For the CPU view only (``--durability off``): no fsync of files, folders or the SQLite WAL."""
-    import triage_node.receive.store as store
+    import triage_node.receive.spool as spool
 
-    store.os = SimpleNamespace(**{**vars(os), "fsync": lambda fd: None})  # type: ignore[attr-defined]
+    spool.os = SimpleNamespace(**{**vars(os), "fsync": lambda fd: None})  # type: ignore[attr-defined]
 
     @event.listens_for(engine, "connect")
     def _sync_off(dbapi_conn: Any, _record: Any) -> None:

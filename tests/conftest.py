@@ -17,7 +17,7 @@ from peers import require  # noqa: E402
 
 from triage_node.config import SCP  # noqa: E402
 from triage_node.receive.scp import ReceiveHooks, StorageSCP  # noqa: E402
-from triage_node.receive.store import Spool  # noqa: E402
+from triage_node.receive.spool import Spool  # noqa: E402
 from triage_node.worklist.db import make_engine, migrate, session_factory  # noqa: E402
 
 

@@ -25,7 +25,7 @@ from triage_lab.synth.dicom import write_series
 from triage_node.config import SCP, Caller
 from triage_node.pipeline import _read
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
-from triage_node.receive.store import Spool
+from triage_node.receive.spool import Spool
 from triage_node.series.geometry import pixels, plan
 from triage_node.worklist.db import make_engine, migrate, session_factory
 from triage_node.worklist.models import Instance, Series

@@ -23,7 +23,7 @@ from triage_node.receive import fastlane
 from triage_node.receive.fastlane import C_STORE_RQ, encode_response, p_data_pdus, parse_command
 from triage_node.receive.reactor import SelectDUL
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
-from triage_node.receive.store import Spool
+from triage_node.receive.spool import Spool
 from triage_node.worklist.db import make_engine, migrate, session_factory
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -12,7 +12,9 @@ from sqlalchemy import Engine, insert, text
 from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
 from triage_node.receive import fastsql
-from triage_node.receive.store import StudyIds, parse_header, record_instance, sha256
+from triage_node.receive.header import parse_header
+from triage_node.receive.records import StudyIds, record_instance
+from triage_node.receive.spool import sha256
 from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
 from triage_node.worklist.models import Instance, Series
 

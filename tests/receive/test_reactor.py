@@ -23,7 +23,7 @@ from triage_lab.synth.dicom import write_series
 from triage_node.config import SCP, TLS
 from triage_node.receive.reactor import EventAssociation, encode_store_response
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
-from triage_node.receive.store import Spool
+from triage_node.receive.spool import Spool
 from triage_node.worklist.db import make_engine, migrate, session_factory
 from triage_node.worklist.models import Instance
 

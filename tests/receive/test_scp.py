@@ -19,7 +19,7 @@ from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
 from triage_node.config import SCP, Caller
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
-from triage_node.receive.store import Spool
+from triage_node.receive.spool import Spool
 from triage_node.series.geometry import pixels, plan
 from triage_node.worklist.models import Instance, Job, Series
 
@@ -237,7 +237,7 @@ def test_bad_dataset_gets_a_failure_status_and_nothing_is_stored(scp_env, tmp_pa
 
 def test_missing_sop_instance_uid_is_refused(tmp_path) -> None:
     # pynetdicom and storescu both refuse to send such an object, so the parser is tested directly.
-    from triage_node.receive.store import Refused, parse_header
+    from triage_node.receive.header import Refused, parse_header
 
     ds = _good(tmp_path)
     ds.SOPInstanceUID = ""
@@ -259,7 +259,7 @@ def _with_meta(ds: Dataset) -> bytes:
 
 
 def test_unparsable_bytes_are_cannot_understand() -> None:
-    from triage_node.receive.store import Refused, parse_header
+    from triage_node.receive.header import Refused, parse_header
 
     ds = Dataset()
     ds.SOPClassUID = CT
@@ -273,7 +273,7 @@ def test_unparsable_bytes_are_cannot_understand() -> None:
 
 
 def test_sop_class_that_does_not_match_the_context_is_refused(tmp_path) -> None:
-    from triage_node.receive.store import Refused, parse_header
+    from triage_node.receive.header import Refused, parse_header
 
     ds = _good(tmp_path)
     with pytest.raises(Refused, match="does not match the presentation context") as info:

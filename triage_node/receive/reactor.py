@@ -312,7 +312,7 @@ _OBSERVING_EVENTS = (
 def fast_lane_for(assoc: Association, waker: _Waker, should_stop: Callable[[], bool]) -> FastLane | None:
     """A :class:`FastLane` for ``assoc`` when its AE has a ``fast_lane`` target and every accepted context is a Storage
     SOP class or Verification with this node as SCP and no extended negotiation; None keeps pynetdicom's path."""
-    from triage_node.receive.store import file_meta_prefix
+    from triage_node.receive.header import file_meta_prefix
 
     target = cast(Target | None, getattr(assoc.ae, "fast_lane", None))
     if target is None or _config.UNRESTRICTED_STORAGE_SERVICE or assoc.acceptor.accepted_common_extended:
