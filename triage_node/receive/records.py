@@ -17,8 +17,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage_node.receive.fastsql import FastConnection
 from triage_node.receive.header import Header
+from triage_node.receive.precompiled_sql import PrecompiledConnection
 from triage_node.series.completion import complete_series
 from triage_node.worklist.models import Instance, Priority, Series, SeriesState, Study
 
@@ -114,7 +114,7 @@ _INSERT_SERIES_PG = (
 )
 
 
-def _study_id(conn: FastConnection, header: Header, now: dt.datetime, cache: StudyIds | None) -> int:
+def _study_id(conn: PrecompiledConnection, header: Header, now: dt.datetime, cache: StudyIds | None) -> int:
     cached = cache.get(header.study_uid) if cache else None
     if cached is not None:
         if conn.execute(_TOUCH_STUDY, {"p_id": cached, "p_now": now}).rowcount == 1:
@@ -168,9 +168,9 @@ def record_instance(
 
     Prebuilt SQLAlchemy Core statements on the session's connection, not ORM objects: this runs once per received
     instance, and the ORM's unit of work cost more CPU than the rest of the receive path; on SQLite they run on the
-    DBAPI cursor (``fastsql``). ``studies`` caches study row ids between calls.
+    DBAPI cursor (``precompiled_sql``). ``studies`` caches study row ids between calls.
     """
-    conn = FastConnection(db if isinstance(db, Connection) else db.connection())
+    conn = PrecompiledConnection(db if isinstance(db, Connection) else db.connection())
     existing = conn.execute(_SELECT_VERSIONS, {"p_sop": header.sop_instance_uid}).all()
     for row in existing:
         if row.sha256 == sha:
