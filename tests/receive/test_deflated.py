@@ -67,9 +67,9 @@ def _receiver(tmp_path: Path, **scp: object) -> Iterator[Receiver]:
         engine.dispose()
 
 
-@pytest.fixture(params=[True, False], ids=["fast-lane", "pynetdicom-path"])
-def receiver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Receiver]:
-    yield from _receiver(tmp_path, fast_lane=request.param)
+@pytest.fixture
+def receiver(tmp_path: Path, transport: str) -> Iterator[Receiver]:
+    yield from _receiver(tmp_path, transport=transport)
 
 
 @pytest.fixture

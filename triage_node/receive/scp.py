@@ -1,6 +1,12 @@
 """The Storage SCP: association policy (allow-list, called AE, limits, TLS), C-ECHO, and the durable C-STORE handler.
 
 Every failure inside a handler becomes a DICOM status and one log line; nothing escapes to the association.
+
+Associations are received on one of two transports (``scp.transport``). ``stock`` is plain pynetdicom: its public
+API only (``AE.make_server`` with ``evt_handlers``; the server class overrides only ``socketserver`` hooks), so it
+keeps working across pynetdicom versions. ``fast`` (``receive/fast/``) swaps in event-driven associations that read
+storage straight off the socket; it relies on pynetdicom's private parts and falls back to ``stock`` on a pynetdicom
+version it does not support. Both hand every instance to :meth:`StorageSCP.store`.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any, cast
 
 from pynetdicom import AE, Association, evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AssociationServer, RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,9 +36,7 @@ from triage_node.receive.contexts import (
     STORAGE_SOP_CLASSES,
     VERIFICATION_SOP_CLASS,
 )
-from triage_node.receive.fastlane import Target
 from triage_node.receive.header import Refused, file_meta_prefix, parse_header
-from triage_node.receive.reactor import EventRequestHandler
 from triage_node.receive.records import GroupCommitter, Pending, Recorded
 from triage_node.receive.spool import Incoming, Spool
 
@@ -70,7 +74,16 @@ class PolicyAE(AE):
 
 class NoDelayServer(ThreadedAssociationServer):
     """Sets TCP_NODELAY on accepted sockets: without it each C-STORE response waits ~40 ms for delayed ACKs. TLS
-    handshakes are left to the association threads."""
+    handshakes are left to the association threads.
+
+    Made by ``AE.make_server``, not ``AE.start_server``: the server class ``start_server`` makes is fixed, and it
+    runs TLS handshakes in its one acceptor thread, where a silent peer would block every later association."""
+
+    def shutdown(self) -> None:
+        """Stop serving and close the socket. (pynetdicom's own ``shutdown`` also drops the server from the AE's
+        list of the servers ``start_server`` made, which this one is not in.)"""
+        super(AssociationServer, self).shutdown()
+        self.server_close()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         sock, address = self.socket.accept()  # type: ignore[union-attr]
@@ -120,11 +133,8 @@ def make_ssl_context(cfg: SCP) -> ssl.SSLContext | None:
 
 
 class StorageSCP:
-    """Owns the AE and its server thread. ``start()`` binds and listens; ``stop()`` refuses new associations and waits
-    for in-flight ones to finish."""
-
-    # Associations that block on events instead of polling every 1 ms (pynetdicom's RequestHandler for comparison).
-    request_handler: type[RequestHandler] = EventRequestHandler
+    """Owns the AE and its server thread. ``start()`` binds and listens on the configured transport; ``stop()``
+    refuses new associations and waits for in-flight ones to finish."""
 
     def __init__(self, cfg: SCP, spool: Spool, sessions: sessionmaker[Session], hooks: ReceiveHooks | None = None):
         self.cfg = cfg
@@ -133,8 +143,7 @@ class StorageSCP:
         self.hooks = hooks or ReceiveHooks()
         self.server: ThreadedAssociationServer | None = None
         self.ae = self._make_ae(cfg)
-        if cfg.fast_lane:  # read by receive/reactor.fast_lane_for
-            self.ae.fast_lane = Target(self.store, lambda: self.spool.incoming())  # type: ignore[attr-defined]
+        self.transport: str | None = None  # the one start() chose: scp.transport, or stock when fast cannot run
         self.committer = GroupCommitter(sessions, self.hooks.clock)
 
     def _make_ae(self, cfg: SCP) -> PolicyAE:
@@ -171,21 +180,32 @@ class StorageSCP:
             evt_handlers=handlers,  # type: ignore[arg-type]
             ssl_context=make_ssl_context(self.cfg),
             server_class=ReusePortServer if self.cfg.reuse_port else NoDelayServer,
-            request_handler=self.request_handler,
+            request_handler=self._request_handler(),
         )
-        self.ae._servers.append(self.server)  # so AE.shutdown() and server.shutdown() know it
         self._thread = threading.Thread(target=self.server.serve_forever, name="scp-acceptor", daemon=True)
         self._thread.start()
         log.info(
-            "SCP %s listening on %s:%d (max %d associations, %s)",
+            "SCP %s listening on %s:%d (max %d associations, %s, %s transport)",
             self.cfg.ae_title,
             self.cfg.host,
             self.port,
             self.cfg.max_associations,
             "TLS" if self.cfg.tls.enabled else "no TLS",
+            self.transport,
         )
         if not self.cfg.allowed_callers:
             log.warning("scp.allowed_callers is empty: associations from any calling AE title are accepted")
+
+    def _request_handler(self) -> type[RequestHandler] | None:
+        """The fast transport's request handler, or None for pynetdicom's own (stock, or fast falling back to it)."""
+        handler = None
+        if self.cfg.transport == "fast":
+            from triage_node.receive import fast
+            from triage_node.receive.fast.storage_phase import Target
+
+            handler = fast.request_handler(Target(self.store, self.spool.incoming))
+        self.transport = "stock" if handler is None else "fast"
+        return handler
 
     @property
     def port(self) -> int:
@@ -247,7 +267,8 @@ class StorageSCP:
         return f"result {rsd}" if rsd else "no reason recorded"
 
     def _on_store(self, event: evt.Event) -> int:
-        """pynetdicom's EVT_C_STORE (associations not served by receive/fastlane.py)."""
+        """pynetdicom's EVT_C_STORE: every C-STORE on the stock transport; on the fast one, those of associations its
+        storage phase does not serve."""
         request = cast(C_STORE, event.request)  # this handler is bound to EVT_C_STORE only
         sop_uid = str(request.AffectedSOPInstanceUID or "")
         sop_class = str(request.AffectedSOPClassUID or "")
