@@ -108,17 +108,19 @@ class SCP(Frozen):
     @model_validator(mode="before")
     @classmethod
     def _fast_lane_alias(cls, data: Any) -> Any:
-        """``fast_lane`` (before ``transport``) still works: true is ``fast``, false is ``stock``."""
+        """``fast_lane`` (before ``transport``) still works: true is ``fast``, false is ``stock``; ``transport``, when
+        also given (e.g. by an environment override), wins."""
         if not isinstance(data, dict) or "fast_lane" not in data:
             return data
         data = dict(data)
         fast_lane = data.pop("fast_lane")
         if not isinstance(fast_lane, bool):
             raise ValueError(f"fast_lane: must be true or false, got {fast_lane!r} (it is deprecated: use transport)")
-        transport = "fast" if fast_lane else "stock"
-        if data.setdefault("transport", transport) != transport:
-            raise ValueError(f"fast_lane: {str(fast_lane).lower()} contradicts transport: {data['transport']}")
-        log.warning("scp.fast_lane is deprecated: use scp.transport: %s", transport)
+        if "transport" in data:
+            log.warning("scp.fast_lane is deprecated and ignored: scp.transport is set")
+        else:
+            data["transport"] = "fast" if fast_lane else "stock"
+            log.warning("scp.fast_lane is deprecated: use scp.transport: %s", data["transport"])
         return data
 
 
