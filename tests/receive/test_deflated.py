@@ -1,7 +1,7 @@
 """Deflated Explicit VR Little Endian (1.2.840.10008.1.2.1.99) as a PACS sends it: the files are deflated already,
-the sender proposes only that transfer syntax and sends their bytes. Both receive paths (the fast lane and
-pynetdicom's DIMSE path) must store the instances and the pipeline must decode them: the pixel-length check measures
-the inflated data set, never the compressed stream. Rejected associations log the called AE title and one reason."""
+the sender proposes only that transfer syntax and sends their bytes. Both receive transports (fast and stock) must
+store the instances and the pipeline must decode them: the pixel-length check measures the inflated data set, never
+the compressed stream. Rejected associations log the called AE title and one reason."""
 
 from __future__ import annotations
 
