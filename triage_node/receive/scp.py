@@ -203,7 +203,7 @@ class StorageSCP:
             from triage_node.receive import fast
             from triage_node.receive.fast.storage_phase import Target
 
-            handler = fast.request_handler(Target(self.store, self.spool.incoming))
+            handler = fast.request_handler(Target(self.store, lambda: self.spool.incoming()))
         self.transport = "stock" if handler is None else "fast"
         return handler
 
