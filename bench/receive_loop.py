@@ -28,12 +28,11 @@ from common import (
     storescp,
     storescu_folders,
 )
-from pynetdicom.transport import RequestHandler
 from sqlalchemy import Engine, event
 
 from triage_node.config import SCP
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
-from triage_node.receive.store import Spool
+from triage_node.receive.spool import Spool
 from triage_node.worklist.db import make_engine, migrate, session_factory
 
 CPU_MS: list[float] = []
@@ -42,22 +41,22 @@ SYS_MS: list[float] = []
 
 def _no_durability(engine: Engine) -> None:
     """For the CPU view only (``--durability off``): no fsync of files, folders or the SQLite WAL."""
-    import triage_node.receive.store as store
+    import triage_node.receive.spool as spool
 
-    store.os = SimpleNamespace(**{**vars(os), "fsync": lambda fd: None})  # type: ignore[attr-defined]
+    spool.os = SimpleNamespace(**{**vars(os), "fsync": lambda fd: None})  # type: ignore[attr-defined]
 
     @event.listens_for(engine, "connect")
     def _sync_off(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.execute("PRAGMA synchronous=OFF")
 
 
-def run_triage_node(folders: list[Path], n: int, max_pdu: int, durable: bool, fast_lane: bool = True) -> float:
+def run_triage_node(folders: list[Path], n: int, max_pdu: int, durable: bool, transport: str = "fast") -> float:
     work = fresh(WORK / "receive_loop")
     engine = make_engine(f"sqlite:///{work / 'db.sqlite'}")
     if not durable:
         _no_durability(engine)
     migrate(engine)
-    cfg = SCP(host="127.0.0.1", port=free_port(), max_pdu=max_pdu, fast_lane=fast_lane)
+    cfg = SCP(host="127.0.0.1", port=free_port(), max_pdu=max_pdu, transport=transport)  # type: ignore[arg-type]
     scp = StorageSCP(cfg, Spool(work / "spool"), session_factory(engine), ReceiveHooks())
     scp.start()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -100,21 +99,13 @@ def main() -> int:
         help="off: no fsync at all in triage-node, to see its CPU-bound path (never in production)",
     )
     ap.add_argument(
-        "--reactor",
-        choices=("event", "pynetdicom"),
-        default="event",
-        help="pynetdicom: its own polling associations, for comparison",
-    )
-    ap.add_argument(
-        "--fast-lane",
-        choices=("on", "off"),
-        default="on",
-        help="off: scp.fast_lane false, every association on pynetdicom's DIMSE path (for A/B)",
+        "--transport",
+        choices=("fast", "stock"),
+        default="fast",
+        help="stock: scp.transport stock, every association on plain pynetdicom (for A/B)",
     )
     ap.add_argument("--floor", action="store_true", help="also measure the disk's durability floor in this run")
     args = ap.parse_args()
-    if args.reactor == "pynetdicom":
-        StorageSCP.request_handler = RequestHandler
     receivers = [r for r in args.only.split(",") if r]
     paths = ct_series(1000)[: args.slices] if args.slices <= 1000 else ct_series(args.slices)
     if args.floor:
@@ -131,7 +122,7 @@ def main() -> int:
                 try:
                     if r == "triage-node":
                         rate = run_triage_node(
-                            folders, len(paths), args.max_pdu, args.durability == "on", args.fast_lane == "on"
+                            folders, len(paths), args.max_pdu, args.durability == "on", args.transport
                         )
                     else:
                         rate = run_dcmtk(folders, len(paths))

@@ -17,7 +17,7 @@ from peers import require  # noqa: E402
 
 from triage_node.config import SCP  # noqa: E402
 from triage_node.receive.scp import ReceiveHooks, StorageSCP  # noqa: E402
-from triage_node.receive.store import Spool  # noqa: E402
+from triage_node.receive.spool import Spool  # noqa: E402
 from triage_node.worklist.db import make_engine, migrate, session_factory  # noqa: E402
 
 
@@ -94,13 +94,20 @@ class SCPEnv:
 
 
 @pytest.fixture
-def scp_env(tmp_path: Path) -> Iterator[SCPEnv]:
+def transport() -> str:
+    """The receive transport (``scp.transport``) of the SCPs tests start; tests/receive and tests/reliability run
+    their tests on both."""
+    return "fast"
+
+
+@pytest.fixture
+def scp_env(tmp_path: Path, transport: str) -> Iterator[SCPEnv]:
     """An in-process Storage SCP on a free loopback port with its own SQLite database and spool."""
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
     sessions = session_factory(engine)
     spool = Spool(tmp_path / "spool")
-    scp = StorageSCP(SCP(host="127.0.0.1", port=0 or _free_port()), spool, sessions, ReceiveHooks())
+    scp = StorageSCP(SCP(host="127.0.0.1", port=_free_port(), transport=transport), spool, sessions, ReceiveHooks())
     scp.start()
     try:
         yield SCPEnv(scp, sessions, spool, engine)

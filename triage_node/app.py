@@ -31,7 +31,7 @@ from triage_node.ops.metrics import Metrics
 from triage_node.ops.retention import purge_spool
 from triage_node.ops.sdnotify import SdNotifier
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
-from triage_node.receive.store import Spool
+from triage_node.receive.spool import Spool
 from triage_node.receive.stow import StowServer
 from triage_node.send.commitment import add_commitment_context, handle_commitment_report
 from triage_node.send.outbox import deliver_due

@@ -6,6 +6,7 @@ with its key path (``scp.port: must be between 1 and 65535, got 70000``); ``tria
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from enum import Enum
@@ -17,6 +18,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "TRIAGE_NODE__"
+
+log = logging.getLogger(__name__)
 
 
 def _between(lo: float, hi: float) -> AfterValidator:
@@ -95,12 +98,30 @@ class SCP(Frozen):
     require_called_ae: bool = True
     allowed_callers: tuple[Caller, ...] = ()
     tls: TLS = TLS()
-    # Storage-only associations transfer on receive/fastlane.py; false keeps every association on pynetdicom's
-    # DIMSE path (slower; for a sender that misbehaves only with the fast lane).
-    fast_lane: bool = True
+    # How associations are received: "fast" (receive/fast/: event-driven associations, storage read straight off the
+    # socket; needs a pynetdicom version it supports, else "stock" with a WARNING) or "stock" (plain pynetdicom).
+    transport: Literal["stock", "fast"] = "fast"
     # SO_REUSEPORT: several `serve --roles receive` processes on one machine share scp.port (each commits its own
     # instances to the shared database); the kernel spreads associations over them.
     reuse_port: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fast_lane_alias(cls, data: Any) -> Any:
+        """``fast_lane`` (before ``transport``) still works: true is ``fast``, false is ``stock``; ``transport``, when
+        also given (e.g. by an environment override), wins."""
+        if not isinstance(data, dict) or "fast_lane" not in data:
+            return data
+        data = dict(data)
+        fast_lane = data.pop("fast_lane")
+        if not isinstance(fast_lane, bool):
+            raise ValueError(f"fast_lane: must be true or false, got {fast_lane!r} (it is deprecated: use transport)")
+        if "transport" in data:
+            log.warning("scp.fast_lane is deprecated and ignored: scp.transport is set")
+        else:
+            data["transport"] = "fast" if fast_lane else "stock"
+            log.warning("scp.fast_lane is deprecated: use scp.transport: %s", data["transport"])
+        return data
 
 
 class Storage(Frozen):

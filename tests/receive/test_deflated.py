@@ -1,7 +1,7 @@
 """Deflated Explicit VR Little Endian (1.2.840.10008.1.2.1.99) as a PACS sends it: the files are deflated already,
-the sender proposes only that transfer syntax and sends their bytes. Both receive paths (the fast lane and
-pynetdicom's DIMSE path) must store the instances and the pipeline must decode them: the pixel-length check measures
-the inflated data set, never the compressed stream. Rejected associations log the called AE title and one reason."""
+the sender proposes only that transfer syntax and sends their bytes. Both receive transports (fast and stock) must
+store the instances and the pipeline must decode them: the pixel-length check measures the inflated data set, never
+the compressed stream. Rejected associations log the called AE title and one reason."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from triage_lab.synth.dicom import write_series
 from triage_node.config import SCP, Caller
 from triage_node.pipeline import _read
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
-from triage_node.receive.store import Spool
+from triage_node.receive.spool import Spool
 from triage_node.series.geometry import pixels, plan
 from triage_node.worklist.db import make_engine, migrate, session_factory
 from triage_node.worklist.models import Instance, Series
@@ -67,9 +67,9 @@ def _receiver(tmp_path: Path, **scp: object) -> Iterator[Receiver]:
         engine.dispose()
 
 
-@pytest.fixture(params=[True, False], ids=["fast-lane", "pynetdicom-path"])
-def receiver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Receiver]:
-    yield from _receiver(tmp_path, fast_lane=request.param)
+@pytest.fixture
+def receiver(tmp_path: Path, transport: str) -> Iterator[Receiver]:
+    yield from _receiver(tmp_path, transport=transport)
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_node.receive.header import Refused, _parse_pydicom, _parse_raw, file_meta_prefix, parse_header
 from triage_node.receive.rawscan import ScanError, scan
-from triage_node.receive.store import Refused, _parse_pydicom, _parse_raw, file_meta_prefix, parse_header
 
 FIELDS = ("sop_instance_uid", "sop_class_uid", "study_uid", "series_uid", "transfer_syntax_uid", "instance_number")
 FIELDS += ("expected_instances", "modality", "series_number", "series_description", "body_part", "patient_name")

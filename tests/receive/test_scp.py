@@ -19,7 +19,7 @@ from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
 from triage_node.config import SCP, Caller
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
-from triage_node.receive.store import Spool
+from triage_node.receive.spool import Spool
 from triage_node.series.geometry import pixels, plan
 from triage_node.worklist.models import Instance, Job, Series
 
@@ -91,14 +91,15 @@ def test_same_instance_twice_is_idempotent_and_changed_bytes_make_a_new_version(
         assert s.scalars(select(Series)).one().received_instances == 1
 
 
-def test_unlisted_calling_ae_is_rejected(tmp_path, small_series) -> None:  # type: ignore[no-untyped-def]
+def test_unlisted_calling_ae_is_rejected(tmp_path, small_series, transport) -> None:  # type: ignore[no-untyped-def]
     from peers import free_port
 
     from triage_node.worklist.db import make_engine, migrate, session_factory
 
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
-    cfg = SCP(port=free_port(), allowed_callers=(Caller(ae_title="PACS"), Caller(ae_title="CT1", host="10.9.9.9")))
+    callers = (Caller(ae_title="PACS"), Caller(ae_title="CT1", host="10.9.9.9"))
+    cfg = SCP(port=free_port(), allowed_callers=callers, transport=transport)
     scp = StorageSCP(cfg, Spool(tmp_path / "spool"), session_factory(engine), ReceiveHooks())
     scp.start()
     try:
@@ -237,7 +238,7 @@ def test_bad_dataset_gets_a_failure_status_and_nothing_is_stored(scp_env, tmp_pa
 
 def test_missing_sop_instance_uid_is_refused(tmp_path) -> None:
     # pynetdicom and storescu both refuse to send such an object, so the parser is tested directly.
-    from triage_node.receive.store import Refused, parse_header
+    from triage_node.receive.header import Refused, parse_header
 
     ds = _good(tmp_path)
     ds.SOPInstanceUID = ""
@@ -259,7 +260,7 @@ def _with_meta(ds: Dataset) -> bytes:
 
 
 def test_unparsable_bytes_are_cannot_understand() -> None:
-    from triage_node.receive.store import Refused, parse_header
+    from triage_node.receive.header import Refused, parse_header
 
     ds = Dataset()
     ds.SOPClassUID = CT
@@ -273,7 +274,7 @@ def test_unparsable_bytes_are_cannot_understand() -> None:
 
 
 def test_sop_class_that_does_not_match_the_context_is_refused(tmp_path) -> None:
-    from triage_node.receive.store import Refused, parse_header
+    from triage_node.receive.header import Refused, parse_header
 
     ds = _good(tmp_path)
     with pytest.raises(Refused, match="does not match the presentation context") as info:
@@ -281,7 +282,7 @@ def test_sop_class_that_does_not_match_the_context_is_refused(tmp_path) -> None:
     assert info.value.status == 0xA900
 
 
-def test_disk_below_minimum_answers_out_of_resources(tmp_path, small_series) -> None:  # type: ignore[no-untyped-def]
+def test_disk_below_minimum_answers_out_of_resources(tmp_path, small_series, transport) -> None:  # type: ignore[no-untyped-def]
     from peers import free_port
 
     from triage_node.worklist.db import make_engine, migrate, session_factory
@@ -289,7 +290,8 @@ def test_disk_below_minimum_answers_out_of_resources(tmp_path, small_series) -> 
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
     sessions = session_factory(engine)
-    scp = StorageSCP(SCP(port=free_port()), Spool(tmp_path / "spool"), sessions, ReceiveHooks(disk_ok=lambda: False))
+    cfg = SCP(port=free_port(), transport=transport)
+    scp = StorageSCP(cfg, Spool(tmp_path / "spool"), sessions, ReceiveHooks(disk_ok=lambda: False))
     scp.start()
     try:
         proc = storescu(scp.port, small_series[:1], check=False, extra=["-v"])

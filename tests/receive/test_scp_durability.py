@@ -40,11 +40,11 @@ def _send_all(port: int, paths: list[Path], acked: list[str]) -> None:
             assoc.release()
 
 
-def test_sigkill_during_four_parallel_transfers_keeps_every_acknowledged_instance(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_during_four_parallel_transfers_keeps_every_acknowledged_instance(tmp_path, transport) -> None:  # type: ignore[no-untyped-def]
     hu, spacing = phantom_head(160, 96)
     paths = write_series(tmp_path / "s", hu, spacing, seed=31)
     pixels = {str(ds.SOPInstanceUID): ds.PixelData for ds in (dcmread(p) for p in paths)}
-    d = make_daemon(tmp_path / "d", **NO_MODELS).start()
+    d = make_daemon(tmp_path / "d", **NO_MODELS, TRIAGE_NODE__SCP__TRANSPORT=transport).start()
     try:
         acked: list[str] = []
         threads = [threading.Thread(target=_send_all, args=(d.port, paths[i::4], acked)) for i in range(4)]

@@ -13,8 +13,9 @@ from sqlalchemy import func, select
 
 from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
-from triage_node.receive.scp import GroupCommitter, _Pending
-from triage_node.receive.store import Refused, Spool, StudyIds, parse_header, record_instance, sha256
+from triage_node.receive.header import Refused, parse_header
+from triage_node.receive.records import GroupCommitter, Pending, StudyIds, record_instance
+from triage_node.receive.spool import Spool, sha256
 from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
 from triage_node.worklist.models import Instance, Job, Series, Study
 
@@ -104,7 +105,7 @@ def test_group_commit_records_a_group_in_one_transaction(tmp_path, sessions, ser
         assert digest == sha256(data)
         rel = spool.relative_path(header, digest)
         incoming.keep(rel)
-        group.append(_Pending(header, rel, len(data), digest, "AE"))
+        group.append(Pending(header, rel, len(data), digest, "AE"))
     committer._commit_group(group)
     assert (committer.groups, committer.committed) == (1, 4)
     assert all(p.done.is_set() and p.error is None for p in group)
@@ -115,12 +116,12 @@ def test_group_commit_records_a_group_in_one_transaction(tmp_path, sessions, ser
 
 
 def test_a_failed_folder_fsync_refuses_the_instance_and_records_nothing(scp_env, series4, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import triage_node.receive.store as store
+    import triage_node.receive.spool as spool
 
     def failing(path: Path) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(store, "_fsync_dir", failing)
+    monkeypatch.setattr(spool, "_fsync_dir", failing)
     data = memoryview(series4[0])
     meta_end = 144 + int.from_bytes(series4[0][140:144], "little")
     status = scp_env.scp.store("AE", CT, "", CT, "1.2.840.10008.1.2.1", data, meta_end)
@@ -162,7 +163,7 @@ def test_four_parallel_senders_are_all_stored_once(scp_env, tmp_path) -> None:  
 def test_file_meta_prefix_is_byte_for_byte_what_pynetdicom_writes(ts: str, sop_instance: str) -> None:
     from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
-    from triage_node.receive.store import file_meta_prefix
+    from triage_node.receive.header import file_meta_prefix
 
     meta = create_file_meta(sop_class_uid=CT, sop_instance_uid=sop_instance, transfer_syntax=ts)
     assert file_meta_prefix(CT, sop_instance, ts) == b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
@@ -172,7 +173,7 @@ def test_file_meta_prefix_is_byte_for_byte_what_pynetdicom_writes(ts: str, sop_i
 def test_image_attributes_are_read_raw_in_every_byte_order(name: str) -> None:
     from pydicom.data import get_testdata_file
 
-    from triage_node.receive.store import _raw_us
+    from triage_node.receive.header import _raw_us
 
     found = get_testdata_file(name, download=False)
     assert found, f"pydicom's bundled test file {name} is missing"

@@ -1,4 +1,5 @@
-"""The reliability suite's session state: one Figures object, printed and written to test-output/reliability.json."""
+"""The reliability suite's session state: one Figures object, printed and written to test-output/reliability.json;
+and the receive transports its receive tests run on."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ def _figures(config: pytest.Config) -> Figures:
 @pytest.fixture(scope="session")
 def figures(request: pytest.FixtureRequest) -> Figures:
     return _figures(request.config)
+
+
+@pytest.fixture(params=["stock", "fast"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """``scp.transport`` of the daemons a test starts: the tests that ask for it run on both."""
+    return str(request.param)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -20,9 +20,10 @@ from reliability_support import NO_MODELS, Figures, echo, job_rows, new_daemon, 
 pytestmark = pytest.mark.reliability
 
 
-def test_unknown_calling_ae_and_wrong_called_ae_are_rejected(tmp_path: Path, figures: Figures) -> None:
+def test_unknown_calling_ae_and_wrong_called_ae_are_rejected(tmp_path: Path, figures: Figures, transport: str) -> None:
     callers = [{"ae_title": "PACS"}, {"ae_title": "CT1", "host": "127.0.0.2"}]
-    env = {**NO_MODELS, "TRIAGE_NODE__WEB__ENABLED": "false", "TRIAGE_NODE__SCP__ALLOWED_CALLERS": json.dumps(callers)}
+    env = {**NO_MODELS, "TRIAGE_NODE__WEB__ENABLED": "false", "TRIAGE_NODE__SCP__ALLOWED_CALLERS": json.dumps(callers),
+           "TRIAGE_NODE__SCP__TRANSPORT": transport}
     d = new_daemon(figures, tmp_path / "d", **env).start()
     try:
         assert echoscu(d.port, calling="PACS").returncode == 0
@@ -68,9 +69,12 @@ def _client(pki: Path, cert: str | None) -> tuple[ssl.SSLContext, str]:
     return ctx, "127.0.0.1"
 
 
-def test_dicom_tls_needs_a_client_certificate_signed_by_the_ca(tmp_path: Path, figures: Figures) -> None:
+def test_dicom_tls_needs_a_client_certificate_signed_by_the_ca(
+    tmp_path: Path, figures: Figures, transport: str
+) -> None:
     pki = _pki(tmp_path / "pki")
     env = {**NO_MODELS, "TRIAGE_NODE__WEB__ENABLED": "false", "TRIAGE_NODE__SCP__ACSE_TIMEOUT_S": "5",
+           "TRIAGE_NODE__SCP__TRANSPORT": transport,
            "TRIAGE_NODE__SCP__TLS__ENABLED": "true",
            "TRIAGE_NODE__SCP__TLS__CERT_FILE": str(pki / "server.pem"),
            "TRIAGE_NODE__SCP__TLS__KEY_FILE": str(pki / "server.key"),

@@ -96,7 +96,7 @@ def _kill_in_phase(d: Daemon, phase: str, paths: list[Path], series_uid: str, rn
 
 
 def test_sigkill_at_random_moments_loses_nothing_and_delivers_each_result_once(
-    tmp_path: Path, figures: Figures
+    tmp_path: Path, figures: Figures, transport: str
 ) -> None:
     rng = random.Random(SEED)
     orthanc = start_orthanc(tmp_path / "pacs")
@@ -106,6 +106,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_delivers_each_result_once(
         # Series complete by their declared size; a long quiet period keeps a half-received series open over a kill.
         "TRIAGE_NODE__SERIES__QUIET_PERIOD_S": "600",
         "TRIAGE_NODE__WEB__ENABLED": "false",
+        "TRIAGE_NODE__SCP__TRANSPORT": transport,
     }
     d = new_daemon(figures, tmp_path / "d", **env).start()
     acked: dict[str, Path] = {}

@@ -49,13 +49,13 @@ def _context_rejected(port: int, case: Case) -> bool:
 
 
 def test_hostile_corpus_gets_the_right_answers_and_a_normal_study_still_goes_through(
-    tmp_path: Path, figures: Figures
+    tmp_path: Path, figures: Figures, transport: str
 ) -> None:
     cases = build_corpus(tmp_path / "corpus")
     assert len(cases) >= 25
     normal = phantom_series(tmp_path / "normal", seed=9100, slices=8)
     env = {**stub_models(tmp_path / "models"), "TRIAGE_NODE__SERIES__QUIET_PERIOD_S": "2",
-           "TRIAGE_NODE__WEB__ENABLED": "false"}
+           "TRIAGE_NODE__WEB__ENABLED": "false", "TRIAGE_NODE__SCP__TRANSPORT": transport}
     outcomes: dict[str, str] = {}
     with_job: dict[str, Case] = {}
     d = new_daemon(figures, tmp_path / "d", **env).start()

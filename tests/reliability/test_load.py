@@ -29,14 +29,14 @@ def _vm(pid: int, key: str) -> int:
 
 
 def test_eight_concurrent_senders_are_all_stored_and_excess_associations_are_rejected(
-    tmp_path: Path, figures: Figures
+    tmp_path: Path, figures: Figures, transport: str
 ) -> None:
     folders = []
     for i in range(SENDERS):
         phantom_series(tmp_path / f"sender{i}", seed=9500 + i, slices=PER_SENDER, size=256)
         folders.append(tmp_path / f"sender{i}")
     env = {**NO_MODELS, "TRIAGE_NODE__WEB__ENABLED": "false",
-           "TRIAGE_NODE__SCP__MAX_ASSOCIATIONS": str(MAX_ASSOCIATIONS)}
+           "TRIAGE_NODE__SCP__MAX_ASSOCIATIONS": str(MAX_ASSOCIATIONS), "TRIAGE_NODE__SCP__TRANSPORT": transport}
     d = new_daemon(figures, tmp_path / "d", **env).start()
     try:
         assert d.proc is not None

@@ -151,7 +151,8 @@ def test_the_spool_must_be_the_one_the_database_was_made_with(env, tmp_path: Pat
 def test_receivers_writing_one_series_at_once_count_every_instance(db_url: str, tmp_path: Path) -> None:
     """Four receive processes (here: four engines, each with its own connection) record instances of one new study
     and series at the same moment: one study row, one series row, every instance counted once."""
-    from triage_node.receive.store import Header, record_instance
+    from triage_node.receive.header import Header
+    from triage_node.receive.records import record_instance
 
     engines = [make_engine(db_url) for _ in range(4)]
     migrate(engines[0])

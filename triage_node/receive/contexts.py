@@ -4,7 +4,7 @@ from __future__ import annotations
 
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 
-# The C-STORE statuses the SCP answers (receive/store.py raises them; the conformance statement lists them).
+# The C-STORE statuses the SCP answers (receive/header.py raises them; the conformance statement lists them).
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_DOES_NOT_MATCH = 0xA900

@@ -1,11 +1,16 @@
 """The Storage SCP: association policy (allow-list, called AE, limits, TLS), C-ECHO, and the durable C-STORE handler.
 
 Every failure inside a handler becomes a DICOM status and one log line; nothing escapes to the association.
+
+Associations are received on one of two transports (``scp.transport``). ``stock`` is plain pynetdicom: its public
+API only (``AE.make_server`` with ``evt_handlers``; the server class overrides only ``socketserver`` hooks), so it
+keeps working across pynetdicom versions. ``fast`` (``receive/fast/``) swaps in event-driven associations that read
+storage straight off the socket; it relies on pynetdicom's private parts and falls back to ``stock`` on a pynetdicom
+version it does not support. Both hand every instance to :meth:`StorageSCP.store`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import socket
@@ -18,31 +23,22 @@ from typing import Any, cast
 
 from pynetdicom import AE, Association, evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from pynetdicom.transport import AssociationServer, RequestHandler, ThreadedAssociationServer
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage_node.config import SCP, Caller
-from triage_node.receive.contexts import PREFERENCE, STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
-from triage_node.receive.fastlane import Target
-from triage_node.receive.reactor import EventRequestHandler
-from triage_node.receive.store import (
+from triage_node.receive.contexts import (
+    PREFERENCE,
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
     STATUS_SUCCESS,
-    Header,
-    Incoming,
-    Recorded,
-    Refused,
-    Spool,
-    StudyIds,
-    file_meta_prefix,
-    parse_header,
-    record_instance,
+    STORAGE_SOP_CLASSES,
+    VERIFICATION_SOP_CLASS,
 )
-from triage_node.series.completion import complete_series
-from triage_node.worklist.models import Series
+from triage_node.receive.header import Refused, file_meta_prefix, parse_header
+from triage_node.receive.records import GroupCommitter, Pending, Recorded
+from triage_node.receive.spool import Incoming, Spool
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +74,16 @@ class PolicyAE(AE):
 
 class NoDelayServer(ThreadedAssociationServer):
     """Sets TCP_NODELAY on accepted sockets: without it each C-STORE response waits ~40 ms for delayed ACKs. TLS
-    handshakes are left to the association threads."""
+    handshakes are left to the association threads.
+
+    Made by ``AE.make_server``, not ``AE.start_server``: the server class ``start_server`` makes is fixed, and it
+    runs TLS handshakes in its one acceptor thread, where a silent peer would block every later association."""
+
+    def shutdown(self) -> None:
+        """Stop serving and close the socket. (pynetdicom's own ``shutdown`` also drops the server from the AE's
+        list of the servers ``start_server`` made, which this one is not in.)"""
+        super(AssociationServer, self).shutdown()
+        self.server_close()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         sock, address = self.socket.accept()  # type: ignore[union-attr]
@@ -97,165 +102,6 @@ class ReusePortServer(NoDelayServer):
     def server_bind(self) -> None:  # pynetdicom's own server_bind ignores allow_reuse_port
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # type: ignore[union-attr]
         super().server_bind()
-
-
-@dataclass(eq=False)
-class _Pending:
-    """One instance whose file and folder entry are durable, waiting for its row's commit."""
-
-    header: Header
-    rel: str
-    size: int
-    sha: str
-    calling_ae: str
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Recorded | None = None
-    error: BaseException | None = None
-
-
-class GroupCommitter:
-    """Commits received instances' rows in groups, with no thread of its own (leader-based group commit).
-
-    The association thread whose instance arrives while nothing is being committed commits it itself, at once: on
-    one association no instance ever crosses to another thread. Instances that arrive while a commit is running
-    wait; when it ends, one of their threads becomes the next leader and commits all of them together: all rows go
-    into one transaction (a savepoint each, so one bad row fails alone), and then every sender in the group is
-    released. Files and folder entries are made durable before, by each association's thread in parallel
-    (``Incoming.keep``), so each sender gets its status only after its file, its folder entry and its row are on
-    disk; the commit, the one serial step, holds no other flush.
-    """
-
-    MAX_GROUP = 64
-
-    def __init__(self, sessions: sessionmaker[Session], clock: Callable[[], dt.datetime]):
-        self.sessions = sessions
-        self.clock = clock
-        self._conn: Connection | None = None
-        self.studies = StudyIds()
-        self._cond = threading.Condition()
-        self._pending: list[_Pending] = []
-        self._leading = False
-        self._running = False
-        self.groups = 0  # how many commits, for the bench and tests
-        self.committed = 0
-
-    def start(self) -> None:
-        with self._cond:
-            self._running = True
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Refuse new instances, then wait for the group being committed (if any) and the ones queued behind it."""
-        with self._cond:
-            self._running = False
-            self._cond.wait_for(lambda: not self._leading and not self._pending, timeout=timeout_s)
-            self._drop_connection()
-
-    def commit(self, item: _Pending) -> Recorded:
-        """Make ``item`` durable (leading a group or waiting in one); raises what recording it raised."""
-        with self._cond:
-            if not self._running:
-                raise OSError("the receive committer is not running")
-            self._pending.append(item)
-            while not item.done.is_set():
-                if self._leading:
-                    self._cond.wait()
-                    continue
-                self._leading = True
-                group = self._pending[: self.MAX_GROUP]
-                del self._pending[: self.MAX_GROUP]
-                self._cond.release()
-                try:
-                    self._commit_group(group)
-                finally:
-                    self._cond.acquire()
-                    self._leading = False
-                    self._cond.notify_all()
-        if item.error is not None:
-            raise item.error
-        assert item.result is not None
-        return item.result
-
-    def _connection(self) -> Connection:
-        """The committer's own connection, kept between groups: a session and a pooled connection per group cost
-        more CPU than recording the rows. Only the leader uses it, so one at a time."""
-        if self._conn is None or self._conn.closed or self._conn.invalidated:
-            self._conn = cast(Engine, self.sessions.kw["bind"]).connect()
-        return self._conn
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(SQLAlchemyError):
-                self._conn.close()
-        self._conn = None
-
-    def _commit_group(self, group: list[_Pending]) -> None:
-        try:
-            now = self.clock()
-            alone = len(group) == 1  # no savepoint needed: if its row fails, the whole transaction is its own
-            conn = self._connection()
-            if conn.dialect.name == "postgresql":
-                # Other receive processes write the same tables: rows are locked in one global order (study, series)
-                # so two groups never deadlock; a conflict that still happens (deadlock, a row another process
-                # inserted) rolls the group back and it is recorded again, up to three times.
-                group.sort(key=lambda p: (p.header.study_uid, p.header.series_uid))
-                for attempt in range(3):
-                    try:
-                        self._record_group(conn, group, now, alone)
-                        break
-                    except DBAPIError as exc:
-                        if attempt == 2 or getattr(exc.orig, "sqlstate", None) not in RETRY_SQLSTATES:
-                            raise
-                        self.studies = StudyIds()
-                        for p in group:
-                            p.result, p.error = None, None
-                        log.info("receive group of %d rolled back (%s), recording it again", len(group),
-                                 getattr(exc.orig, "sqlstate", None))
-            else:
-                self._record_group(conn, group, now, alone)
-            self.groups += 1
-            self.committed += sum(1 for p in group if p.error is None)
-        except (OSError, SQLAlchemyError, ValueError, TypeError, KeyError) as exc:  # nobody in the group is stored
-            self.studies = StudyIds()
-            if isinstance(exc, SQLAlchemyError):
-                self._drop_connection()  # a broken connection must not serve the next group
-            for p in group:
-                p.result, p.error = None, exc
-        except Exception as exc:  # noqa: BLE001 - never leave a sender waiting; its handler turns this into a status
-            self._drop_connection()
-            for p in group:
-                p.result, p.error = None, exc
-        finally:
-            for p in group:
-                p.done.set()
-
-    def _record_group(self, conn: Connection, group: list[_Pending], now: dt.datetime, alone: bool) -> None:
-        with conn.begin():  # BEGIN IMMEDIATE on SQLite (worklist.db); committed at the end of the block
-            for p in group:
-                try:
-                    with contextlib.nullcontext() if alone else conn.begin_nested():
-                        p.result = record_instance(
-                            conn, p.header, p.rel, p.size, p.sha, p.calling_ae, now, self.studies
-                        )
-                        if p.result.complete_by_count:
-                            # A session inside this transaction: its commit releases its own savepoint.
-                            with Session(bind=conn, join_transaction_mode="create_savepoint") as session:
-                                series = session.get(Series, p.result.series_id)
-                                assert series is not None
-                                complete_series(session, series, now, "declared size reached")
-                                session.commit()
-                except (SQLAlchemyError, ValueError, TypeError, KeyError) as exc:
-                    self.studies = StudyIds()  # a rolled-back insert may have left a cached id behind
-                    if alone or _retryable(exc):
-                        raise  # rolls the transaction back; the caller retries it or reports it
-                    p.result, p.error = None, exc
-
-
-# PostgreSQL: deadlock detected, serialization failure, unique violation (a row another receiver inserted first).
-RETRY_SQLSTATES = frozenset({"40P01", "40001", "23505"})
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in RETRY_SQLSTATES
 
 
 @dataclass
@@ -287,11 +133,8 @@ def make_ssl_context(cfg: SCP) -> ssl.SSLContext | None:
 
 
 class StorageSCP:
-    """Owns the AE and its server thread. ``start()`` binds and listens; ``stop()`` refuses new associations and waits
-    for in-flight ones to finish."""
-
-    # Associations that block on events instead of polling every 1 ms (pynetdicom's RequestHandler for comparison).
-    request_handler: type[RequestHandler] = EventRequestHandler
+    """Owns the AE and its server thread. ``start()`` binds and listens on the configured transport; ``stop()``
+    refuses new associations and waits for in-flight ones to finish."""
 
     def __init__(self, cfg: SCP, spool: Spool, sessions: sessionmaker[Session], hooks: ReceiveHooks | None = None):
         self.cfg = cfg
@@ -300,8 +143,7 @@ class StorageSCP:
         self.hooks = hooks or ReceiveHooks()
         self.server: ThreadedAssociationServer | None = None
         self.ae = self._make_ae(cfg)
-        if cfg.fast_lane:  # read by receive/reactor.fast_lane_for
-            self.ae.fast_lane = Target(self.store, lambda: self.spool.incoming())  # type: ignore[attr-defined]
+        self.transport: str | None = None  # the one start() chose: scp.transport, or stock when fast cannot run
         self.committer = GroupCommitter(sessions, self.hooks.clock)
 
     def _make_ae(self, cfg: SCP) -> PolicyAE:
@@ -338,21 +180,32 @@ class StorageSCP:
             evt_handlers=handlers,  # type: ignore[arg-type]
             ssl_context=make_ssl_context(self.cfg),
             server_class=ReusePortServer if self.cfg.reuse_port else NoDelayServer,
-            request_handler=self.request_handler,
+            request_handler=self._request_handler(),
         )
-        self.ae._servers.append(self.server)  # so AE.shutdown() and server.shutdown() know it
         self._thread = threading.Thread(target=self.server.serve_forever, name="scp-acceptor", daemon=True)
         self._thread.start()
         log.info(
-            "SCP %s listening on %s:%d (max %d associations, %s)",
+            "SCP %s listening on %s:%d (max %d associations, %s, %s transport)",
             self.cfg.ae_title,
             self.cfg.host,
             self.port,
             self.cfg.max_associations,
             "TLS" if self.cfg.tls.enabled else "no TLS",
+            self.transport,
         )
         if not self.cfg.allowed_callers:
             log.warning("scp.allowed_callers is empty: associations from any calling AE title are accepted")
+
+    def _request_handler(self) -> type[RequestHandler] | None:
+        """The fast transport's request handler, or None for pynetdicom's own (stock, or fast falling back to it)."""
+        handler = None
+        if self.cfg.transport == "fast":
+            from triage_node.receive import fast
+            from triage_node.receive.fast.storage_phase import Target
+
+            handler = fast.request_handler(Target(self.store, lambda: self.spool.incoming()))
+        self.transport = "stock" if handler is None else "fast"
+        return handler
 
     @property
     def port(self) -> int:
@@ -414,7 +267,8 @@ class StorageSCP:
         return f"result {rsd}" if rsd else "no reason recorded"
 
     def _on_store(self, event: evt.Event) -> int:
-        """pynetdicom's EVT_C_STORE (associations not served by receive/fastlane.py)."""
+        """pynetdicom's EVT_C_STORE: every C-STORE on the stock transport; on the fast one, those of associations its
+        storage phase does not serve."""
         request = cast(C_STORE, event.request)  # this handler is bound to EVT_C_STORE only
         sop_uid = str(request.AffectedSOPInstanceUID or "")
         sop_class = str(request.AffectedSOPClassUID or "")
@@ -460,7 +314,7 @@ class StorageSCP:
             # other associations); the committer commits its row, shared with whatever else is waiting.
             incoming.keep(rel)
             incoming = None
-            rec = self.committer.commit(_Pending(header, rel, len(data), digest, calling))
+            rec = self.committer.commit(Pending(header, rel, len(data), digest, calling))
             self._log_stored(rec, header.sop_instance_uid, header.series_uid)
             self.hooks.on_stored(len(data), rec.series_id)
             if rec.complete_by_count:

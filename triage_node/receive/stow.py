@@ -35,7 +35,7 @@ from triage_node.receive.contexts import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
 )
-from triage_node.receive.store import file_meta_prefix
+from triage_node.receive.header import file_meta_prefix
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""The fast lane (receive/fastlane.py) against real peers and raw PDUs: it serves storage associations, answers
-every protocol error with an A-ABORT and one log line while the SCP goes on serving, leaves no partial file behind,
-and stays out of associations it does not cover."""
+"""The fast transport's storage phase (receive/fast/storage_phase.py) against real peers and raw PDUs: it serves
+storage associations, answers every protocol error with an A-ABORT and one log line while the SCP goes on serving,
+leaves no partial file behind, and stays out of associations it does not cover."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from pynetdicom import AE
 from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
 from triage_node.config import SCP
-from triage_node.receive import fastlane
-from triage_node.receive.fastlane import C_STORE_RQ, encode_response, p_data_pdus, parse_command
-from triage_node.receive.reactor import SelectDUL
+from triage_node.receive.fast import storage_phase
+from triage_node.receive.fast.associations import SelectDUL
+from triage_node.receive.fast.storage_phase import C_STORE_RQ, encode_response, p_data_pdus, parse_command
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
-from triage_node.receive.store import Spool
+from triage_node.receive.spool import Spool
 from triage_node.worklist.db import make_engine, migrate, session_factory
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -75,10 +75,10 @@ def _associate(port: int, contexts: tuple[str, ...] = (CT, VERIFICATION)):  # ty
     return assoc
 
 
-def _lane_of(scp: StorageSCP) -> fastlane.FastLane | None:
+def _phase_of(scp: StorageSCP) -> storage_phase.StoragePhase | None:
     (acceptor,) = scp.ae.active_associations
-    wait_for(lambda: cast_dul(acceptor)._lane_checked, timeout=5, interval=0.005, what="the data-transfer phase")
-    return cast_dul(acceptor).lane
+    wait_for(lambda: cast_dul(acceptor)._phase_checked, timeout=5, interval=0.005, what="the data-transfer phase")
+    return cast_dul(acceptor).phase
 
 
 def cast_dul(acceptor) -> SelectDUL:  # type: ignore[no-untyped-def]
@@ -91,22 +91,22 @@ def _stored_files(scp: StorageSCP) -> list[Path]:
     return [p for p in scp.spool.root.rglob("*") if p.is_file()]
 
 
-def test_storage_associations_run_on_the_lane_and_store_everything(scp: StorageSCP, series: list[Path]) -> None:
+def test_storage_associations_run_on_the_storage_phase_and_store_all(scp: StorageSCP, series: list[Path]) -> None:
     assoc = _associate(scp.port)
-    lane = _lane_of(scp)
-    assert lane is not None
+    phase = _phase_of(scp)
+    assert phase is not None
     assert int(assoc.send_c_echo().Status) == 0
     for path in series[:3]:
         assert int(assoc.send_c_store(dcmread(path)).Status) == 0
     assoc.release()
-    assert assoc.is_released and lane.instances == 3
+    assert assoc.is_released and phase.instances == 3
     storescu(scp.port, series[0].parent)  # DCMTK too, and its resend of the first three stores nothing new
     wait_for(lambda: not scp.ae.active_associations, timeout=10, interval=0.01, what="associations to end")
     assert len([p for p in _stored_files(scp) if p.suffix == ".dcm"]) == len(series)
     assert not list((scp.spool.root / ".incoming").iterdir())
 
 
-def test_an_association_with_a_context_the_lane_does_not_serve_stays_on_pynetdicom(tmp_path: Path) -> None:
+def test_an_association_with_a_context_the_storage_phase_does_not_serve_stays_on_pynetdicom(tmp_path: Path) -> None:
     from triage_node.send.commitment import add_commitment_context
 
     engine = make_engine(f"sqlite:///{tmp_path / 'c.sqlite'}")
@@ -118,32 +118,12 @@ def test_an_association_with_a_context_the_lane_does_not_serve_stays_on_pynetdic
     server.start()
     try:
         assoc = _associate(server.port, contexts=(CT, COMMITMENT, VERIFICATION))
-        assert _lane_of(server) is None
+        assert _phase_of(server) is None
         assert int(assoc.send_c_echo().Status) == 0
         assoc.release()
         wait_for(lambda: not server.ae.active_associations, timeout=10, interval=0.01, what="the association to end")
-        assoc = _associate(server.port, contexts=(CT,))  # the same SCP, a storage-only association: the lane
-        assert _lane_of(server) is not None
-        assoc.release()
-    finally:
-        server.stop()
-        engine.dispose()
-
-
-def test_fast_lane_false_in_the_config_keeps_pynetdicoms_path(tmp_path: Path, series: list[Path]) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'off.sqlite'}")
-    migrate(engine)
-    server = StorageSCP(
-        SCP(host="127.0.0.1", port=free_port(), fast_lane=False),
-        Spool(tmp_path / "off"),
-        session_factory(engine),
-        ReceiveHooks(),
-    )
-    server.start()
-    try:
-        assoc = _associate(server.port)
-        assert _lane_of(server) is None
-        assert int(assoc.send_c_store(dcmread(series[0])).Status) == 0
+        assoc = _associate(server.port, contexts=(CT,))  # the same SCP, a storage-only association: the phase
+        assert _phase_of(server) is not None
         assoc.release()
     finally:
         server.stop()
@@ -166,8 +146,8 @@ def test_protocol_errors_abort_the_association_with_one_log_line(
     scp: StorageSCP, series: list[Path], caplog: pytest.LogCaptureFixture, name: str, pdu: bytes
 ) -> None:
     assoc = _associate(scp.port)
-    assert _lane_of(scp) is not None
-    with caplog.at_level(logging.WARNING, logger="triage_node.receive.fastlane"):
+    assert _phase_of(scp) is not None
+    with caplog.at_level(logging.WARNING, logger="triage_node.receive.fast.storage_phase"):
         assoc.dul.socket.socket.sendall(pdu)
         wait_for(lambda: assoc.is_aborted, timeout=10, interval=0.01, what=f"an A-ABORT for {name}")
     lines = [r for r in caplog.records if "aborted by this node" in r.getMessage()]
@@ -180,7 +160,7 @@ def test_protocol_errors_abort_the_association_with_one_log_line(
 
 def test_a_connection_dropped_in_the_middle_of_an_instance_leaves_nothing(scp: StorageSCP, series: list[Path]) -> None:
     assoc = _associate(scp.port)
-    assert _lane_of(scp) is not None
+    assert _phase_of(scp) is not None
     command = _command(C_STORE_RQ, 0x0000, CT, str(dcmread(series[0]).SOPInstanceUID))
     sock = assoc.dul.socket.socket
     sock.sendall(p_data_pdus(1, command, 0)[0])
@@ -234,5 +214,5 @@ def test_command_and_response_encoding() -> None:
     controls = [p[11] for p in pdus]
     assert controls[:-1] == [0x01] * (len(pdus) - 1) and controls[-1] == 0x03
     assert b"".join(p[12:] for p in pdus) == rsp
-    with pytest.raises(fastlane.ProtocolError):
+    with pytest.raises(storage_phase.ProtocolError):
         parse_command(b"\x00\x00\x00\x01\x04\x00\x00\x00")  # a value running past the end

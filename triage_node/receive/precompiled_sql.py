@@ -81,7 +81,7 @@ class _Result:
         return None if row is None else row[0]
 
 
-class FastConnection:
+class PrecompiledConnection:
     """Executes Core statements on the DBAPI cursor of ``conn`` when it is SQLite (see the module docstring)."""
 
     def __init__(self, conn: Connection):

@@ -8,8 +8,8 @@ socketpair that is written whenever another thread queues something for it, and 
 event that is set whenever the DUL hands it a DIMSE message or an ACSE primitive (release, abort) or stops. Both
 still wake on their timers: ARTIM for the DUL, the network (idle) timeout for the association.
 
-This overrides private methods, so it is pinned to the pynetdicom version it was written against: importing it with
-another version fails with a message saying what to check.
+This overrides private methods and reads private attributes of pynetdicom: import it only through
+``triage_node.receive.fast``, which checks the installed pynetdicom version against the ones this module supports.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from copy import deepcopy
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
-import pynetdicom
 from pynetdicom import _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom._handlers import standard_dimse_sent_handler
@@ -41,16 +40,8 @@ from pynetdicom.service_class import StatusType, StorageServiceClass, Verificati
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-from triage_node.receive.fastlane import C_STORE_RSP, Context, FastLane, Target, encode_response
-
-PINNED_PYNETDICOM = "3.0.4"
-if pynetdicom.__version__ != PINNED_PYNETDICOM:
-    raise ImportError(
-        f"triage_node.receive.reactor overrides private parts of pynetdicom {PINNED_PYNETDICOM} (DULServiceProvider."
-        f"run_reactor, Association._run_reactor, RequestHandler._create_association) but pynetdicom "
-        f"{pynetdicom.__version__} is installed: compare those methods with this module, then update "
-        f"PINNED_PYNETDICOM, or install pynetdicom=={PINNED_PYNETDICOM}"
-    )
+from triage_node.receive.fast.storage_phase import C_STORE_RSP, Context, StoragePhase, Target, encode_response
+from triage_node.receive.header import file_meta_prefix
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +115,7 @@ class RecvIntoSocket(AssociationSocket):
 
 def encode_store_response(rsp: C_STORE) -> bytes:
     """The command set of a C-STORE-RSP without optional status elements, in Implicit VR Little Endian (PS3.7 9.3.1.2,
-    E.1): what pynetdicom's DIMSEMessage makes through a pydicom Dataset, for a fraction of the CPU (the fast lane's
+    E.1): what pynetdicom's DIMSEMessage makes through a pydicom Dataset, for a fraction of the CPU (the storage phase's
     encoder, from the primitive)."""
     return encode_response(
         C_STORE_RSP,
@@ -171,12 +162,13 @@ class SelectDUL(DULServiceProvider):
     kill request (``_kill_thread``), and the ARTIM timer's expiry.
     """
 
-    def __init__(self, assoc: Association, wake_user: Callable[[], None]):
+    def __init__(self, assoc: Association, wake_user: Callable[[], None], target: Target):
         self._waker = _Waker()  # before super().__init__, which sets _kill_thread
+        self.target = target
         super().__init__(assoc)
-        self.lane: FastLane | None = None  # set once the data-transfer phase runs on receive/fastlane.py
-        self.lane_outcome: str | None = None
-        self._lane_checked = False
+        self.phase: StoragePhase | None = None  # set once the data-transfer phase runs on receive/fast/storage_phase.py
+        self.phase_outcome: str | None = None
+        self._phase_checked = False
         self.event_queue = _WakingQueue(self._waker.wake)
         self.to_provider_queue = _WakingQueue(self._waker.wake)  # type: ignore[assignment]
         self.to_user_queue = _WakingQueue(wake_user)  # type: ignore[assignment]
@@ -268,20 +260,22 @@ class SelectDUL(DULServiceProvider):
                 continue
             self.state_machine.do_action(event)
             idle = False
-            if self.state_machine.current_state == "Sta6" and not self._lane_checked:
-                self._lane_checked = True  # the A-ASSOCIATE-AC has just been sent
-                lane = fast_lane_for(self.assoc, self._waker, lambda: self._kill_flag or bool(self.assoc._kill))
-                if lane is not None:
-                    self._run_lane(lane)
+            if self.state_machine.current_state == "Sta6" and not self._phase_checked:
+                self._phase_checked = True  # the A-ASSOCIATE-AC has just been sent
+                phase = storage_phase_for(
+                    self.assoc, self.target, self._waker, lambda: self._kill_flag or bool(self.assoc._kill)
+                )
+                if phase is not None:
+                    self._run_phase(phase)
                     return
 
-    def _run_lane(self, lane: FastLane) -> None:
-        """Serve the data-transfer phase on ``lane`` (this thread), then end as pynetdicom's DUL ends in Sta1."""
-        self.lane = lane
+    def _run_phase(self, phase: StoragePhase) -> None:
+        """Serve the data-transfer phase on ``phase`` (this thread), then end as pynetdicom's DUL ends in Sta1."""
+        self.phase = phase
         self._wake_user()  # the association thread stops watching this DUL's queues and timers
-        self._waker.armed = True  # queued primitives (an abort from the association) wake the lane's select()
+        self._waker.armed = True  # queued primitives (an abort from the association) wake the phase's select()
         try:
-            self.lane_outcome = lane.run()
+            self.phase_outcome = phase.run()
         finally:
             self._waker.armed = False
             self.state_machine.transition("Sta1")
@@ -309,13 +303,12 @@ _OBSERVING_EVENTS = (
 )
 
 
-def fast_lane_for(assoc: Association, waker: _Waker, should_stop: Callable[[], bool]) -> FastLane | None:
-    """A :class:`FastLane` for ``assoc`` when its AE has a ``fast_lane`` target and every accepted context is a Storage
+def storage_phase_for(
+    assoc: Association, target: Target, waker: _Waker, should_stop: Callable[[], bool]
+) -> StoragePhase | None:
+    """A :class:`StoragePhase` handing ``assoc``'s instances to ``target`` when every accepted context is a Storage
     SOP class or Verification with this node as SCP and no extended negotiation; None keeps pynetdicom's path."""
-    from triage_node.receive.store import file_meta_prefix
-
-    target = cast(Target | None, getattr(assoc.ae, "fast_lane", None))
-    if target is None or _config.UNRESTRICTED_STORAGE_SERVICE or assoc.acceptor.accepted_common_extended:
+    if _config.UNRESTRICTED_STORAGE_SERVICE or assoc.acceptor.accepted_common_extended:
         return None
     contexts = {}
     for cx_id, cx in assoc._accepted_cx.items():
@@ -332,7 +325,7 @@ def fast_lane_for(assoc: Association, waker: _Waker, should_stop: Callable[[], b
     sock = cast(AssociationSocket, assoc.dul.socket).socket
     if sock is None:
         return None
-    return FastLane(
+    return StoragePhase(
         sock,
         contexts,
         calling_ae=str(assoc.requestor.ae_title),
@@ -377,10 +370,10 @@ class LeanStorageSCP(StorageServiceClass):
 class EventAssociation(Association):
     """An acceptor association whose reactor blocks until the DUL hands it something (see the module docstring)."""
 
-    def __init__(self, ae: Any, mode: str):
+    def __init__(self, ae: Any, mode: str, target: Target):
         self._wake = threading.Event()
         super().__init__(ae, mode)
-        self.dul = SelectDUL(self, self._wake.set)
+        self.dul = SelectDUL(self, self._wake.set, target)
         # Association.__init__ applied these to the DUL it made; apply them to this one.
         self.acse_timeout = self.acse_timeout
         self.network_timeout = self.network_timeout
@@ -415,14 +408,14 @@ class EventAssociation(Association):
             log.exception("C-STORE service failed, aborting the association: %r", exc)
             self.abort()
 
-    def _follow_lane(self) -> None:
-        """The DUL thread serves the data-transfer phase itself (receive/fastlane.py): wait for it to end, then record
-        how the association ended as pynetdicom does."""
+    def _follow_phase(self) -> None:
+        """The DUL thread serves the data-transfer phase itself (``storage_phase.py``): wait for it to end, then
+        record how the association ended as pynetdicom does."""
         dul = cast(SelectDUL, self.dul)
         while dul.is_alive():
             dul.join(MAX_BLOCK_S)
         self.is_established = False
-        if dul.lane_outcome == "released":
+        if dul.phase_outcome == "released":
             log.debug("association released by the peer")
             self.is_released = True
             evt.trigger(self, evt.EVT_RELEASED, {})
@@ -445,8 +438,8 @@ class EventAssociation(Association):
             self._reactor_checkpoint.wait()
             self._is_paused = False
             self._wake.clear()  # before the checks: anything arriving after them sets it again
-            if cast(SelectDUL, self.dul).lane is not None:
-                self._follow_lane()
+            if cast(SelectDUL, self.dul).phase is not None:
+                self._follow_phase()
                 return
 
             context_id, msg = self.dimse.get_msg(block=False)
@@ -494,10 +487,13 @@ class EventAssociation(Association):
 
 
 class EventRequestHandler(RequestHandler):
-    """pynetdicom 3.0.4's RequestHandler making an :class:`EventAssociation` instead of an ``Association``."""
+    """pynetdicom 3.0.4's RequestHandler making an :class:`EventAssociation` instead of an ``Association``; a subclass
+    names the ``target`` its storage associations hand instances to (:func:`request_handler`)."""
+
+    target: Target
 
     def _create_association(self) -> Association:
-        assoc = EventAssociation(self.ae, MODE_ACCEPTOR)
+        assoc = EventAssociation(self.ae, MODE_ACCEPTOR, self.target)
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{datetime.strftime(datetime.now(), '%Y%m%d%H%M%S')}"
         sock = RecvIntoSocket(assoc, client_socket=self.request)  # type: ignore[arg-type]
@@ -517,3 +513,9 @@ class EventRequestHandler(RequestHandler):
                     handler = cast(evt._HandlerBase, handler)
                     assoc.bind(event, handler[0], handler[1])
         return assoc
+
+
+def request_handler(target: Target) -> type[RequestHandler]:
+    """The request handler class for ``AE.make_server``: event-driven associations whose storage-only ones hand
+    their instances to ``target``."""
+    return type("TargetRequestHandler", (EventRequestHandler,), {"target": target})

@@ -1,9 +1,9 @@
-"""The event-driven associations (receive/reactor.py) against real peers: every way an association can end, TLS,
-many associations one after another and at once, and no CPU spent while an association is idle."""
+"""The fast transport's event-driven associations (receive/fast/associations.py) against real peers: every way an
+association can end, TLS, many associations one after another and at once, and no CPU spent while an association is
+idle."""
 
 from __future__ import annotations
 
-import importlib.util
 import ssl
 import subprocess
 import threading
@@ -21,9 +21,9 @@ from sqlalchemy import func, select
 from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
 from triage_node.config import SCP, TLS
-from triage_node.receive.reactor import EventAssociation, encode_store_response
+from triage_node.receive.fast.associations import EventAssociation, encode_store_response
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
-from triage_node.receive.store import Spool
+from triage_node.receive.spool import Spool
 from triage_node.worklist.db import make_engine, migrate, session_factory
 from triage_node.worklist.models import Instance
 
@@ -76,14 +76,6 @@ def _associate(port: int, contexts: tuple[str, ...] = (CT, VERIFICATION), **kwar
 
 def _no_associations(scp: StorageSCP) -> bool:
     return not scp.ae.active_associations
-
-
-def test_importing_with_another_pynetdicom_version_fails_with_a_clear_message(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(pynetdicom, "__version__", "9.9.9")
-    spec = importlib.util.find_spec("triage_node.receive.reactor")
-    assert spec is not None and spec.loader is not None
-    with pytest.raises(ImportError, match=r"pynetdicom 3\.0\.4 .* but pynetdicom 9\.9\.9 is installed"):
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
 @pytest.mark.parametrize("status", [0x0000, 0xA700, 0xA900, 0xC210, 0x0110])

@@ -1,4 +1,4 @@
-"""receive/fastsql.py: the receive path's statements on SQLite's cursor write exactly what SQLAlchemy would."""
+"""receive/precompiled_sql.py: the receive path's statements on SQLite's cursor write exactly what SQLAlchemy would."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from sqlalchemy import Engine, insert, text
 
 from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
-from triage_node.receive import fastsql
-from triage_node.receive.store import StudyIds, parse_header, record_instance, sha256
+from triage_node.receive import precompiled_sql
+from triage_node.receive.header import parse_header
+from triage_node.receive.records import StudyIds, record_instance
+from triage_node.receive.spool import sha256
 from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
 from triage_node.worklist.models import Instance, Series
 
@@ -45,21 +47,21 @@ def _receive_all(engine: Engine, data: list[bytes]) -> dict[str, list[tuple[obje
 def test_rows_are_identical_to_the_ones_sqlalchemy_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hu, spacing = phantom_head(3, 32)
     data = [p.read_bytes() for p in write_series(tmp_path / "s", hu, spacing, seed=4)]
-    fast = _receive_all(_engine(tmp_path / "fast.db"), data)
+    precompiled = _receive_all(_engine(tmp_path / "fast.db"), data)
 
-    original_init = fastsql.FastConnection.__init__
+    original_init = precompiled_sql.PrecompiledConnection.__init__
 
-    def core_only(self: fastsql.FastConnection, conn: object) -> None:
+    def core_only(self: precompiled_sql.PrecompiledConnection, conn: object) -> None:
         original_init(self, conn)  # type: ignore[arg-type]
         self._raw = None
 
-    monkeypatch.setattr(fastsql.FastConnection, "__init__", core_only)
+    monkeypatch.setattr(precompiled_sql.PrecompiledConnection, "__init__", core_only)
     core = _receive_all(_engine(tmp_path / "core.db"), data)
-    assert fast == core
-    assert len(fast["instances"]) == 4 and fast["series"][0][9] == 3  # received_instances
+    assert precompiled == core
+    assert len(precompiled["instances"]) == 4 and precompiled["series"][0][9] == 3  # received_instances
 
 
-def test_orm_reads_back_what_the_fast_path_wrote(tmp_path: Path) -> None:
+def test_orm_reads_back_what_the_precompiled_statements_wrote(tmp_path: Path) -> None:
     hu, spacing = phantom_head(2, 32)
     data = [p.read_bytes() for p in write_series(tmp_path / "s", hu, spacing, seed=5)]
     engine = _engine(tmp_path / "db.sqlite")
@@ -75,15 +77,15 @@ def test_orm_reads_back_what_the_fast_path_wrote(tmp_path: Path) -> None:
 def test_a_statement_that_needs_a_python_side_default_goes_through_sqlalchemy(tmp_path: Path) -> None:
     engine = _engine(tmp_path / "db.sqlite")
     with engine.begin() as conn:
-        fc = fastsql.FastConnection(conn)
+        fc = precompiled_sql.PrecompiledConnection(conn)
         study = fc.execute(insert(Series.__table__.metadata.tables["studies"]), {"study_instance_uid": "1.2"})
-        assert not isinstance(study, fastsql._Result)  # first_received_at etc. have Python defaults
+        assert not isinstance(study, precompiled_sql._Result)  # first_received_at etc. have Python defaults
         (row,) = conn.execute(text("select first_received_at, priority from studies")).all()
         assert row[0] is not None and row[1] == "none"
 
 
 def test_result_rejects_two_rows_where_one_is_expected() -> None:
-    result = fastsql._Result([(1,), (2,)], 2, None)
+    result = precompiled_sql._Result([(1,), (2,)], 2, None)
     with pytest.raises(ValueError, match="at most one row, got 2"):
         result.one_or_none()
-    assert dataclasses.is_dataclass(fastsql._Compiled)
+    assert dataclasses.is_dataclass(precompiled_sql._Compiled)

@@ -80,7 +80,7 @@ class StoreFunction(Protocol):
 
 @dataclass(frozen=True)
 class Target:
-    """What a fast lane hands instances to: the SCP's store function and a factory of sinks."""
+    """What the storage phase hands instances to: the SCP's store function and a factory of sinks."""
 
     store: StoreFunction
     open_sink: Callable[[], Sink]
@@ -192,7 +192,7 @@ def abort_pdu(reason: int, source: int = 2) -> bytes:
 RELEASE_RP = struct.pack(">BBII", PDU_RELEASE_RP, 0, 4, 0)
 
 
-class FastLane:
+class StoragePhase:
     """Serves the data-transfer phase of one established association (see the module docstring).
 
     ``run()`` returns how the association ended: ``"released"``, ``"aborted"`` (by the peer, or by this side after
