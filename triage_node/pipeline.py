@@ -32,7 +32,8 @@ from triage_node.config import Config, Pipeline
 from triage_node.inference.types import Analyzer, Finding, ModelOutput
 from triage_node.notify import queue_for_job
 from triage_node.preprocess.filter import brain_pct_ct, keep_slices
-from triage_node.results.build import AlgorithmInfo, ResultFile, ResultIdentity, build_results
+from triage_node.results.build import ResultFile, build_results
+from triage_node.results.identity import AlgorithmInfo, ResultIdentity
 from triage_node.send.outbox import enqueue
 from triage_node.series.diffusion import select_dwi
 from triage_node.series.domain import NOT_ASSESSED, outside_domain

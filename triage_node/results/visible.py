@@ -24,7 +24,7 @@ from triage_node import __version__
 from triage_node.inference.types import ModelOutput
 from triage_node.preprocess.volume import Volume
 from triage_node.results import sop
-from triage_node.results.build import (
+from triage_node.results.identity import (
     MANUFACTURER,
     AlgorithmInfo,
     ResultIdentity,
