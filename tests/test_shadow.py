@@ -11,13 +11,13 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from peers import make_daemon, storescu, wait_for
 from peers_orthanc import start_orthanc
 
 from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_node.results.masks import masks_path, open_masks
 
 HERE = Path(__file__).resolve().parent
 TERMINAL = ("delivered", "results_ready", "rejected", "skipped", "failed", "dead_letter")
@@ -74,8 +74,9 @@ def test_a_shadow_model_is_recorded_but_sets_no_priority_and_sends_nothing(tmp_p
         assert d.sql("select priority from studies") == [("none",)]
         assert d.sql("select count(*) from outbox") == [(0,)]
         assert d.sql("select count(*) from notifications") == [(0,)]
-        with np.load(Path(str(results_dir)) / "masks.npz") as npz:  # the viewer shows it apart; key images never
-            assert "shadow__mask__hemorrhage_extent" in npz.files and "mask__hemorrhage_extent" not in npz.files
+        with open_masks(masks_path(str(results_dir))) as stored:  # the viewer shows it apart; key images never
+            assert [layer.label for layer, _ in stored.layers("mask", shadow=True)] == ["hemorrhage_extent"]
+            assert list(stored.layers("mask")) == []
         time.sleep(2.0)  # anything queued would have been sent by now (deliver_due runs every second)
         assert orthanc.instance_count() == 0
         d.stop()

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -34,6 +32,7 @@ from triage_node.notify import queue_for_job
 from triage_node.preprocess.filter import brain_pct_ct, keep_slices
 from triage_node.results.build import ResultFile, build_results
 from triage_node.results.identity import AlgorithmInfo, ResultIdentity
+from triage_node.results.masks import masks_path, save_masks
 from triage_node.send.outbox import enqueue
 from triage_node.series.diffusion import select_dwi
 from triage_node.series.domain import NOT_ASSESSED, outside_domain
@@ -155,23 +154,6 @@ def _priority(outputs: Sequence[ModelOutput], table: Mapping[str, str], shadow: 
     return best
 
 
-def _save_masks(path: Path, uids: Sequence[str], outputs: Sequence[ModelOutput], shadow: Collection[str] = ()) -> None:
-    arrays: dict[str, Any] = {"sop_instance_uids": np.asarray(uids)}
-    for out in outputs:
-        prefix = "shadow__" if out.model in shadow else ""  # the viewer shows them apart; key images never
-        for label, mask in out.masks.items():
-            arrays[f"{prefix}mask__{label}"] = np.asarray(mask, dtype=bool)
-        for label, heat in out.heatmaps.items():
-            arrays[f"{prefix}heatmap__{label}"] = np.clip(np.asarray(heat) * 255.0, 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _algorithm_info(analyzer: Analyzer) -> AlgorithmInfo:
     return AlgorithmInfo(name=analyzer.name, version=analyzer.version, device_uid=analyzer.device_uid)
 
@@ -263,7 +245,7 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
         assert job is not None
         identity = ResultIdentity.from_job(job)
     out_dir = (ctx.results_dir / f"job-{job_id:08d}").resolve()
-    _save_masks(out_dir / "masks.npz", volume.sop_instance_uids, outputs, shadow)
+    save_masks(masks_path(out_dir), volume.sop_instance_uids, outputs, shadow)
     files: list[ResultFile] = []
     live = [a for a in analyzers if a.name not in shadow]  # a shadow model's findings are never sent
     if live:
@@ -282,7 +264,9 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
     timings["results"] = time.perf_counter() - t
     ctx.observe_stage("results", timings["results"])
     timings["total"] = time.perf_counter() - t0
-    return _commit(ctx, job_id, [*outputs, *unassessed], files, priority, kept, dropped, out_dir, timings)
+    return _commit(
+        ctx, job_id, [*outputs, *unassessed], volume.sop_instance_uids, files, priority, kept, dropped, out_dir, timings
+    )
 
 
 def _shadow(ctx: PipelineContext) -> frozenset[str]:
@@ -370,6 +354,7 @@ def _commit(
     ctx: PipelineContext,
     job_id: int,
     outputs: Sequence[ModelOutput],
+    uids: Sequence[str],
     files: Sequence[ResultFile],
     priority: Priority,
     kept: int,
@@ -383,7 +368,6 @@ def _commit(
         job = s.get(Job, job_id)
         assert job is not None
         study = job.series.study
-        uids = _kept_uids(out_dir) if any(o.findings for o in outputs) else []
         _store_findings(s, job, outputs, uids, _shadow(ctx))
         job.slices_kept, job.slices_dropped = kept, dropped
         job.priority = priority.value
@@ -415,11 +399,6 @@ def _commit(
         timings.get("total", 0.0),
     )
     return state
-
-
-def _kept_uids(out_dir: Path) -> list[str]:
-    with np.load(out_dir / "masks.npz") as z:
-        return [str(u) for u in z["sop_instance_uids"]]
 
 
 def _update_study(study: Study, priority: Priority, now: dt.datetime) -> None:
