@@ -21,6 +21,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from triage_node.inference.analyzer import CardAnalyzer
 from triage_node.inference.card import ModelCard
 from triage_node.inference.onnxrt import OrtNet, network
 from triage_node.inference.precision import autocast, resolve
@@ -347,18 +348,13 @@ class CmbDetector:
         return centres[keep].reshape(-1, 3), p[keep]
 
 
-class CmbAnalyzer:
+class CmbAnalyzer(CardAnalyzer):
     """Microbleed analyzer for a ``models/cmb`` card: ``analyze(volume)`` on an SWI / T2* magnitude Volume."""
 
     def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
         from safetensors.torch import load_file
 
-        self.card = card
-        self.name = card.name
-        self.version = card.version
-        self.device_uid = card.device_uid
-        torch.set_num_threads(threads)
-        self.device = torch.device(device)
+        super().__init__(card, threads, device)
         net = build_cmb_net(**dict(card.architecture.get("params", {})))
         net.load_state_dict(load_file(str(card.weights_path)))
         cfg = CandidateConfig.from_dict(dict(card.input.get("candidates", {})))

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from triage_node.inference.analyzer import CardAnalyzer
 from triage_node.inference.card import ModelCard
 from triage_node.inference.cropgrid import keep_components
 from triage_node.inference.external import ORIENTATION_LETTERS, ExternalSpec, LabelSpec, SpecError, parse
@@ -284,21 +285,16 @@ def _unpad(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 # ---- the analyzer ------------------------------------------------------------------------------------------------
 
 
-class GenericAnalyzer:
+class GenericAnalyzer(CardAnalyzer):
     """A classifier, segmenter or detector from outside, configured by its card (``inference/external.py``)."""
 
     def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
-        self.card = card
-        self.name = card.name
-        self.version = card.version
-        self.device_uid = card.device_uid
+        super().__init__(card, threads, device)
         self.where = card.directory / "model.yaml"
         try:
             self.spec = parse(card.external)
         except SpecError as e:
             raise SpecError(f"{self.where}: {e}") from e
-        self.device = torch.device(device)
-        torch.set_num_threads(threads)
         self.torch_net: torch.nn.Module | None = None
         self._cam: object | None = None
         try:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from triage_node.inference.analyzer import CardAnalyzer
 from triage_node.inference.card import ModelCard
 from triage_node.inference.nets import build_classifier, gradcam_layer
 from triage_node.inference.onnxrt import network
@@ -44,14 +45,11 @@ def key_slices(p: np.ndarray, threshold: float) -> tuple[int, ...]:
     return tuple(int(i) for i in idx[np.argsort(-p[idx], kind="stable")])
 
 
-class IchAnalyzer:
+class IchAnalyzer(CardAnalyzer):
     """Runs the ich classifier on a head CT Volume (HU)."""
 
     def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
-        self.card = card
-        self.name = card.name
-        self.version = card.version
-        self.device_uid = card.device_uid
+        super().__init__(card, threads, device)
         arch = dict(card.architecture)
         self.arch = str(arch["net"])
         self.size = int(card.input["size"])
@@ -61,9 +59,7 @@ class IchAnalyzer:
         self.aggregation = str(card.postprocess.get("aggregation", "top2_mean"))
         self.gradcam_max_slices = int(card.postprocess.get("gradcam_max_slices", 12))
         self.batch = 32
-        self.device = torch.device(device)
         self.precision = resolve(precision, device)
-        torch.set_num_threads(threads)
         # Denormal floats in trained weights and activations slow CPU inference several-fold; flush them to zero.
         torch.set_flush_denormal(True)
         net = build_classifier(self.arch, int(arch["in_channels"]), int(arch["num_classes"]), float(arch["width"]))
