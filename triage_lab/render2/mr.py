@@ -59,8 +59,9 @@ def _ellipsoids(
 
 @functools.lru_cache(maxsize=1)
 def mr_anatomy() -> MrAnatomy:
-    from triage_lab.synth.anatomy import Tissue, head_model
+    from triage_lab.synth.anatomy import head_model
     from triage_lab.synth.mr import mni_source
+    from triage_lab.synth.tissue import Tissue
 
     src = mni_source()
     assert src.labels is not None

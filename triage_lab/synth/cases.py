@@ -22,7 +22,7 @@ class CTCase:
 
     ``hu``: int16 (z, y, x) Hounsfield units. ``spacing``: (z, y, x) mm. ``masks``: subtype -> bool (z, y, x) for the
     subtypes drawn. ``labels``: bool (z, 6), columns in :data:`CLASSES` order (``any_hemorrhage`` first).
-    ``tissue``: uint8 (z, y, x) :class:`~triage_lab.synth.anatomy.Tissue` labels of the normal head.
+    ``tissue``: uint8 (z, y, x) :class:`~triage_lab.synth.tissue.Tissue` labels of the normal head.
     ``storage``: the storage whose quantisation ``hu`` went through (``vary_storage``), else None.
     """
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from triage_lab.synth.cases import CLASSES
-from triage_lab.training.export import record_int8_metrics
+from triage_lab.training.int8_metrics import record_int8_metrics
 from triage_lab.training.metrics import roc_auc, sens_spec, weighted_log_loss, youden_threshold
 from triage_lab.training.plots import calibration_plot, confusion_plot, history_plot, roc_plot
 from triage_node.inference.card import ModelCard

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from triage_lab.training.int8_metrics import record_int8_metrics
 from triage_node.inference.atlas import Region
 
 if TYPE_CHECKING:
@@ -351,8 +352,6 @@ def evaluate_infarct(
     if baseline is not None:
         report["baseline_direct_classification"] = baseline
     if an.segmenter.precision == "int8":  # the export's figures go next to the float model's, never over them
-        from triage_lab.training.export import record_int8_metrics
-
         record_int8_metrics(model_dir, {k: v for k, v in report.items() if k != "cases"})
         return report
     (model_dir / "eval.json").write_text(json.dumps(report, indent=1))

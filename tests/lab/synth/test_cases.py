@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from triage_lab.synth.anatomy import Tissue
 from triage_lab.synth.cases import CLASSES, make_ct_case
 from triage_lab.synth.hemorrhage import SUBTYPES
+from triage_lab.synth.tissue import Tissue
 
 
 def test_negative_case_has_no_masks_or_labels() -> None:
