@@ -49,8 +49,10 @@ class Rejected(Exception):
     """The series cannot be processed as sent; the message is the stored, PHI-free reason."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class PipelineContext:
+    """What a job runs with. Frozen: a config reload makes a new context, taken up between jobs (``App``)."""
+
     config: Config
     sessions: sessionmaker[Session]
     spool_dir: Path
