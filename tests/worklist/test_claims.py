@@ -19,25 +19,6 @@ from triage_node.worklist.models import Job, JobState, OutboxItem, OutboxState, 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-@pytest.fixture
-def env(db_url):  # type: ignore[no-untyped-def]
-    engine = make_engine(db_url)
-    migrate(engine)
-    sessions = session_factory(engine)
-    with transaction(sessions) as s:
-        study = Study(study_instance_uid="1.2.3")
-        s.add(study)
-        s.flush()
-        series = Series(study_id=study.id, series_instance_uid="1.2.3.4")
-        s.add(series)
-        s.flush()
-        for v in (1, 2, 3):
-            s.add(Job(series_id=series.id, version=v, seg_series_uid="1", seg_sop_uid="2", sr_series_uid="3",
-                      sr_sop_uid="4", map_series_uid="5", map_sop_uid="6"))
-    yield engine, sessions
-    engine.dispose()
-
-
 def test_a_claim_in_progress_is_skipped_not_waited_for(env) -> None:  # type: ignore[no-untyped-def]
     engine, sessions = env
     if engine.dialect.name == "sqlite":
