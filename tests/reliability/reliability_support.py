@@ -97,6 +97,16 @@ def destination(port: int, max_attempts: int = 100, backoff_initial_s: float = 0
                         "backoff_max_s": backoff_max_s}])
 
 
+def patient_identity_in_logs(logs: Sequence[Path]) -> list[str]:
+    """Every line of ``logs`` that shows a patient name or ID (PHI_PATTERNS), as ``folder/file:line: match``."""
+    hits = []
+    for path in logs:
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            hits += [f"{path.parent.parent.name}/{path.name}:{n}: {m.group(0)}" for pat in PHI_PATTERNS
+                     for m in [pat.search(line)] if m]
+    return hits
+
+
 def new_daemon(figures: Figures, workdir: Path, **env: str) -> Daemon:
     d = make_daemon(workdir, **env)
     figures.daemon_logs.append(d.log_path)
