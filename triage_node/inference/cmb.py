@@ -24,7 +24,7 @@ from torch import nn
 from triage_node.inference.analyzer import CardAnalyzer
 from triage_node.inference.card import ModelCard
 from triage_node.inference.onnxrt import OrtNet, network
-from triage_node.inference.precision import autocast, resolve
+from triage_node.inference.precision import autocast
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
 
@@ -354,15 +354,13 @@ class CmbAnalyzer(CardAnalyzer):
     def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
         from safetensors.torch import load_file
 
-        super().__init__(card, threads, device)
+        super().__init__(card, threads, device, precision)
         net = build_cmb_net(**dict(card.architecture.get("params", {})))
         net.load_state_dict(load_file(str(card.weights_path)))
         cfg = CandidateConfig.from_dict(dict(card.input.get("candidates", {})))
-        precision = resolve(precision, device)
-        self.precision = precision
         self.detector = CmbDetector(
-            network(card, net.eval().to(self.device), precision, threads), cfg,
-            float(card.thresholds.get("microbleed", 0.5)), precision=precision, device=self.device,
+            network(card, net.eval().to(self.device), self.precision, threads), cfg,
+            float(card.thresholds.get("microbleed", 0.5)), precision=self.precision, device=self.device,
         )
 
     def analyze(self, volume: Volume) -> ModelOutput:

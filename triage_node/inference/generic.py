@@ -289,7 +289,7 @@ class GenericAnalyzer(CardAnalyzer):
     """A classifier, segmenter or detector from outside, configured by its card (``inference/external.py``)."""
 
     def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
-        super().__init__(card, threads, device)
+        super().__init__(card, threads, device)  # precision: _load decides by the weights' format
         self.where = card.directory / "model.yaml"
         try:
             self.spec = parse(card.external)

@@ -15,7 +15,7 @@ from triage_node.inference.analyzer import CardAnalyzer
 from triage_node.inference.card import ModelCard
 from triage_node.inference.nets import build_classifier, gradcam_layer
 from triage_node.inference.onnxrt import network
-from triage_node.inference.precision import autocast, resolve
+from triage_node.inference.precision import autocast
 from triage_node.inference.slices import context_rows, window_resize, with_context
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
@@ -49,7 +49,7 @@ class IchAnalyzer(CardAnalyzer):
     """Runs the ich classifier on a head CT Volume (HU)."""
 
     def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
-        super().__init__(card, threads, device)
+        super().__init__(card, threads, device, precision)
         arch = dict(card.architecture)
         self.arch = str(arch["net"])
         self.size = int(card.input["size"])
@@ -59,7 +59,6 @@ class IchAnalyzer(CardAnalyzer):
         self.aggregation = str(card.postprocess.get("aggregation", "top2_mean"))
         self.gradcam_max_slices = int(card.postprocess.get("gradcam_max_slices", 12))
         self.batch = 32
-        self.precision = resolve(precision, device)
         # Denormal floats in trained weights and activations slow CPU inference several-fold; flush them to zero.
         torch.set_flush_denormal(True)
         net = build_classifier(self.arch, int(arch["in_channels"]), int(arch["num_classes"]), float(arch["width"]))

@@ -64,7 +64,7 @@ class InfarctAnalyzer(CardAnalyzer):
     """Analyzer for a ``models/infarct`` card (a crop-grid segmenter card with ``finding_label: infarct``)."""
 
     def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
-        super().__init__(card, threads, device)
+        super().__init__(card, threads, device, precision)
         self.segmenter = CropGridSegmenter(card, threads=threads, device=device, precision=precision)
 
     def analyze(self, volume: Volume) -> ModelOutput:

@@ -22,7 +22,7 @@ from triage_node.inference.card import ModelCard
 from triage_node.inference.cropgrid import keep_components
 from triage_node.inference.nets import build_segmenter
 from triage_node.inference.onnxrt import network
-from triage_node.inference.precision import autocast, resolve
+from triage_node.inference.precision import autocast
 from triage_node.inference.slices import square_pad, window_resize
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
@@ -93,7 +93,7 @@ class CropGridSegmenter(CardAnalyzer):
     """Analyzer for a crop-grid segmentation model card."""
 
     def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
-        super().__init__(card, threads, device)
+        super().__init__(card, threads, device, precision)
         arch = dict(card.architecture)
         self.kind = str(card.input.get("kind", "ct_windows"))
         self.size = int(card.input["size"])
@@ -107,7 +107,6 @@ class CropGridSegmenter(CardAnalyzer):
         self.gate_threshold = float(card.thresholds.get("gate", 0.5))
         self.seg_threshold = float(card.thresholds.get("segmentation", 0.5))
         self.batch = 8  # slices per forward pass (x 16 crops)
-        self.precision = resolve(precision, device)
         torch.set_flush_denormal(True)  # see IchAnalyzer: denormals slow CPU inference several-fold
         net = build_segmenter(int(arch["in_channels"]), int(arch.get("base", 16)))
         net.load_state_dict(load_file(str(card.weights_path)))
