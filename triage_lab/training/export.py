@@ -10,7 +10,6 @@ figures in ``metrics``, never over them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -72,7 +71,8 @@ def export_model(model_dir: Path, n_cases: int, cache: Path | None = None, keep:
     entry["command"] = f"triage-lab export {card.name} --model-dir {model_dir} --n-cases {n_cases}"
     exports = {k: dict(v) for k, v in card.exports.items()}
     exports[INT8] = entry  # a new export replaces the old one and its figures (they measured another file)
-    dataclasses.replace(card, exports=exports).save(model_dir / "model.yaml")  # type: ignore[arg-type]
+    path = model_dir / "model.yaml"
+    ModelCard.from_dict({**card.to_dict(), "exports": exports}, path).save(path)
     return entry
 
 
@@ -85,7 +85,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export", help="write a model's int8 ONNX Runtime export (models.precision: int8), calibrated on validation"
     )

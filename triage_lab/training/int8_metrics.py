@@ -3,7 +3,6 @@ to the float figures, never over them (``triage-lab export`` writes the export; 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -20,4 +19,5 @@ def record_int8_metrics(model_dir: Path, report: dict[str, Any]) -> None:
     (model_dir / "eval_int8.json").write_text(json.dumps(report, indent=1))
     exports = {k: dict(v) for k, v in card.exports.items()}
     exports[INT8]["metrics"] = {k: v for k, v in report.items() if k not in ("model", "version", "sha256")}
-    dataclasses.replace(card, exports=exports).save(model_dir / "model.yaml")  # type: ignore[arg-type]
+    path = model_dir / "model.yaml"
+    ModelCard.from_dict({**card.to_dict(), "exports": exports}, path).save(path)
