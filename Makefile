@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/triage-node serve --config config.yaml
 
 # The real peers the tests talk to: DCMTK, Orthanc, dicom3tools, Chromium, PostgreSQL (a throwaway cluster per test
-# session, tests/pgserver.py), and the invesalius head CT.
+# session, tests/support/pgserver.py), and the invesalius head CT.
 peers:
 	@missing=""; \
 	for p in $(APT_PEERS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

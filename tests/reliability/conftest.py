@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reliability_support import ROOT, Figures, patient_identity_in_logs  # noqa: E402
+from reliability_support import ROOT, Figures, patient_identity_in_logs
 
 FIGURES = pytest.StashKey[Figures]()
 

@@ -9,10 +9,10 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import phantom
 import pydicom
 import pytest
 from peers import find_tool
-from results import phantom
 
 from triage_node.inference.types import ModelOutput
 from triage_node.results.build import SEG_SOP_CLASS, SR_SOP_CLASS, ResultFile, build_results

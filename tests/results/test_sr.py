@@ -9,9 +9,9 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import phantom
 import pydicom
 from peers import find_tool
-from results import phantom
 
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.results.build import ResultFile, build_results

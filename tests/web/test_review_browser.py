@@ -15,8 +15,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select, text
-from test_browser import OUTPUT, base_url, browser  # noqa: F401 (fixtures)
-from web_fixtures import PASSWORD, T0, USER, Clock, Seeded
+from web_fixtures import OUTPUT, PASSWORD, T0, USER, Clock, Seeded
 
 from triage_node.inference.types import ModelOutput
 from triage_node.performance.stats import wilson

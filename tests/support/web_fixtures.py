@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from fastapi.testclient import TestClient
+from peers import ROOT
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +20,8 @@ from triage_node.inference.types import ModelOutput
 from triage_node.results.masks import masks_path, save_masks
 from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
 from triage_node.worklist.models import FindingRow, Instance, Job, OutboxItem, Series, Study
+
+OUTPUT = ROOT / "test-output" / "web"  # the browser tests' screenshots and timings
 
 RESULTS = Path("results") / "job-critical"
 T0 = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.UTC)

@@ -78,7 +78,7 @@ def stub_models(folder: Path, delay_s: float = 0.0) -> dict[str, str]:
     weights.write_bytes(b"reliability stub weights\n")
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     (model / "model.yaml").write_text(
-        "name: stub\nversion: 1.0.0\nanalyzer: stub_model:StubAnalyzer\nweights: weights.bin\n"
+        "name: stub\nversion: 1.0.0\nanalyzer: stand_ins:StubAnalyzer\nweights: weights.bin\n"
         f"sha256: {digest}\narchitecture: {{kind: threshold}}\ninput: {{modality: CT}}\nclasses: [hemorrhage_extent]\n"
         "thresholds: {hemorrhage_extent: 0.5}\nintended_use: reliability tests only\n"
         f"postprocess: {{delay_s: {delay_s}}}\n"
