@@ -151,7 +151,7 @@ def cmd_tune_mr(a: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train-mr`` and ``evaluate-mr`` to the main CLI; each sets ``func``."""
     p = subparsers.add_parser("train-mr", help="train an MR model (cmb | infarct) on synthetic MR or NIfTI folders")
     _common(p)

@@ -144,7 +144,7 @@ def blobness(small: np.ndarray, spacing: tuple[float, float, float], idx: np.nda
     ring = ndimage.map_coordinates(small, coords, order=1, mode="nearest").reshape(len(c), n_dir, len(radii))
     centre = small[idx[:, 0], idx[:, 1], idx[:, 2]]
     brighter = ring.max(axis=2) - centre[:, None] > 0.25
-    return brighter.mean(axis=1).astype(np.float32)
+    return np.asarray(brighter.mean(axis=1), dtype=np.float32)
 
 
 def extract_patches(
@@ -170,7 +170,7 @@ def extract_patches(
     shape = (n, 3, p, p)
     coords = np.stack([np.broadcast_to(a, shape).ravel() for a in (z, y, xg)])
     vals = ndimage.map_coordinates(np.asarray(img, np.float32), coords, order=1, mode="nearest")
-    return (vals.reshape(shape) / scale - 1.0).astype(np.float32)
+    return np.asarray(vals.reshape(shape) / scale - 1.0, dtype=np.float32)
 
 
 def patch_radius_mm(patches: np.ndarray, cfg: CandidateConfig) -> np.ndarray:
@@ -234,7 +234,8 @@ class CmbNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(x)).squeeze(1)
+        logits: torch.Tensor = self.head(self.blocks(x))
+        return logits.squeeze(1)
 
 
 def build_cmb_net(**kw: Any) -> CmbNet:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydicom.sr.coding import Code
 from scipy import ndimage
 
 from triage_node.inference.analyzer import CardAnalyzer
@@ -87,7 +88,8 @@ def load_bundle(folder: Path, spec: ExternalSpec) -> torch.nn.Module:
     if not weights.is_file():
         raise SpecError(f"bundle_weights: {weights} not found in the bundle")
     if weights.suffix == ".ts":
-        return torch.jit.load(str(weights), map_location="cpu")
+        scripted: torch.nn.Module = torch.jit.load(str(weights), map_location="cpu")
+        return scripted
     parser = ConfigParser()
     parser.read_config(str(_bundle_config(folder)))
     meta = folder / "configs" / "metadata.json"
@@ -344,13 +346,13 @@ class GenericAnalyzer(CardAnalyzer):
         for i, label in enumerate(self.spec.labels):
             if not label.reported or (label.code is None and label.name in codes.LESIONS):
                 continue
-            finding = codes.Code(label.code.value, label.code.scheme, label.code.meaning) if label.code else None
+            finding = Code(label.code.value, label.code.scheme, label.code.meaning) if label.code else None
             seg = label.segment_code or label.code
             region = label.region_code
             lesion = codes.LesionClass(
                 finding_type=finding or codes.LESION,
-                segment_type=codes.Code(seg.value, seg.scheme, seg.meaning) if seg else codes.LESION,
-                region=codes.Code(region.value, region.scheme, region.meaning) if region else codes.INTRACRANIAL,
+                segment_type=Code(seg.value, seg.scheme, seg.meaning) if seg else codes.LESION,
+                region=Code(region.value, region.scheme, region.meaning) if region else codes.INTRACRANIAL,
                 phrase=label.phrase,
             )
             try:

@@ -32,10 +32,10 @@ def aggregate(p: np.ndarray, how: str = "top2_mean") -> np.ndarray:
     if p.shape[0] == 0:
         return np.zeros(p.shape[1], np.float32)
     if how == "max":
-        return p.max(axis=0)
+        return np.asarray(p.max(axis=0))
     if how.startswith("top") and how.endswith("_mean"):
         k = min(int(how[3:-5]), p.shape[0])
-        return np.sort(p, axis=0)[-k:].mean(axis=0)
+        return np.asarray(np.sort(p, axis=0)[-k:].mean(axis=0))
     raise ValueError(f"aggregation must be 'max' or 'topK_mean', got {how!r}")
 
 

@@ -16,6 +16,7 @@ import io
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,7 +312,7 @@ class LayerCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def view(self, job_id: int, stamp: float, load: Any) -> SeriesView:
+    def view(self, job_id: int, stamp: float, load: Callable[[], SeriesView]) -> SeriesView:
         """The cached view of ``job_id`` unless ``stamp`` (the masks file's mtime) changed; else ``load()``."""
         with self._lock:
             cached = self._views.get(job_id)

@@ -57,14 +57,14 @@ def to_gray(pixels: np.ndarray, modality: str) -> np.ndarray:
 def outline(mask: np.ndarray) -> np.ndarray:
     """The one-pixel border of a bool mask (y, x) -> bool (y, x)."""
     mask = np.asarray(mask, dtype=bool)
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+    return np.asarray(mask & ~ndimage.binary_erosion(mask, border_value=0))
 
 
 def heat_colors(heat: np.ndarray) -> np.ndarray:
     """The 'jet' ramp Grad-CAM maps are usually shown in (blue, cyan, yellow, red):
     float (y, x) in [0, 1] -> float32 (y, x, 3) in [0, 1]."""
     h = 4.0 * np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)[..., None]
-    return np.clip(1.5 - np.abs(np.concatenate([h - 3.0, h - 2.0, h - 1.0], axis=-1)), 0.0, 1.0)
+    return np.asarray(np.clip(1.5 - np.abs(np.concatenate([h - 3.0, h - 2.0, h - 1.0], axis=-1)), 0.0, 1.0))
 
 
 def _fit(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
