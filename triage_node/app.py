@@ -362,7 +362,7 @@ class App:
                 self._wake("deliver")
         except ClaimLost as exc:
             log.warning("%s: this node's work on it is dropped (the new holder runs it)", exc)
-        except Exception as exc:  # noqa: BLE001 - the worker's edge: any error becomes a failed, retryable job
+        except Exception as exc:  # the worker's edge: any error becomes a failed, retryable job
             log.exception("job %d raised", job_id)
             try:
                 fail_job(pipeline, job_id, exc)

@@ -133,7 +133,7 @@ def canvas_pixels(page: Any) -> dict[str, int]:
 
 @pytest.mark.timeout(300)
 def test_viewer_verdict_and_performance_in_chromium(
-    browser: Any, base_url: str, seeded: Seeded, clock: Clock  # noqa: F811 (fixtures)
+    browser: Any, base_url: str, seeded: Seeded, clock: Clock  # fixtures
 ) -> None:
     OUTPUT.mkdir(parents=True, exist_ok=True)
     uid, job_id = add_flagged_series(seeded)

@@ -156,11 +156,11 @@ def test_receivers_writing_one_series_at_once_count_every_instance(db_url: str, 
                         with engines[i].begin() as conn:
                             record_instance(conn, header(n), f"x/{n}", 1, f"{n:064x}", "CT", NOW)
                         break
-                    except Exception as exc:  # noqa: BLE001 - a conflict the caller retries (as scp.py does)
+                    except Exception as exc:  # a conflict the caller retries (as scp.py does)
                         if attempt == 4:
                             raise
                         assert "40P01" in str(exc) or "deadlock" in str(exc) or "locked" in str(exc), exc
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=receiver, args=(i,)) for i in range(len(engines))]

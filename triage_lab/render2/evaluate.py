@@ -349,7 +349,7 @@ def evaluate(
                 rec["truth_detail"] = _jsonable(w.truth)
                 rec["slices"] = [len(w.slice_uids), int(volume.pixels.shape[0])]
                 records[spec.kind].append(rec)
-            except Exception as exc:  # noqa: BLE001 - a broken case is reported, never fatal
+            except Exception as exc:  # a broken case is reported, never fatal
                 rec["error"] = f"{type(exc).__name__}: {exc}"
                 rec["traceback"] = traceback.format_exc(limit=4)
                 failures.append(rec)

@@ -98,7 +98,7 @@ def load_bundle(folder: Path, spec: ExternalSpec) -> torch.nn.Module:
     parser["bundle_root"] = str(folder)
     try:
         net = parser.get_parsed_content("network_def", instantiate=True)
-    except Exception as e:  # noqa: BLE001 - any error in the bundle's config is the card's problem, said once
+    except Exception as e:  # any error in the bundle's config is the card's problem, said once
         raise SpecError(f"weights: the bundle's network_def cannot be built: {type(e).__name__}: {e}") from e
     if not isinstance(net, torch.nn.Module):
         raise SpecError(f"weights: the bundle's network_def is a {type(net).__name__}, not a torch module")
@@ -146,7 +146,7 @@ class OnnxNet:
             providers.insert(0, "CUDAExecutionProvider")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as e:  # onnxruntime raises its own exception types
             raise SpecError(f"weights: ONNX Runtime cannot load {path.name}: {str(e)[:400]}") from e
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -264,7 +264,7 @@ def _pad_to(x: torch.Tensor, size: tuple[int, int], fill: torch.Tensor) -> torch
     """Centre-pad (with ``fill`` per channel) or centre-crop (n, C, h, w) to ``size``."""
     n, c, h, w = x.shape
     out = fill.reshape(1, c, 1, 1).expand(n, c, *size).clone()
-    H, W = size  # noqa: N806
+    H, W = size
     sy, dy = max(0, (h - H) // 2), max(0, (H - h) // 2)
     sx, dx = max(0, (w - W) // 2), max(0, (W - w) // 2)
     hh, ww = min(h, H), min(w, W)
@@ -274,7 +274,7 @@ def _pad_to(x: torch.Tensor, size: tuple[int, int], fill: torch.Tensor) -> torch
 
 def _unpad(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`_pad_to` for outputs: (n, K, H, W) back to (n, K, h, w) (zeros where it was cropped)."""
-    n, k, H, W = y.shape  # noqa: N806
+    n, k, H, W = y.shape
     h, w = size
     out = torch.zeros((n, k, h, w), dtype=y.dtype)
     sy, dy = max(0, (h - H) // 2), max(0, (H - h) // 2)
@@ -373,7 +373,7 @@ class GenericAnalyzer(CardAnalyzer):
                 y = self.net(x.to(self.device))
         except SpecError:
             raise
-        except Exception as e:  # noqa: BLE001 - whatever the network raises, the card's input spec is the cause
+        except Exception as e:  # whatever the network raises, the card's input spec is the cause
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise SpecError(
                 f"input: the network refused an input of shape {tuple(shape)} float32 (input.channels x "
@@ -408,7 +408,7 @@ class GenericAnalyzer(CardAnalyzer):
             self._analyze(self.synthetic_volume())
         except SpecError:
             raise
-        except Exception as e:  # noqa: BLE001 - reported at load with the card, never at the first study
+        except Exception as e:  # reported at load with the card, never at the first study
             raise SpecError(f"input: the analysis of a synthetic volume failed: {type(e).__name__}: "
                             f"{str(e).strip()[:300]}") from e
 
