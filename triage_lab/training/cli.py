@@ -1,4 +1,4 @@
-"""``triage-lab train | evaluate | lr-find | models``: registered into the main CLI by :func:`register`."""
+"""``triage-lab train | evaluate | tune-postprocess | lr-find``: registered into the main CLI by :func:`register`."""
 
 from __future__ import annotations
 

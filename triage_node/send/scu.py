@@ -2,7 +2,7 @@
 
 The association proposes exactly the SOP classes of the batch (each with Explicit and Implicit VR Little Endian, the
 syntaxes the results are written in and the one every SCP must accept). Every outcome, including network failures,
-comes back as a ``SendResult``; nothing raises past ``send_batch`` (it is the network edge, STYLE.md habit 8).
+comes back as a ``SendResult``; nothing raises past ``send_batch`` (it is the network edge).
 """
 
 from __future__ import annotations
