@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage_node.results.masks import masks_path
 from triage_node.worklist.db import transaction
+from triage_node.worklist.key_images import RenderError, inside
 from triage_node.worklist.models import AuditEntry, Instance, Job, Series, Study
 from triage_node.worklist.queries import study_detail
-from triage_node.worklist.render import RenderError, inside
 
 log = logging.getLogger(__name__)
 

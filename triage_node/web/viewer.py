@@ -31,8 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from triage_node.preprocess.windows import Preset, Window
 from triage_node.results.masks import MasksError, masks_path, open_masks
 from triage_node.worklist.db import read_transaction
-from triage_node.worklist.models import FindingRow, Instance, Job, Series
-from triage_node.worklist.render import (
+from triage_node.worklist.key_images import (
     HEATMAP_ALPHA,
     HEATMAP_MIN,
     OUTLINE_RGB,
@@ -42,6 +41,7 @@ from triage_node.worklist.render import (
     outline,
     read_slice,
 )
+from triage_node.worklist.models import FindingRow, Instance, Job, Series
 
 log = logging.getLogger(__name__)
 

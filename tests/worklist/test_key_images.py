@@ -11,7 +11,7 @@ from PIL import Image
 
 from triage_node.inference.types import ModelOutput
 from triage_node.results.masks import masks_path, save_masks
-from triage_node.worklist.render import (
+from triage_node.worklist.key_images import (
     OUTLINE_RGB,
     Overlay,
     RenderError,
