@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
-from triage_node.app import App
 from triage_node.config import Config, load_config
+from triage_node.daemon import App
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.pipeline import PipelineContext, fail_job, run_job
 from triage_node.preprocess.volume import Volume

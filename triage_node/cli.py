@@ -29,7 +29,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from triage_node.app import App, parse_roles
+    from triage_node.daemon import App, parse_roles
     from triage_node.inference.errors import ModelLoadError
     from triage_node.ops.logs import setup_logging
     from triage_node.worklist.claims import SpoolMismatch
