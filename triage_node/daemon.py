@@ -28,7 +28,7 @@ from triage_node import __version__
 from triage_node.config import Config, ConfigError, load_config
 from triage_node.notify import notify_due
 from triage_node.ops.disk import DiskGuard
-from triage_node.ops.metrics import Metrics
+from triage_node.ops.prometheus import Metrics
 from triage_node.ops.retention import purge_spool
 from triage_node.ops.sdnotify import SdNotifier
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
