@@ -70,13 +70,16 @@ class PipelineContext:
 
 
 @dataclass(frozen=True)
-class Loaded:
+class StoredSeries:
+    """A job's series as stored: the spool paths of its current instances (not superseded, not deleted)."""
+
     job_id: int
     paths: tuple[Path, ...]
     study_uid: str
 
 
-def _load(ctx: PipelineContext, job_id: int) -> Loaded:
+def _stored_series(ctx: PipelineContext, job_id: int) -> StoredSeries:
+    """Look the job's series up in the worklist."""
     with transaction(ctx.sessions) as s:
         ctx.fence(s, job_id)
         job = s.get(Job, job_id)
@@ -88,7 +91,7 @@ def _load(ctx: PipelineContext, job_id: int) -> Loaded:
                 Instance.series_id == series.id, Instance.superseded.is_(False), Instance.deleted_at.is_(None)
             )
         ).all()
-        return Loaded(job_id, tuple(ctx.spool_dir / r.path for r in rows), series.study.study_instance_uid)
+        return StoredSeries(job_id, tuple(ctx.spool_dir / r.path for r in rows), series.study.study_instance_uid)
 
 
 def _read(paths: Sequence[Path]) -> list[Dataset]:
@@ -102,7 +105,7 @@ def _read(paths: Sequence[Path]) -> list[Dataset]:
     return out
 
 
-def _load_filtered(
+def _decode_and_filter(
     slices: Sequence[Slice], modality: str, min_brain_pct: float, timings: dict[str, float]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode the slices and apply the blank-slice filter. -> (kept planes float32 (k, y, x), keep mask bool (n,)).
@@ -165,17 +168,17 @@ def run_job(ctx: PipelineContext, job_id: int) -> JobState:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     try:
-        return _run(ctx, job_id, timings, t0)
+        return _process(ctx, job_id, timings, t0)
     except Rejected as exc:
         return _finish_without_results(ctx, job_id, JobState.REJECTED, str(exc), timings)
     except GeometryError as exc:
         return _finish_without_results(ctx, job_id, JobState.REJECTED, str(exc), timings)
 
 
-def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float) -> JobState:
+def _process(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float) -> JobState:
     cfg = ctx.config
-    loaded = _load(ctx, job_id)
-    datasets = _read(loaded.paths)
+    stored = _stored_series(ctx, job_id)
+    datasets = _read(stored.paths)
     if not datasets:
         raise Rejected("series has no readable instances")
     attrs = SeriesAttributes.from_datasets(datasets)
@@ -198,7 +201,7 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
             raise Rejected("the diffusion series holds no diffusion-weighted images (only derived maps)")
     slices = plan(datasets)
     min_pct = cfg.filter.min_brain_pct if attrs.modality.upper() == "CT" else cfg.filter.min_tissue_pct_mr
-    planes, keep = _load_filtered(slices, attrs.modality, min_pct, timings)
+    planes, keep = _decode_and_filter(slices, attrs.modality, min_pct, timings)
     ctx.observe_stage("load", timings["load"])
     ctx.observe_stage("filter", timings["filter"])
     kept, dropped = int(keep.sum()), int((~keep).sum())
@@ -266,7 +269,7 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
     timings["results"] = time.perf_counter() - t
     ctx.observe_stage("results", timings["results"])
     timings["total"] = time.perf_counter() - t0
-    return _commit(
+    return _store_results(
         ctx, job_id, [*outputs, *unassessed], volume.sop_instance_uids, files, priority, kept, dropped, out_dir, timings
     )
 
@@ -352,7 +355,7 @@ def _flag(
     ctx.on_flag()
 
 
-def _commit(
+def _store_results(
     ctx: PipelineContext,
     job_id: int,
     outputs: Sequence[ModelOutput],
@@ -364,6 +367,8 @@ def _commit(
     out_dir: Path,
     timings: dict[str, float],
 ) -> JobState:
+    """Commit the results: the findings, the result files queued for each destination, the job's next state and
+    the notifications of a flag."""
     now = ctx.clock()
     with transaction(ctx.sessions) as s:
         ctx.fence(s, job_id)
