@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from triage_lab.synth.acquisition import Acquisition, acquire, draw_acquisition, resample_head
 from triage_lab.synth.anatomy import head_model
-from triage_lab.synth.augment import Acquisition, acquire, draw_acquisition, resample_head
 from triage_lab.synth.hemorrhage import SUBTYPES, Canvas, draw_lesion, paint_blood
 from triage_lab.synth.storage import Storage, draw_storage, round_trip
 

@@ -22,8 +22,8 @@ import functools
 import numpy as np
 from scipy import ndimage
 
+from triage_lab.synth.acquisition import Acquisition, _rotation, draw_randomised
 from triage_lab.synth.anatomy import HeadModel, head_model
-from triage_lab.synth.augment import Acquisition, _rotation, draw_randomised
 from triage_lab.synth.hemorrhage import Canvas, _smooth_noise, draw_lesion
 from triage_lab.synth.mimics import add_mimics
 from triage_lab.synth.tissue import Tissue

@@ -14,8 +14,8 @@ import pytest
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
+from triage_lab.synth.acquisition import Acquisition, acquire, draw_acquisition, resample_head
 from triage_lab.synth.anatomy import mni_head
-from triage_lab.synth.augment import Acquisition, acquire, draw_acquisition, resample_head
 from triage_lab.synth.cases import CTCase, make_ct_case
 from triage_lab.synth.hemorrhage import SUBTYPES, Canvas, draw_lesion, paint_blood
 from triage_lab.synth.tissue import Tissue
