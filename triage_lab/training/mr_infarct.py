@@ -511,7 +511,7 @@ def write_operating_point(model_dir: Path, tuned: dict[str, Any]) -> None:
     training = dict(_thaw(card.training))
     training["operating_point"] = (
         f"gate {c['gate']}, segmentation {c['segmentation']}, minimum cross-section {c['min_area_mm2']} mm^2, chosen "
-        f"by `mr_cli tune-mr infarct` on validation only ({tuned['positive_cases']} infarct cases seeds "
+        f"by `triage-lab tune-mr infarct` on validation only ({tuned['positive_cases']} infarct cases seeds "
         f"{tuned['positive_seeds']}, {tuned['negative_cases']} without seeds {tuned['negative_seeds']}, precision "
         f"{tuned['precision']}): the highest mean Dice with a false-positive rate <= {tuned['max_fp_rate']} on the "
         f"cases without infarct, the most restrictive point within {tuned['tolerance']} of it; validation Dice "

@@ -296,9 +296,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_standalone(register_fn: Callable[[argparse._SubParsersAction], None], argv: list[str] | None) -> int:
-    """Run training subcommands without the daemon's CLI (``python -m triage_lab.training.cli`` / ``.mr_cli``)."""
+    """Run training subcommands without the main CLI (``python -m triage_lab.training.ct_commands`` or
+    ``.mr_commands``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="triage-node")
+    parser = argparse.ArgumentParser(prog="triage-lab")
     register_fn(parser.add_subparsers(dest="command", required=True))
     a = parser.parse_args(argv)
     return int(a.func(a))
