@@ -105,7 +105,7 @@ def _read(paths: Sequence[Path]) -> list[Dataset]:
     return out
 
 
-def _decode_and_filter(
+def decode_and_filter(
     slices: Sequence[Slice], modality: str, min_brain_pct: float, timings: dict[str, float]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode the slices and apply the blank-slice filter. -> (kept planes float32 (k, y, x), keep mask bool (n,)).
@@ -201,7 +201,7 @@ def _process(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: f
             raise Rejected("the diffusion series holds no diffusion-weighted images (only derived maps)")
     slices = plan(datasets)
     min_pct = cfg.filter.min_brain_pct if attrs.modality.upper() == "CT" else cfg.filter.min_tissue_pct_mr
-    planes, keep = _decode_and_filter(slices, attrs.modality, min_pct, timings)
+    planes, keep = decode_and_filter(slices, attrs.modality, min_pct, timings)
     ctx.observe_stage("load", timings["load"])
     ctx.observe_stage("filter", timings["filter"])
     kept, dropped = int(keep.sum()), int((~keep).sum())
