@@ -40,7 +40,7 @@ test: $(STAMP) peers lint
 
 lint: $(STAMP)
 	$(BIN)/ruff check triage_node triage_lab tests bench
-	$(BIN)/mypy triage_node triage_lab
+	$(BIN)/mypy  # the packages and settings in pyproject.toml
 
 # The whole fault-injection suite at full size (30+ kills, 8 x 250 load); `make test` runs a smaller version.
 reliability: $(STAMP) peers
