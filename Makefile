@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/triage-node serve --config config.yaml
 
 # The real peers the tests talk to: DCMTK, Orthanc, dicom3tools, Chromium, PostgreSQL (a throwaway cluster per test
-# session, tests/pgserver.py), and the invesalius head CT.
+# session, tests/support/pgserver.py), and the invesalius head CT.
 peers:
 	@missing=""; \
 	for p in $(APT_PEERS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -40,7 +40,7 @@ test: $(STAMP) peers lint
 
 lint: $(STAMP)
 	$(BIN)/ruff check triage_node triage_lab tests bench
-	$(BIN)/mypy triage_node triage_lab
+	$(BIN)/mypy  # the packages and settings in pyproject.toml
 
 # The whole fault-injection suite at full size (30+ kills, 8 x 250 load); `make test` runs a smaller version.
 reliability: $(STAMP) peers

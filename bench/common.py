@@ -2,7 +2,8 @@
 description and the JSON result files.
 
 Benchmarks are not tests: a missing peer is reported in the results (``"skipped": "<why>"``) instead of failing.
-The daemon and Orthanc helpers are the ones the tests use (``tests/peers.py``, ``tests/peers_orthanc.py``).
+The daemon and Orthanc helpers are the ones the tests use (``tests/support/peers.py``,
+``tests/support/peers_orthanc.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 WORK = BENCH / "work"  # git-ignored: data, spools, databases
 RESULTS = BENCH / "results"
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from peers import Daemon, free_port, make_daemon, wait_for  # noqa: E402
 

@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from peers import require
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from peers import require  # noqa: E402
-
-from triage_node.config import SCP  # noqa: E402
-from triage_node.receive.scp import ReceiveHooks, StorageSCP  # noqa: E402
-from triage_node.receive.spool import Spool  # noqa: E402
-from triage_node.worklist.db import make_engine, migrate, session_factory  # noqa: E402
+from triage_node.config import SCP
+from triage_node.receive.scp import ReceiveHooks, StorageSCP
+from triage_node.receive.spool import Spool
+from triage_node.worklist.db import make_engine, migrate, session_factory
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[object]:
-    """One real PostgreSQL server for the whole session (tests/pgserver.py); skipped locally, failed with CI=true,
-    when PostgreSQL is not installed."""
+    """One real PostgreSQL server for the whole session (tests/support/pgserver.py); skipped locally, failed with
+    CI=true, when PostgreSQL is not installed."""
     from pgserver import start_server
 
     server = start_server()

@@ -39,7 +39,7 @@ def test_the_daemon_imports_with_the_lab_missing() -> None:
         "        if name == 'triage_lab' or name.startswith('triage_lab.'):\n"
         "            raise ImportError('lab blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import triage_node.app, triage_node.cli, triage_node.pipeline, triage_node.web.app\n"
+        "import triage_node.cli, triage_node.daemon, triage_node.pipeline, triage_node.web.app\n"
         "import triage_node.inference.registry, triage_node.inference.ich, triage_node.inference.cmb\n"
         "import triage_node.inference.infarct, triage_node.inference.segmenter\n"
         "from triage_node.cli import build_parser\n"

@@ -11,15 +11,14 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from peers import make_daemon, storescu, wait_for
+from peers import SUPPORT, make_daemon, storescu, wait_for
 from peers_orthanc import start_orthanc
 
 from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_node.results.masks import masks_path, open_masks
 
-HERE = Path(__file__).resolve().parent
 TERMINAL = ("delivered", "results_ready", "rejected", "skipped", "failed", "dead_letter")
 
 
@@ -30,7 +29,7 @@ def stub_card(folder: Path) -> None:
     weights = model / "weights.bin"
     weights.write_bytes(b"shadow test stub weights\n")
     (model / "model.yaml").write_text(
-        "name: stub\nversion: 2.0.0-trial\nanalyzer: stub_model:StubAnalyzer\nweights: weights.bin\n"
+        "name: stub\nversion: 2.0.0-trial\nanalyzer: stand_ins:StubAnalyzer\nweights: weights.bin\n"
         f"sha256: {hashlib.sha256(weights.read_bytes()).hexdigest()}\narchitecture: {{kind: threshold}}\n"
         "input: {modality: CT}\nclasses: [hemorrhage_extent]\nthresholds: {hemorrhage_extent: 0.5}\n"
         "intended_use: shadow-mode tests only\n"
@@ -60,7 +59,7 @@ def test_a_shadow_model_is_recorded_but_sets_no_priority_and_sends_nothing(tmp_p
                                                   "port": orthanc.dicom_port, "backoff_initial_s": 0.2}]),
         "TRIAGE_NODE__NOTIFICATIONS__WEBHOOKS": json.dumps([{"url": "http://127.0.0.1:9/hook"}]),
         "TRIAGE_NODE__WEB__ENABLED": "false",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(HERE / "reliability"), os.environ.get("PYTHONPATH", "")) if p),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(SUPPORT), os.environ.get("PYTHONPATH", "")) if p),
     }
     d = make_daemon(tmp_path / "d", **env).start()
     try:
@@ -74,8 +73,9 @@ def test_a_shadow_model_is_recorded_but_sets_no_priority_and_sends_nothing(tmp_p
         assert d.sql("select priority from studies") == [("none",)]
         assert d.sql("select count(*) from outbox") == [(0,)]
         assert d.sql("select count(*) from notifications") == [(0,)]
-        with np.load(Path(str(results_dir)) / "masks.npz") as npz:  # the viewer shows it apart; key images never
-            assert "shadow__mask__hemorrhage_extent" in npz.files and "mask__hemorrhage_extent" not in npz.files
+        with open_masks(masks_path(str(results_dir))) as stored:  # the viewer shows it apart; key images never
+            assert [layer.label for layer, _ in stored.layers("mask", shadow=True)] == ["hemorrhage_extent"]
+            assert list(stored.layers("mask")) == []
         time.sleep(2.0)  # anything queued would have been sent by now (deliver_due runs every second)
         assert orthanc.instance_count() == 0
         d.stop()

@@ -85,7 +85,7 @@ def export_int8(
         raise ValueError("calibration gave the network no input")
     samples = np.stack(recorder.samples).astype(np.float32)
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
+    class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.batches = iter(samples[i : i + batch] for i in range(0, len(samples), batch))
 

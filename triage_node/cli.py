@@ -29,8 +29,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from triage_node.app import App, parse_roles
-    from triage_node.inference.registry import ModelLoadError
+    from triage_node.daemon import App, parse_roles
+    from triage_node.inference.errors import ModelLoadError
     from triage_node.ops.logs import setup_logging
     from triage_node.worklist.claims import SpoolMismatch
 
@@ -69,11 +69,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
-    from triage_node.inference.external import check_models, external_names
+    from triage_node.inference.external import external_names
 
     names = sorted({n for names in cfg.models.pipelines.values() for n in names})
     external = external_names(Path(cfg.models.dir), names)
     if external:  # models from outside: load and run each once (imports torch only when there is one)
+        from triage_node.inference.registry import check_models
+
         m = cfg.models
         problems = check_models(Path(m.dir), external, m.pipelines, m.threads, m.device, m.precision)
         for line in problems:
@@ -125,8 +127,8 @@ def cmd_resend(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from triage_node.inference.external import check_models, sha256_path
-    from triage_node.inference.registry import list_models
+    from triage_node.inference.external import sha256_path
+    from triage_node.inference.registry import check_models, list_models
 
     if args.hash is not None:  # the sha256 a card of a model from outside needs (a file, or a bundle folder)
         print(sha256_path(args.hash))

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -32,7 +30,9 @@ from triage_node.config import Config, Pipeline
 from triage_node.inference.types import Analyzer, Finding, ModelOutput
 from triage_node.notify import queue_for_job
 from triage_node.preprocess.filter import brain_pct_ct, keep_slices
-from triage_node.results.build import AlgorithmInfo, ResultFile, ResultIdentity, build_results
+from triage_node.results.build import ResultFile, build_results
+from triage_node.results.identity import AlgorithmInfo, ResultIdentity
+from triage_node.results.masks import masks_path, save_masks
 from triage_node.send.outbox import enqueue
 from triage_node.series.diffusion import select_dwi
 from triage_node.series.domain import NOT_ASSESSED, outside_domain
@@ -49,8 +49,10 @@ class Rejected(Exception):
     """The series cannot be processed as sent; the message is the stored, PHI-free reason."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class PipelineContext:
+    """What a job runs with. Frozen: a config reload makes a new context, taken up between jobs (``App``)."""
+
     config: Config
     sessions: sessionmaker[Session]
     spool_dir: Path
@@ -68,13 +70,16 @@ class PipelineContext:
 
 
 @dataclass(frozen=True)
-class Loaded:
+class StoredSeries:
+    """A job's series as stored: the spool paths of its current instances (not superseded, not deleted)."""
+
     job_id: int
     paths: tuple[Path, ...]
     study_uid: str
 
 
-def _load(ctx: PipelineContext, job_id: int) -> Loaded:
+def _stored_series(ctx: PipelineContext, job_id: int) -> StoredSeries:
+    """Look the job's series up in the worklist."""
     with transaction(ctx.sessions) as s:
         ctx.fence(s, job_id)
         job = s.get(Job, job_id)
@@ -86,7 +91,7 @@ def _load(ctx: PipelineContext, job_id: int) -> Loaded:
                 Instance.series_id == series.id, Instance.superseded.is_(False), Instance.deleted_at.is_(None)
             )
         ).all()
-        return Loaded(job_id, tuple(ctx.spool_dir / r.path for r in rows), series.study.study_instance_uid)
+        return StoredSeries(job_id, tuple(ctx.spool_dir / r.path for r in rows), series.study.study_instance_uid)
 
 
 def _read(paths: Sequence[Path]) -> list[Dataset]:
@@ -100,7 +105,7 @@ def _read(paths: Sequence[Path]) -> list[Dataset]:
     return out
 
 
-def _load_filtered(
+def decode_and_filter(
     slices: Sequence[Slice], modality: str, min_brain_pct: float, timings: dict[str, float]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode the slices and apply the blank-slice filter. -> (kept planes float32 (k, y, x), keep mask bool (n,)).
@@ -154,23 +159,6 @@ def _priority(outputs: Sequence[ModelOutput], table: Mapping[str, str], shadow: 
     return best
 
 
-def _save_masks(path: Path, uids: Sequence[str], outputs: Sequence[ModelOutput], shadow: Collection[str] = ()) -> None:
-    arrays: dict[str, Any] = {"sop_instance_uids": np.asarray(uids)}
-    for out in outputs:
-        prefix = "shadow__" if out.model in shadow else ""  # the viewer shows them apart; key images never
-        for label, mask in out.masks.items():
-            arrays[f"{prefix}mask__{label}"] = np.asarray(mask, dtype=bool)
-        for label, heat in out.heatmaps.items():
-            arrays[f"{prefix}heatmap__{label}"] = np.clip(np.asarray(heat) * 255.0, 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _algorithm_info(analyzer: Analyzer) -> AlgorithmInfo:
     return AlgorithmInfo(name=analyzer.name, version=analyzer.version, device_uid=analyzer.device_uid)
 
@@ -180,17 +168,17 @@ def run_job(ctx: PipelineContext, job_id: int) -> JobState:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     try:
-        return _run(ctx, job_id, timings, t0)
+        return _process(ctx, job_id, timings, t0)
     except Rejected as exc:
         return _finish_without_results(ctx, job_id, JobState.REJECTED, str(exc), timings)
     except GeometryError as exc:
         return _finish_without_results(ctx, job_id, JobState.REJECTED, str(exc), timings)
 
 
-def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float) -> JobState:
+def _process(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float) -> JobState:
     cfg = ctx.config
-    loaded = _load(ctx, job_id)
-    datasets = _read(loaded.paths)
+    stored = _stored_series(ctx, job_id)
+    datasets = _read(stored.paths)
     if not datasets:
         raise Rejected("series has no readable instances")
     attrs = SeriesAttributes.from_datasets(datasets)
@@ -213,7 +201,7 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
             raise Rejected("the diffusion series holds no diffusion-weighted images (only derived maps)")
     slices = plan(datasets)
     min_pct = cfg.filter.min_brain_pct if attrs.modality.upper() == "CT" else cfg.filter.min_tissue_pct_mr
-    planes, keep = _load_filtered(slices, attrs.modality, min_pct, timings)
+    planes, keep = decode_and_filter(slices, attrs.modality, min_pct, timings)
     ctx.observe_stage("load", timings["load"])
     ctx.observe_stage("filter", timings["filter"])
     kept, dropped = int(keep.sum()), int((~keep).sum())
@@ -262,7 +250,7 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
         assert job is not None
         identity = ResultIdentity.from_job(job)
     out_dir = (ctx.results_dir / f"job-{job_id:08d}").resolve()
-    _save_masks(out_dir / "masks.npz", volume.sop_instance_uids, outputs, shadow)
+    save_masks(masks_path(out_dir), volume.sop_instance_uids, outputs, shadow)
     files: list[ResultFile] = []
     live = [a for a in analyzers if a.name not in shadow]  # a shadow model's findings are never sent
     if live:
@@ -281,7 +269,9 @@ def _run(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: float
     timings["results"] = time.perf_counter() - t
     ctx.observe_stage("results", timings["results"])
     timings["total"] = time.perf_counter() - t0
-    return _commit(ctx, job_id, [*outputs, *unassessed], files, priority, kept, dropped, out_dir, timings)
+    return _store_results(
+        ctx, job_id, [*outputs, *unassessed], volume.sop_instance_uids, files, priority, kept, dropped, out_dir, timings
+    )
 
 
 def _shadow(ctx: PipelineContext) -> frozenset[str]:
@@ -365,10 +355,11 @@ def _flag(
     ctx.on_flag()
 
 
-def _commit(
+def _store_results(
     ctx: PipelineContext,
     job_id: int,
     outputs: Sequence[ModelOutput],
+    uids: Sequence[str],
     files: Sequence[ResultFile],
     priority: Priority,
     kept: int,
@@ -376,13 +367,14 @@ def _commit(
     out_dir: Path,
     timings: dict[str, float],
 ) -> JobState:
+    """Commit the results: the findings, the result files queued for each destination, the job's next state and
+    the notifications of a flag."""
     now = ctx.clock()
     with transaction(ctx.sessions) as s:
         ctx.fence(s, job_id)
         job = s.get(Job, job_id)
         assert job is not None
         study = job.series.study
-        uids = _kept_uids(out_dir) if any(o.findings for o in outputs) else []
         _store_findings(s, job, outputs, uids, _shadow(ctx))
         job.slices_kept, job.slices_dropped = kept, dropped
         job.priority = priority.value
@@ -414,11 +406,6 @@ def _commit(
         timings.get("total", 0.0),
     )
     return state
-
-
-def _kept_uids(out_dir: Path) -> list[str]:
-    with np.load(out_dir / "masks.npz") as z:
-        return [str(u) for u in z["sop_instance_uids"]]
 
 
 def _update_study(study: Study, priority: Priority, now: dt.datetime) -> None:

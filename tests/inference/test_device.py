@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from triage_node.inference import precision
-from triage_node.inference.registry import ModelLoadError, _analyzer_class, load_analyzers, read_card
+from triage_node.inference.errors import ModelLoadError
+from triage_node.inference.registry import _analyzer_class, load_analyzers, read_card
 from triage_node.preprocess.volume import Volume
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,6 +18,7 @@ from external_models import bleed_series_hu, build_all, card, export_torchscript
 from triage_node.cli import main
 from triage_node.config import Config
 from triage_node.inference.card import ModelCard, device_uid_for
+from triage_node.inference.errors import ModelLoadError
 from triage_node.inference.external import card_settings, parse, sha256_path
 from triage_node.inference.generic import (
     NotAccepted,
@@ -26,7 +27,7 @@ from triage_node.inference.generic import (
     invert_orientation,
     orientation_plan,
 )
-from triage_node.inference.registry import ModelLoadError, list_models, load_analyzer, load_analyzers, read_card
+from triage_node.inference.registry import list_models, load_analyzer, load_analyzers, read_card
 
 NAMES = ("ext_ts", "ext_onnx", "ext_bundle")
 

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from triage_lab.quantize import Recorder, export_int8
-from triage_lab.training.export import EXPORT_FILE, record_int8_metrics
+from triage_lab.training.export import EXPORT_FILE
+from triage_lab.training.int8_metrics import record_int8_metrics
 from triage_node.inference.card import ModelCard
+from triage_node.inference.errors import ModelLoadError
 from triage_node.inference.ich import IchAnalyzer
 from triage_node.inference.onnxrt import OrtNet
-from triage_node.inference.registry import ModelLoadError, load_analyzer
+from triage_node.inference.registry import load_analyzer
 from triage_node.inference.segmenter import CropGridSegmenter
 from triage_node.preprocess.volume import Volume
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from triage_node.inference.card import ModelCard
+from triage_node.inference.errors import ModelLoadError
 from triage_node.inference.ich import IchAnalyzer
-from triage_node.inference.registry import ModelLoadError, list_models, load_analyzers
+from triage_node.inference.registry import list_models, load_analyzers
 
 
 def test_loads_verified_models(tiny_ich_dir: Path, tiny_seg_dir: Path) -> None:

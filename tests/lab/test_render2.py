@@ -7,21 +7,17 @@ while the shipped models miss them; that is its purpose.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from peers import require
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peers import require  # noqa: E402
-
-from triage_lab.render2 import projector  # noqa: E402
-from triage_lab.render2.cases import CaseSpec, render_and_write  # noqa: E402
-from triage_lab.render2.evaluate import TARGETS, decode, evaluate, format_table  # noqa: E402
-from triage_node.config import Config, Pipeline  # noqa: E402
+from triage_lab.render2 import projector
+from triage_lab.render2.cases import CaseSpec, render_and_write
+from triage_lab.render2.evaluate import TARGETS, decode, evaluate, format_table
+from triage_node.config import Config, Pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 

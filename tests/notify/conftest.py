@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from notify_fixtures import Receiver, Sink, start_receiver, start_smtp
 from sqlalchemy.orm import Session, sessionmaker
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from notify_fixtures import Receiver, Sink, start_receiver, start_smtp  # noqa: E402
-
-from triage_node.worklist.db import make_engine, migrate, session_factory  # noqa: E402
+from triage_node.worklist.db import make_engine, migrate, session_factory
 
 
 @pytest.fixture(scope="session")

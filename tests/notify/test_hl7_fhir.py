@@ -95,7 +95,7 @@ def fhir() -> Iterator[FHIRServer]:
     state = FHIRServer()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             body: dict[str, Any] = json.loads(raw)
             bundle = Bundle.model_validate(body)  # the same library validates what arrives

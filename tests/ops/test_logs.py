@@ -99,13 +99,13 @@ def test_journal_stream_gets_syslog_priorities_and_no_timestamps(tmp_path: Path)
         try:
             raise ValueError("bad")
         except ValueError:
-            logging.getLogger("triage_node.app").exception("job 4 failed")
-        logging.getLogger("triage_node.app").info("ready")
+            logging.getLogger("triage_node.daemon").exception("job 4 failed")
+        logging.getLogger("triage_node.daemon").info("ready")
         stream.flush()
         lines = (tmp_path / "journal").read_text().splitlines()
-    assert lines[0] == "<3>ERROR triage_node.app: job 4 failed"
+    assert lines[0] == "<3>ERROR triage_node.daemon: job 4 failed"
     assert all(line.startswith("<3>") for line in lines[1:-1])  # the traceback keeps the record's priority
-    assert lines[-1] == "<6>INFO triage_node.app: ready"
+    assert lines[-1] == "<6>INFO triage_node.daemon: ready"
 
 
 def test_other_streams_are_not_the_journal(tmp_path: Path) -> None:

@@ -4,14 +4,10 @@ and the receive transports its receive tests run on."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reliability_support import ROOT, Figures  # noqa: E402
+from reliability_support import ROOT, Figures, patient_identity_in_logs
 
 FIGURES = pytest.StashKey[Figures]()
 
@@ -33,12 +29,17 @@ def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The log scan covers every daemon the suite started, so it runs after the rest of the suite.
-    last = [i for i in items if i.nodeid.endswith("test_no_patient_identity_in_any_daemon_log")]
-    for item in last:
-        items.remove(item)
-        items.append(item)
+@pytest.fixture(autouse=True)
+def no_patient_identity_in_daemon_logs(figures: Figures) -> Iterator[None]:
+    """After each test, the log scan: no daemon the test started wrote a patient name or ID (default level INFO),
+    the hostile corpus' non-ASCII names included. Each test's own logs, so the order of the tests does not matter."""
+    started = len(figures.daemon_logs)
+    yield
+    logs = [p for p in figures.daemon_logs[started:] if p.exists()]
+    hits = patient_identity_in_logs(logs)
+    figures.logs_scanned += len(logs)
+    figures.phi_hits += len(hits)
+    assert hits == [], "\n".join(hits[:20])
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import phantom
 import pytest
-from results import phantom
 
 from triage_node.results.build import ResultFile, build_results
 

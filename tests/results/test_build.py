@@ -9,21 +9,14 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import phantom
 import pydicom
 import pytest
 from peers import find_tool
-from results import phantom
 
 from triage_node.inference.types import ModelOutput
-from triage_node.results.build import (
-    SEG_SOP_CLASS,
-    SR_SOP_CLASS,
-    AlgorithmInfo,
-    ResultFile,
-    ResultIdentity,
-    ResultsInputError,
-    build_results,
-)
+from triage_node.results.build import SEG_SOP_CLASS, SR_SOP_CLASS, ResultFile, build_results
+from triage_node.results.identity import AlgorithmInfo, ResultIdentity, ResultsInputError
 
 
 def test_positive_case_writes_seg_map_and_sr_with_the_job_identity(positive: dict[str, ResultFile]) -> None:
@@ -62,6 +55,7 @@ def test_rebuild_gives_byte_identical_objects(
 
 
 def test_dates_come_from_the_identity_not_the_clock(positive: dict[str, ResultFile]) -> None:
+    assert positive, "no result files to check"
     for f in positive.values():
         ds = pydicom.dcmread(f.path)
         assert (ds.ContentDate, ds.ContentTime) == ("20260101", "083000")

@@ -4,8 +4,8 @@ segments are coded, AUTOMATIC and identify their algorithm; Contributing Equipme
 from __future__ import annotations
 
 import numpy as np
+import phantom
 import pydicom
-from results import phantom
 
 from triage_node.results.build import ResultFile
 from triage_node.results.seg import lesion_segments

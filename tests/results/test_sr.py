@@ -9,12 +9,13 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import phantom
 import pydicom
 from peers import find_tool
-from results import phantom
 
 from triage_node.inference.types import Finding, ModelOutput
-from triage_node.results.build import AlgorithmInfo, ResultFile, build_results
+from triage_node.results.build import ResultFile, build_results
+from triage_node.results.identity import AlgorithmInfo
 
 
 def _walk(items: pydicom.Sequence) -> Iterator[pydicom.Dataset]:

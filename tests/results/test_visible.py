@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import phantom
 import pydicom
 import pytest
 from peers import find_tool
-from results import phantom
 
 from triage_node.results import sop
 from triage_node.results.build import ResultFile, build_results, output_of

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import phantom
 import pytest
 from pynetdicom.transport import ThreadedAssociationServer
-from results import phantom
-from send.scripted_scp import ScriptedSCP, start_scripted_scp
+from scripted_scp import ScriptedSCP, start_scripted_scp
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage_node.results.build import ResultFile, build_results

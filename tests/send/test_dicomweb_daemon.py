@@ -17,16 +17,15 @@ import sys
 from pathlib import Path
 
 import httpx
+import phantom
 import pydicom
 import pytest
 import requests
 import yaml
 from dicomweb_client.api import DICOMwebClient
-from peers import ROOT, find_tool, make_daemon, require, wait_for
+from peers import ROOT, SUPPORT, find_tool, make_daemon, require, wait_for
 from peers_orthanc import start_orthanc
-from results import phantom
 
-HERE = Path(__file__).resolve().parent
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 TOKEN_CLIENT = "client-token-0123456789abcdef"
 TOKEN_ORTHANC = "orthanc-token-0123456789abcdef"
@@ -39,7 +38,7 @@ def _models_dir(tmp_path: Path) -> Path:
     weights = d / "weights.bin"
     weights.write_bytes(b"threshold analyzer: no weights")
     card = {
-        "name": "ich", "version": "0.0-test", "analyzer": "threshold_analyzer:ThresholdHemorrhage",
+        "name": "ich", "version": "0.0-test", "analyzer": "stand_ins:ThresholdHemorrhage",
         "weights": "weights.bin", "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "architecture": {"type": "threshold"}, "input": {"modality": "CT"}, "classes": ["any_hemorrhage"],
         "thresholds": {"any_hemorrhage": 0.5}, "intended_use": "tests of result delivery only",
@@ -89,7 +88,7 @@ def test_dicomweb_in_and_out_with_orthanc(tmp_path: Path) -> None:
         "TRIAGE_NODE__WEB__ENABLED": "false",
         "TRIAGE_NODE__MODELS__DIR": str(_models_dir(tmp_path)),
         "TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": ["ich"], "mr_swi": [], "mr_dwi": []}),
-        "PYTHONPATH": os.pathsep.join([str(HERE), daemon.env.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(SUPPORT), daemon.env.get("PYTHONPATH", "")]),
     })
     base = f"http://127.0.0.1:{stow_port}/dicomweb"
     try:

@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import phantom
 import pydicom
 import pytest
 from peers import free_port
 from peers_orthanc import Modality, Orthanc, start_orthanc
-from results import phantom
-from send.scripted_scp import ScriptedSCP
+from scripted_scp import ScriptedSCP
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 

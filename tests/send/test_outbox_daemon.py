@@ -12,13 +12,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import phantom
 import pytest
 import yaml
-from peers import ROOT, make_daemon, storescu, wait_for
+from peers import ROOT, SUPPORT, make_daemon, storescu, wait_for
 from peers_orthanc import Modality, start_orthanc
-from results import phantom
-
-HERE = Path(__file__).resolve().parent
 
 
 def _models_dir(tmp_path: Path) -> Path:
@@ -27,7 +25,7 @@ def _models_dir(tmp_path: Path) -> Path:
     weights = d / "weights.bin"
     weights.write_bytes(b"threshold analyzer: no weights")
     card = {
-        "name": "ich", "version": "0.0-test", "analyzer": "threshold_analyzer:ThresholdHemorrhage",
+        "name": "ich", "version": "0.0-test", "analyzer": "stand_ins:ThresholdHemorrhage",
         "weights": "weights.bin", "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "architecture": {"type": "threshold"}, "input": {"modality": "CT"}, "classes": ["any_hemorrhage"],
         "thresholds": {"any_hemorrhage": 0.5}, "intended_use": "tests of result delivery only",
@@ -49,7 +47,7 @@ def test_results_survive_pacs_outage_and_daemon_crash(tmp_path: Path) -> None:
         "TRIAGE_NODE__DESTINATIONS": json.dumps([destination]),
         "TRIAGE_NODE__MODELS__DIR": str(_models_dir(tmp_path)),
         "TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": ["ich"], "mr_swi": [], "mr_dwi": []}),
-        "PYTHONPATH": os.pathsep.join([str(HERE), daemon.env.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(SUPPORT), daemon.env.get("PYTHONPATH", "")]),
     })
     try:
         for p in case.paths:  # the PACS already holds the source series

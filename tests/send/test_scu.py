@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from send.scripted_scp import ScriptedSCP
+from scripted_scp import ScriptedSCP
 
 from triage_node.config import Destination
 from triage_node.results.build import SEG_SOP_CLASS, SR_SOP_CLASS, ResultFile

@@ -21,7 +21,7 @@ def ds(**kw: object) -> Dataset:
 
 
 def routed(datasets: list[Dataset], rules: tuple[RoutingRule, ...] = RULES) -> Pipeline | None:
-    """What the daemon does with a completed series (pipeline._run): attributes from every header, first rule."""
+    """What the daemon does with a completed series (pipeline._process): attributes from every header, first rule."""
     rule = route(rules, SeriesAttributes.from_datasets(datasets))
     return None if rule is None else rule.pipeline
 

@@ -94,5 +94,5 @@ def test_notify_protocol_through_the_daemon_lifecycle(tmp_path: Path, systemd: F
 
     records = [json.loads(line) for line in d.log().splitlines() if line.startswith("{")]
     ready = [r for r in records if " ready: DICOM " in r["message"]]
-    assert ready and ready[0]["level"] == "INFO" and ready[0]["logger"] == "triage_node.app"
+    assert ready and ready[0]["level"] == "INFO" and ready[0]["logger"] == "triage_node.daemon"
     assert any(r["message"] == "stopped" for r in records)

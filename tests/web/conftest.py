@@ -1,24 +1,26 @@
-"""Fixtures for the web tests: a seeded worklist, a config with one user, a settable clock, the app and a client."""
+"""Fixtures for the web tests: a seeded worklist, a config with one user, a settable clock, the app and a client;
+for the browser tests the app under uvicorn and Debian's Chromium (Playwright)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import shutil
-import sys
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvicorn
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from peers import require, wait_for
+from web_fixtures import PASSWORD, T0, USER, Clock, Seeded, login, reopen, seed
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from web_fixtures import PASSWORD, T0, USER, Clock, Seeded, login, reopen, seed  # noqa: E402
-
-from triage_node.config import Config  # noqa: E402
-from triage_node.web import WebContext, create_app  # noqa: E402
+from triage_node.config import Config
+from triage_node.web import WebContext, create_app
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +78,47 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 @pytest.fixture
 def csrf(client: TestClient) -> str:
     return login(client)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def base_url(app: FastAPI) -> Iterator[str]:
+    """The app under uvicorn in a thread, on a free loopback port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20, what="uvicorn to start")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=20)
+    sock.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    require(CHROMIUM.exists(), f"{CHROMIUM} is not installed (apt install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "python playwright is not installed")
+        raise
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

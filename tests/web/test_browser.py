@@ -9,68 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import socket
-import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-import uvicorn
-from fastapi import FastAPI
-from peers import require, wait_for
 from PIL import Image
 from pydicom.uid import generate_uid
 from sqlalchemy import select
-from web_fixtures import PASSWORD, PATIENT_ID, USER, Clock, Seeded
+from web_fixtures import OUTPUT, PASSWORD, PATIENT_ID, USER, Clock, Seeded
 
 from triage_node.worklist.db import transaction
 from triage_node.worklist.models import AuditEntry, Series, Study
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "web"
-
-
-@pytest.fixture
-def base_url(app: FastAPI) -> Iterator[str]:
-    """The app under uvicorn in a thread, on a free loopback port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=20, what="uvicorn to start")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=20)
-    sock.close()
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    require(CHROMIUM.exists(), f"{CHROMIUM} is not installed (apt install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require(False, "python playwright is not installed")
-        raise
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def add_urgent_study(seeded: Seeded) -> str:

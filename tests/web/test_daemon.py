@@ -21,13 +21,12 @@ import httpx
 import numpy as np
 import pytest
 from argon2 import PasswordHasher
-from peers import ROOT, running_daemon, storescu, wait_for
+from peers import ROOT, SUPPORT, running_daemon, storescu, wait_for
 from PIL import Image
 
 from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
 
-HERE = Path(__file__).resolve().parent
 USER, PASSWORD = "dr.daemon", "daemon test password"
 
 
@@ -37,7 +36,7 @@ def hook() -> Iterator[tuple[str, list[Any]]]:
     bodies: list[Any] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:  # http.server's name
             bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(204)
             self.end_headers()
@@ -58,15 +57,16 @@ def model_env(folder: Path) -> dict[str, str]:
     weights = model / "weights.bin"
     weights.write_bytes(b"threshold stand-in: no weights\n")
     (model / "model.yaml").write_text(
-        "name: webstub\nversion: 0.0-test\nanalyzer: web_threshold_model:ThresholdHemorrhage\nweights: weights.bin\n"
+        "name: webstub\nversion: 0.0-test\nanalyzer: stand_ins:ThresholdHemorrhage\nweights: weights.bin\n"
         f"sha256: {hashlib.sha256(weights.read_bytes()).hexdigest()}\narchitecture: {{kind: threshold}}\n"
         "input: {modality: CT}\nclasses: [any_hemorrhage]\nthresholds: {any_hemorrhage: 0.5}\n"
+        "postprocess: {key_slices: 2, probability: 0.93, heat: 0.9, location: right frontal lobe}\n"
         "intended_use: web end-to-end tests only\n"
     )
     return {
         "TRIAGE_NODE__MODELS__DIR": str(folder),
         "TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": ["webstub"], "mr_swi": [], "mr_dwi": []}),
-        "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(SUPPORT), os.environ.get("PYTHONPATH", "")) if p),
     }
 
 

@@ -14,6 +14,8 @@ from PIL import Image
 from sqlalchemy import select
 from web_fixtures import PATIENT_ID, PATIENT_NAME, SLICES, USER, Clock, Seeded
 
+from triage_node.inference.types import ModelOutput
+from triage_node.results.masks import masks_path, save_masks
 from triage_node.worklist.db import transaction
 from triage_node.worklist.models import AuditEntry, Verdict
 
@@ -207,7 +209,7 @@ def test_a_dwi_series_shows_the_images_the_models_read_in_an_auto_window(seeded:
     results.mkdir()
     mask = np.zeros((3, 32, 32), dtype=bool)
     mask[1, 10:20, 10:20] = True
-    np.savez_compressed(results / "masks.npz", sop_instance_uids=np.array(analysed), mask__infarct=mask)
+    save_masks(masks_path(results), analysed, [ModelOutput("infarct", "1.0.0", (), {"infarct": mask})])
     with transaction(seeded.sessions) as s:
         series = Series(series_instance_uid=series_uid, modality="MR", state="complete")
         series.instances.extend(rows)

@@ -15,10 +15,11 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select, text
-from test_browser import OUTPUT, base_url, browser  # noqa: F401 (fixtures)
-from web_fixtures import PASSWORD, T0, USER, Clock, Seeded
+from web_fixtures import OUTPUT, PASSWORD, T0, USER, Clock, Seeded
 
+from triage_node.inference.types import ModelOutput
 from triage_node.performance.stats import wilson
+from triage_node.results.masks import masks_path, save_masks
 from triage_node.worklist.db import transaction
 from triage_node.worklist.models import AuditEntry, FindingRow, Instance, Job, Series, Study, Verdict
 
@@ -74,8 +75,8 @@ def add_flagged_series(seeded: Seeded) -> tuple[str, int]:
     for z in LESION:
         mask[z] = np.hypot(yy - 100, xx - 150) < 18
         heat[z] = np.clip(255 - 4 * np.hypot(yy - 100, xx - 150), 0, 255).astype(np.uint8)
-    np.savez_compressed(results / "masks.npz", sop_instance_uids=np.array(sops), mask__hemorrhage=mask,
-                        heatmap__any_hemorrhage=heat)
+    save_masks(masks_path(results), sops,
+               [ModelOutput("ich", "1.0.0", (), {"hemorrhage": mask}, {"any_hemorrhage": (heat + 0.5) / 255.0})])
     with transaction(seeded.sessions) as s:
         study = Study(study_instance_uid=study_uid, patient_name="VIEWER^PATIENT", patient_id="PHI-88001",
                       accession_number="ACC-VIEW", study_description="CT HEAD", priority="critical",
@@ -132,7 +133,7 @@ def canvas_pixels(page: Any) -> dict[str, int]:
 
 @pytest.mark.timeout(300)
 def test_viewer_verdict_and_performance_in_chromium(
-    browser: Any, base_url: str, seeded: Seeded, clock: Clock  # noqa: F811 (fixtures)
+    browser: Any, base_url: str, seeded: Seeded, clock: Clock  # fixtures
 ) -> None:
     OUTPUT.mkdir(parents=True, exist_ok=True)
     uid, job_id = add_flagged_series(seeded)

@@ -19,25 +19,6 @@ from triage_node.worklist.models import Job, JobState, OutboxItem, OutboxState, 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-@pytest.fixture
-def env(db_url):  # type: ignore[no-untyped-def]
-    engine = make_engine(db_url)
-    migrate(engine)
-    sessions = session_factory(engine)
-    with transaction(sessions) as s:
-        study = Study(study_instance_uid="1.2.3")
-        s.add(study)
-        s.flush()
-        series = Series(study_id=study.id, series_instance_uid="1.2.3.4")
-        s.add(series)
-        s.flush()
-        for v in (1, 2, 3):
-            s.add(Job(series_id=series.id, version=v, seg_series_uid="1", seg_sop_uid="2", sr_series_uid="3",
-                      sr_sop_uid="4", map_series_uid="5", map_sop_uid="6"))
-    yield engine, sessions
-    engine.dispose()
-
-
 def test_a_claim_in_progress_is_skipped_not_waited_for(env) -> None:  # type: ignore[no-untyped-def]
     engine, sessions = env
     if engine.dialect.name == "sqlite":
@@ -176,11 +157,11 @@ def test_receivers_writing_one_series_at_once_count_every_instance(db_url: str, 
                         with engines[i].begin() as conn:
                             record_instance(conn, header(n), f"x/{n}", 1, f"{n:064x}", "CT", NOW)
                         break
-                    except Exception as exc:  # noqa: BLE001 - a conflict the caller retries (as scp.py does)
+                    except Exception as exc:  # a conflict the caller retries (as scp.py does)
                         if attempt == 4:
                             raise
                         assert "40P01" in str(exc) or "deadlock" in str(exc) or "locked" in str(exc), exc
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=receiver, args=(i,)) for i in range(len(engines))]

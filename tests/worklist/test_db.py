@@ -91,7 +91,7 @@ def test_nodes_migrating_at_once_leave_one_schema(empty_db_url: str) -> None:
     def run(engine):  # type: ignore[no-untyped-def]
         try:
             migrate(engine)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     if engines[0].dialect.name == "sqlite":

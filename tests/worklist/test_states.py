@@ -6,39 +6,10 @@ import pytest
 from sqlalchemy import text
 
 from triage_node.worklist import states
-from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
-from triage_node.worklist.models import Job, JobState, OutboxItem, Series, Study
+from triage_node.worklist.db import migrate, transaction
+from triage_node.worklist.models import Job, JobState, OutboxItem
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def env(db_url):  # type: ignore[no-untyped-def]
-    engine = make_engine(db_url)
-    migrate(engine)
-    sessions = session_factory(engine)
-    with transaction(sessions) as s:
-        study = Study(study_instance_uid="1.2.3")
-        s.add(study)
-        s.flush()
-        series = Series(study_id=study.id, series_instance_uid="1.2.3.4")
-        s.add(series)
-        s.flush()
-        for v in (1, 2):
-            s.add(
-                Job(
-                    series_id=series.id,
-                    version=v,
-                    seg_series_uid="1",
-                    seg_sop_uid="2",
-                    sr_series_uid="3",
-                    sr_sop_uid="4",
-                    map_series_uid="5",
-                    map_sop_uid="6",
-                )
-            )
-    yield engine, sessions
-    engine.dispose()
 
 
 def test_sqlite_runs_in_wal_mode_with_full_sync_and_migrations_are_idempotent(env) -> None:  # type: ignore[no-untyped-def]
@@ -62,6 +33,9 @@ def test_claim_takes_each_job_once_in_order(env) -> None:  # type: ignore[no-unt
     with transaction(sessions) as s:
         second = states.claim_next_job(s, NOW)
         assert second is not None and second.version == 2
+    with transaction(sessions) as s:
+        third = states.claim_next_job(s, NOW)
+        assert third is not None and third.version == 3
     with transaction(sessions) as s:
         assert states.claim_next_job(s, NOW) is None
 

@@ -157,7 +157,7 @@ def make_ct_case(
             MIMIC_PAINTERS[str(m)](rng, canvas)
     pose = draw_pose(rng)
     acq = draw_acquisition(rng, matrix, thickness)
-    frame = HeadFrame.axial(anatomy.hu.shape, anatomy.spacing, anatomy.centre, anatomy.flip_x)  # type: ignore[arg-type]
+    frame = HeadFrame.axial(anatomy.hu.shape, anatomy.spacing, anatomy.centre, anatomy.flip_x)
     planes, acq = _plan(rng, anatomy.inside, frame, pose, acq)
     hu, bits = _sample_slabs(canvas, frame, pose, planes)
     masks = {s: ((bits & BIT[s]) > 0) for s in SUBTYPES if canvas.volumes_ml.get(s, 0.0) > 0}

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from triage_lab.synth.anatomy import Tissue, head_model
+from triage_lab.synth.anatomy import head_model
+from triage_lab.synth.tissue import Tissue
 
 SUBTYPES = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
 BIT = {name: 1 << i for i, name in enumerate(SUBTYPES)}

@@ -52,8 +52,8 @@ PIPELINE_OF = {"ct": Pipeline.CT_HEAD, "dwi": Pipeline.MR_DWI, "swi": Pipeline.M
 
 
 def decode(paths: Sequence[Path], config: Config) -> tuple[Volume, Pipeline]:
-    """Files of one series -> (Volume, pipeline) exactly as ``triage_node.pipeline._run`` builds it."""
-    from triage_node.pipeline import _load_filtered  # the daemon's decode + blank-slice filter, not a copy
+    """Files of one series -> (Volume, pipeline) exactly as ``triage_node.pipeline._process`` builds it."""
+    from triage_node.pipeline import decode_and_filter  # the daemon's decode + blank-slice filter, not a copy
     from triage_node.series.diffusion import select_dwi
     from triage_node.series.geometry import build_volume, plan
     from triage_node.series.routing import SeriesAttributes, describe, route, select_images
@@ -69,7 +69,7 @@ def decode(paths: Sequence[Path], config: Config) -> tuple[Volume, Pipeline]:
     slices = plan(datasets)
     ct = attrs.modality.upper() == "CT"
     min_pct = config.filter.min_brain_pct if ct else config.filter.min_tissue_pct_mr
-    planes, keep = _load_filtered(slices, attrs.modality, min_pct, {})
+    planes, keep = decode_and_filter(slices, attrs.modality, min_pct, {})
     if not keep.any():
         raise ValueError(f"all {len(keep)} slices are below {min_pct:g}% brain pixels")
     return build_volume(slices, planes, keep, planes_are_kept=True), rule.pipeline
@@ -349,7 +349,7 @@ def evaluate(
                 rec["truth_detail"] = _jsonable(w.truth)
                 rec["slices"] = [len(w.slice_uids), int(volume.pixels.shape[0])]
                 records[spec.kind].append(rec)
-            except Exception as exc:  # noqa: BLE001 - a broken case is reported, never fatal
+            except Exception as exc:  # a broken case is reported, never fatal
                 rec["error"] = f"{type(exc).__name__}: {exc}"
                 rec["traceback"] = traceback.format_exc(limit=4)
                 failures.append(rec)

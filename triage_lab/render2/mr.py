@@ -59,8 +59,9 @@ def _ellipsoids(
 
 @functools.lru_cache(maxsize=1)
 def mr_anatomy() -> MrAnatomy:
-    from triage_lab.synth.anatomy import Tissue, head_model
+    from triage_lab.synth.anatomy import head_model
     from triage_lab.synth.mr import mni_source
+    from triage_lab.synth.tissue import Tissue
 
     src = mni_source()
     assert src.labels is not None
@@ -91,7 +92,7 @@ def mr_anatomy() -> MrAnatomy:
     ainv = np.linalg.inv(aff)
     matrix = ainv[:3, :3] @ flip
     offset = matrix @ centre_lps + ainv[:3, 3]
-    frame = HeadFrame(matrix, offset, lab.shape)  # type: ignore[arg-type]
+    frame = HeadFrame(matrix, offset, lab.shape)
     rng = np.random.default_rng(0)
     sub = brain[rng.choice(len(brain), 20_000, replace=False)]
     return MrAnatomy(maps, src.labels, aff, frame, frame.to_head(sub))

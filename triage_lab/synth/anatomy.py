@@ -9,27 +9,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
 from triage_lab.synth.headct import axial_head_ct
-
-
-class Tissue(IntEnum):
-    """Label values of :attr:`HeadModel.labels`."""
-
-    OUTSIDE = 0
-    BONE = 1
-    BRAIN = 2
-    CSF = 3  # extra-axial / sulcal / cisternal CSF
-    VENTRICLE = 4
-    SOFT = 5  # extracranial soft tissue
-
-
-INTRACRANIAL = (Tissue.BRAIN, Tissue.CSF, Tissue.VENTRICLE)
+from triage_lab.synth.pseudoct import mni_pseudo_ct
+from triage_lab.synth.tissue import INTRACRANIAL, Tissue
 
 
 @dataclass(frozen=True)
@@ -115,8 +102,6 @@ def invesalius_head() -> HeadModel:
 @functools.lru_cache(maxsize=1)
 def mni_head() -> HeadModel:
     """A pseudo-CT built from the MNI152 template (offline, bundled with nilearn)."""
-    from triage_lab.synth.pseudoct import mni_pseudo_ct
-
     hu, labels, spacing = mni_pseudo_ct()
     hu.setflags(write=False)
     labels.setflags(write=False)

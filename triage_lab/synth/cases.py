@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from triage_lab.synth.acquisition import Acquisition, acquire, draw_acquisition, resample_head
 from triage_lab.synth.anatomy import head_model
-from triage_lab.synth.augment import Acquisition, acquire, draw_acquisition, resample_head
 from triage_lab.synth.hemorrhage import SUBTYPES, Canvas, draw_lesion, paint_blood
 from triage_lab.synth.storage import Storage, draw_storage, round_trip
 
@@ -22,7 +22,7 @@ class CTCase:
 
     ``hu``: int16 (z, y, x) Hounsfield units. ``spacing``: (z, y, x) mm. ``masks``: subtype -> bool (z, y, x) for the
     subtypes drawn. ``labels``: bool (z, 6), columns in :data:`CLASSES` order (``any_hemorrhage`` first).
-    ``tissue``: uint8 (z, y, x) :class:`~triage_lab.synth.anatomy.Tissue` labels of the normal head.
+    ``tissue``: uint8 (z, y, x) :class:`~triage_lab.synth.tissue.Tissue` labels of the normal head.
     ``storage``: the storage whose quantisation ``hu`` went through (``vary_storage``), else None.
     """
 

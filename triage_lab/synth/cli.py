@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("synth", help="write a synthetic DICOM series (never real patient data)")
     sp.add_argument("outdir")
     sp.add_argument("--kind", choices=KINDS, default="ct")

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from triage_lab.synth.anatomy import Tissue
 from triage_lab.synth.hemorrhage import Canvas
+from triage_lab.synth.tissue import Tissue
 
 MIMICS: tuple[str, ...] = (
     "pineal_calcification",

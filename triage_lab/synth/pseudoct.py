@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from triage_lab.synth.anatomy import Tissue
+from triage_lab.synth.tissue import Tissue
 
 
 def mni_pseudo_ct() -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:

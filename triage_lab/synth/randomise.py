@@ -22,10 +22,11 @@ import functools
 import numpy as np
 from scipy import ndimage
 
-from triage_lab.synth.anatomy import HeadModel, Tissue, head_model
-from triage_lab.synth.augment import Acquisition, _rotation, draw_randomised
+from triage_lab.synth.acquisition import Acquisition, _rotation, draw_randomised
+from triage_lab.synth.anatomy import HeadModel, head_model
 from triage_lab.synth.hemorrhage import Canvas, _smooth_noise, draw_lesion
 from triage_lab.synth.mimics import add_mimics
+from triage_lab.synth.tissue import Tissue
 
 SUB_SLICE_MM = 1.2  # slab sub-sampling step (the source heads are 1-1.5 mm through-plane)
 MAX_SUB = 5

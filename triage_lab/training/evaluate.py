@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from triage_lab.synth.cases import CLASSES
-from triage_lab.training.export import record_int8_metrics
+from triage_lab.training.int8_metrics import record_int8_metrics
 from triage_lab.training.metrics import roc_auc, sens_spec, weighted_log_loss, youden_threshold
 from triage_lab.training.plots import calibration_plot, confusion_plot, history_plot, roc_plot
 from triage_node.inference.card import ModelCard
@@ -281,7 +281,6 @@ def write_metrics_to_card(model_dir: Path, report: dict[str, Any], split: str = 
     ``split="test"`` replaces the card's metrics (keeping the shifted-settings figures); ``"test_shifted"`` writes only
     ``metrics.held_out_shifted_settings``.
     """
-    import dataclasses
 
     card = ModelCard.load(model_dir / "model.yaml")
     if "series_level" in report:
@@ -306,7 +305,8 @@ def write_metrics_to_card(model_dir: Path, report: dict[str, Any], split: str = 
         metrics["report"] = "eval.json (plots: *.png next to it)"
         metrics["caveat"] = "Held-out synthetic cases from the same two base heads; not patient data."
         new = metrics | ({SHIFTED_KEY: card.metrics[SHIFTED_KEY]} if SHIFTED_KEY in card.metrics else {})
-    dataclasses.replace(card, metrics=new).save(model_dir / "model.yaml")  # type: ignore[arg-type]
+    path = model_dir / "model.yaml"
+    ModelCard.from_dict({**card.to_dict(), "metrics": new}, path).save(path)
 
 
 GRID_ROWS_KEPT = 200
@@ -523,7 +523,6 @@ def write_postprocess_to_card(model_dir: Path, tuned: dict[str, Any]) -> None:
     ``postprocess.max_components`` / ``min_area_mm2`` / ``min_extent_mm`` and how they were chosen) and the whole grid
     into ``tune_postprocess.json`` next to it (the ``GRID_ROWS_KEPT`` best rows). Weights, hash and exports are
     untouched."""
-    import dataclasses
 
     card = ModelCard.load(model_dir / "model.yaml")
     best = tuned["chosen"]
@@ -540,9 +539,8 @@ def write_postprocess_to_card(model_dir: Path, tuned: dict[str, Any]) -> None:
         f"rule. Validation: Dice {best['dice_mean']}, false-positive rate {best['false_positive_rate_negatives']}, "
         f"lesion-wise F1 {best['lesion_f1']} (tune_postprocess.json)",
     }
-    dataclasses.replace(card, thresholds=thresholds, postprocess=post).save(  # type: ignore[arg-type]
-        model_dir / "model.yaml"
-    )
+    path = model_dir / "model.yaml"
+    ModelCard.from_dict({**card.to_dict(), "thresholds": thresholds, "postprocess": post}, path).save(path)
     # The whole grid runs to thousands of rows; the model directory keeps the best ones (``--out`` writes them all).
     kept = {**tuned, "grid": tuned["grid"][:GRID_ROWS_KEPT], "grid_rows": len(tuned["grid"])}
     (model_dir / "tune_postprocess.json").write_text(json.dumps(kept, indent=1))

@@ -10,7 +10,6 @@ figures in ``metrics``, never over them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from triage_lab.quantize import export_int8
+from triage_lab.synth.mr import dwi_volume, make_dwi_case, make_swi_case, swi_volume
+from triage_lab.training.mr_cmb import split_seeds as cmb_seeds
+from triage_lab.training.mr_infarct import split_seeds as infarct_seeds
+from triage_lab.training.synthdata import DEFAULT_CACHE, generate, iter_cases, split_seeds
 from triage_node.inference.card import ModelCard
 from triage_node.inference.onnxrt import INT8
+from triage_node.inference.registry import load_analyzer
 
 EXPORT_FILE = "model.int8.onnx"
 
@@ -27,8 +32,6 @@ EXPORT_FILE = "model.int8.onnx"
 def calibration(model: str, n: int, cache: Path | None) -> tuple[Callable[[Any], None], str]:
     """What to run the fp32 analyzer on for ``model``, and a sentence for the card saying what that was."""
     if model in ("ich", "ct_segmenter"):
-        from triage_lab.training.synthdata import DEFAULT_CACHE, generate, iter_cases, split_seeds
-
         seeds = split_seeds("val", n)
         root = cache or DEFAULT_CACHE
         generate(root, seeds, progress=False)
@@ -40,9 +43,6 @@ def calibration(model: str, n: int, cache: Path | None) -> tuple[Callable[[Any],
 
         return run_ct, f"synthetic head CT validation cases, seeds {seeds[0]}-{seeds[-1]}"
     if model == "infarct":
-        from triage_lab.synth.mr import dwi_volume, make_dwi_case
-        from triage_lab.training.mr_infarct import split_seeds as infarct_seeds
-
         seeds = infarct_seeds("val", n)
 
         def run_dwi(an: Any) -> None:
@@ -51,9 +51,6 @@ def calibration(model: str, n: int, cache: Path | None) -> tuple[Callable[[Any],
 
         return run_dwi, f"synthetic DWI validation cases, seeds {seeds[0]}-{seeds[-1]}"
     if model == "cmb":
-        from triage_lab.synth.mr import make_swi_case, swi_volume
-        from triage_lab.training.mr_cmb import split_seeds as cmb_seeds
-
         seeds = cmb_seeds("val", n)
 
         def run_swi(an: Any) -> None:
@@ -66,9 +63,6 @@ def calibration(model: str, n: int, cache: Path | None) -> tuple[Callable[[Any],
 
 def export_model(model_dir: Path, n_cases: int, cache: Path | None = None, keep: int = 512) -> dict[str, Any]:
     """Write ``model_dir/model.int8.onnx`` and record it in the card's ``exports.int8``; return that record."""
-    from triage_lab.quantize import export_int8
-    from triage_node.inference.registry import load_analyzer
-
     card = ModelCard.load(model_dir / "model.yaml")
     analyzer = load_analyzer(card, threads=2, precision="fp32")
     run, what = calibration(card.name, n_cases, cache)
@@ -77,19 +71,9 @@ def export_model(model_dir: Path, n_cases: int, cache: Path | None = None, keep:
     entry["command"] = f"triage-lab export {card.name} --model-dir {model_dir} --n-cases {n_cases}"
     exports = {k: dict(v) for k, v in card.exports.items()}
     exports[INT8] = entry  # a new export replaces the old one and its figures (they measured another file)
-    dataclasses.replace(card, exports=exports).save(model_dir / "model.yaml")  # type: ignore[arg-type]
+    path = model_dir / "model.yaml"
+    ModelCard.from_dict({**card.to_dict(), "exports": exports}, path).save(path)
     return entry
-
-
-def record_int8_metrics(model_dir: Path, report: dict[str, Any]) -> None:
-    """Keep an evaluation of the int8 export: ``eval_int8.json`` and the card's ``exports.int8.metrics``."""
-    card = ModelCard.load(model_dir / "model.yaml")
-    if INT8 not in card.exports:
-        raise ValueError(f"{model_dir}: the card has no int8 export to attach figures to")
-    (model_dir / "eval_int8.json").write_text(json.dumps(report, indent=1))
-    exports = {k: dict(v) for k, v in card.exports.items()}
-    exports[INT8]["metrics"] = {k: v for k, v in report.items() if k not in ("model", "version", "sha256")}
-    dataclasses.replace(card, exports=exports).save(model_dir / "model.yaml")  # type: ignore[arg-type]
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -101,7 +85,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export", help="write a model's int8 ONNX Runtime export (models.precision: int8), calibrated on validation"
     )

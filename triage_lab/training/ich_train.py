@@ -29,7 +29,7 @@ from triage_lab.training.loop import (
 from triage_lab.training.metrics import RSNA_WEIGHTS, roc_auc
 from triage_lab.training.plots import history_plot
 from triage_lab.training.synthdata import split_seeds
-from triage_node.inference.card import NOT_FOR_CLINICAL_USE, ModelCard, device_uid_for, sha256_file
+from triage_node.inference.card import NOT_FOR_CLINICAL_USE, ModelCard, sha256_file
 from triage_node.inference.nets import build_classifier
 
 log = logging.getLogger(__name__)
@@ -110,35 +110,36 @@ def write_model_dir(
     weights = out / "model.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
     sha = sha256_file(weights)
-    card = ModelCard(
-        name="ich",
-        version=version,
-        analyzer=ICH_ANALYZER,
-        weights=weights.name,
-        sha256=sha,
-        device_uid=device_uid_for(sha),
-        architecture={
-            "net": recipe.arch,
-            "width": recipe.width,
-            "in_channels": 3 * (2 * recipe.context + 1),
-            "num_classes": len(CLASSES),
-            "framework": "monai.networks.nets",
-        },  # type: ignore[arg-type]
-        input={
-            "size": recipe.size,
-            "windows": ["brain 40/80", "subdural 80/200", "bone 600/2800"],
-            "context": recipe.context,
-            "resize": "pad to square with air, window, area-average to size",
-        },  # type: ignore[arg-type]
-        classes=CLASSES,
-        thresholds=thresholds or dict.fromkeys(CLASSES, 0.5),  # type: ignore[arg-type]
-        intended_use=(
-            "Flags head CT series that may contain acute intracranial hemorrhage (any and five RSNA subtypes) for "
-            "worklist prioritisation in a research triage pipeline. " + NOT_FOR_CLINICAL_USE
-        ),
-        postprocess={"aggregation": AGGREGATION, "gradcam_layer": "layer4", "gradcam_max_slices": 12},  # type: ignore[arg-type]
-        training=training,  # type: ignore[arg-type]
-        directory=out,
+    card = ModelCard.from_dict(
+        {
+            "name": "ich",
+            "version": version,
+            "analyzer": ICH_ANALYZER,
+            "weights": weights.name,
+            "sha256": sha,
+            "architecture": {
+                "net": recipe.arch,
+                "width": recipe.width,
+                "in_channels": 3 * (2 * recipe.context + 1),
+                "num_classes": len(CLASSES),
+                "framework": "monai.networks.nets",
+            },
+            "input": {
+                "size": recipe.size,
+                "windows": ["brain 40/80", "subdural 80/200", "bone 600/2800"],
+                "context": recipe.context,
+                "resize": "pad to square with air, window, area-average to size",
+            },
+            "classes": CLASSES,
+            "thresholds": thresholds or dict.fromkeys(CLASSES, 0.5),
+            "intended_use": (
+                "Flags head CT series that may contain acute intracranial hemorrhage (any and five RSNA subtypes) for "
+                "worklist prioritisation in a research triage pipeline. " + NOT_FOR_CLINICAL_USE
+            ),
+            "postprocess": {"aggregation": AGGREGATION, "gradcam_layer": "layer4", "gradcam_max_slices": 12},
+            "training": training,
+        },
+        out / "model.yaml",
     )
     card.save(out / "model.yaml")
     return card

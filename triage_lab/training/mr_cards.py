@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from triage_node.inference.card import NOT_FOR_CLINICAL_USE, ModelCard, _thaw, device_uid_for, sha256_file
+from triage_node.inference.card import NOT_FOR_CLINICAL_USE, ModelCard, _thaw, sha256_file
 from triage_node.inference.cmb import CandidateConfig
 
 SYNTHETIC_ONLY = (
@@ -46,46 +46,47 @@ def write_cmb_dir(
     metrics: dict[str, Any],
 ) -> ModelCard:
     name, sha = _save_weights(out, state)
-    card = ModelCard(
-        name="cmb",
-        version=version,
-        analyzer="triage_node.inference.cmb:CmbAnalyzer",
-        weights=name,
-        sha256=sha,
-        device_uid=device_uid_for(sha),
-        architecture=MappingProxyType(
-            {
-                "net": "five conv blocks (2,2,3,3,3 x conv3x3, zero padding, stride 1, batch norm, ReLU, "
-                "maxpool stride 2), "
-                "one hidden dense layer (64), one logit (Vaish et al.)",
-                "params": params,
-                "framework": "torch",
-            }
-        ),
-        input=MappingProxyType(
-            {
-                "sequence": "SWI or T2*-GRE magnitude (minIP or phase images are not used)",
-                "patch": "3 slices at -2/0/+2 mm, 24 x 24 mm resampled to 32 x 32 px, / brain median - 1",
-                "candidates": asdict(cfg),
-            }
-        ),
-        classes=("microbleed",),
-        thresholds=MappingProxyType({"microbleed": float(threshold)}),
-        intended_use=(
-            "Counts and locates cerebral microbleeds on an SWI / T2* series for worklist triage. "
-            + NOT_FOR_CLINICAL_USE
-        ),
-        postprocess=MappingProxyType(
-            {
-                "merge_mm": cfg.merge_mm,
-                "match_radius_mm": "max(3, radius + 1.5)",
-                "mask": "sphere per microbleed, radius of the dark spot (bloomed)",
-            }
-        ),
-        training=MappingProxyType(training),
-        metrics=MappingProxyType(metrics),
-        limitations=SYNTHETIC_ONLY,
-        directory=out,
+    card = ModelCard.from_dict(
+        {
+            "name": "cmb",
+            "version": version,
+            "analyzer": "triage_node.inference.cmb:CmbAnalyzer",
+            "weights": name,
+            "sha256": sha,
+            "architecture": MappingProxyType(
+                {
+                    "net": "five conv blocks (2,2,3,3,3 x conv3x3, zero padding, stride 1, batch norm, ReLU, "
+                    "maxpool stride 2), "
+                    "one hidden dense layer (64), one logit (Vaish et al.)",
+                    "params": params,
+                    "framework": "torch",
+                }
+            ),
+            "input": MappingProxyType(
+                {
+                    "sequence": "SWI or T2*-GRE magnitude (minIP or phase images are not used)",
+                    "patch": "3 slices at -2/0/+2 mm, 24 x 24 mm resampled to 32 x 32 px, / brain median - 1",
+                    "candidates": asdict(cfg),
+                }
+            ),
+            "classes": ("microbleed",),
+            "thresholds": MappingProxyType({"microbleed": float(threshold)}),
+            "intended_use": (
+                "Counts and locates cerebral microbleeds on an SWI / T2* series for worklist triage. "
+                + NOT_FOR_CLINICAL_USE
+            ),
+            "postprocess": MappingProxyType(
+                {
+                    "merge_mm": cfg.merge_mm,
+                    "match_radius_mm": "max(3, radius + 1.5)",
+                    "mask": "sphere per microbleed, radius of the dark spot (bloomed)",
+                }
+            ),
+            "training": MappingProxyType(training),
+            "metrics": MappingProxyType(metrics),
+            "limitations": SYNTHETIC_ONLY,
+        },
+        out / "model.yaml",
     )
     card.save(out / "model.yaml")
     return card
@@ -96,7 +97,7 @@ def update_metrics(model_dir: Path, metrics: dict[str, Any], key: str = "test") 
     card = ModelCard.load(model_dir / "model.yaml")
     merged = dict(_thaw(card.metrics))
     merged[key] = metrics
-    new = replace(card, metrics=MappingProxyType(merged), directory=model_dir)
+    new = ModelCard.from_dict({**card.to_dict(), "metrics": merged}, model_dir / "model.yaml")
     new.save(model_dir / "model.yaml")
     return new
 
@@ -106,7 +107,7 @@ def update_section(model_dir: Path, section: str, values: dict[str, Any]) -> Mod
     card = ModelCard.load(model_dir / "model.yaml")
     merged = dict(_thaw(getattr(card, section)))
     merged.update(values)
-    new = replace(card, **{section: MappingProxyType(merged)}, directory=model_dir)  # type: ignore[arg-type]
+    new = ModelCard.from_dict({**card.to_dict(), section: merged}, model_dir / "model.yaml")
     new.save(model_dir / "model.yaml")
     return new
 
@@ -116,69 +117,72 @@ def write_infarct_dir(
 ) -> ModelCard:
     """``recipe``: an ``InfarctRecipe`` (size, grid, base, min_area_mm2)."""
     name, sha = _save_weights(out, state)
-    card = ModelCard(
-        name="infarct",
-        version=version,
-        analyzer="triage_node.inference.infarct:InfarctAnalyzer",
-        weights=name,
-        sha256=sha,
-        device_uid=device_uid_for(sha),
-        architecture=MappingProxyType(
-            {
-                "net": "crop-grid encoder-decoder (dilations 1/2/4) with linear+sigmoid gate (Kalmutskiy & Berikov), "
-                "then an affine-registered MNI region atlas for the location",
-                "in_channels": 1,
-                "base": recipe.base,
-                "framework": "torch + monai.networks.blocks",
-            }
-        ),
-        input=MappingProxyType(
-            {
-                "kind": getattr(recipe, "kind", "zscore"),
-                "size": recipe.size,
-                "series": "DWI b=1000 trace images only (no b=0, no ADC); axial",
-                "resize": "pad to square, resample to size; mask resampled back to the original grid",
-            }
-        ),
-        classes=("infarct",),
-        thresholds=MappingProxyType({"gate": 0.5, "segmentation": 0.5}),
-        intended_use=(
-            "Flags an acute infarct on DWI, outlines it, estimates its volume and names its side and region "
-            "for worklist triage. " + NOT_FOR_CLINICAL_USE
-        ),
-        postprocess=MappingProxyType(
-            {
-                "grid": recipe.grid,
-                "flip_tta": True,
-                "max_components": 1,
-                "components": "3-D, face-connected; the largest is kept (the study's rule)",
-                "min_area_mm2": recipe.min_area_mm2,
-                "finding_label": "infarct",
-                "location": "majority atlas region of the lesion voxels after affine registration; side from MNI x; "
-                "bilateral when each side holds >= 20% of the lesion",
-                "regions": [
-                    "frontal lobe",
-                    "parietal lobe",
-                    "temporal lobe",
-                    "occipital lobe",
-                    "insula",
-                    "basal ganglia / internal capsule",
-                    "thalamus",
-                    "corpus callosum",
-                    "centrum semiovale",
-                    "brainstem",
-                    "cerebellum",
-                ],
-            }
-        ),
-        training=MappingProxyType(training),
-        metrics=MappingProxyType({}),
-        limitations=SYNTHETIC_ONLY
-        + (
-            " The region atlas is hand-built from MNI coordinates and tissue maps (see "
-            "triage_node/inference/atlas.py); lobar boundaries are approximate to ~1 cm."
-        ),
-        directory=out,
+    card = ModelCard.from_dict(
+        {
+            "name": "infarct",
+            "version": version,
+            "analyzer": "triage_node.inference.infarct:InfarctAnalyzer",
+            "weights": name,
+            "sha256": sha,
+            "architecture": MappingProxyType(
+                {
+                    "net": "crop-grid encoder-decoder (dilations 1/2/4) with linear+sigmoid gate "
+                    "(Kalmutskiy & Berikov), "
+                    "then an affine-registered MNI region atlas for the location",
+                    "in_channels": 1,
+                    "base": recipe.base,
+                    "framework": "torch + monai.networks.blocks",
+                }
+            ),
+            "input": MappingProxyType(
+                {
+                    "kind": getattr(recipe, "kind", "zscore"),
+                    "size": recipe.size,
+                    "series": "DWI b=1000 trace images only (no b=0, no ADC); axial",
+                    "resize": "pad to square, resample to size; mask resampled back to the original grid",
+                }
+            ),
+            "classes": ("infarct",),
+            "thresholds": MappingProxyType({"gate": 0.5, "segmentation": 0.5}),
+            "intended_use": (
+                "Flags an acute infarct on DWI, outlines it, estimates its volume and names its side and region "
+                "for worklist triage. " + NOT_FOR_CLINICAL_USE
+            ),
+            "postprocess": MappingProxyType(
+                {
+                    "grid": recipe.grid,
+                    "flip_tta": True,
+                    "max_components": 1,
+                    "components": "3-D, face-connected; the largest is kept (the study's rule)",
+                    "min_area_mm2": recipe.min_area_mm2,
+                    "finding_label": "infarct",
+                    "location": "majority atlas region of the lesion voxels after affine registration; "
+                    "side from MNI x; "
+                    "bilateral when each side holds >= 20% of the lesion",
+                    "regions": [
+                        "frontal lobe",
+                        "parietal lobe",
+                        "temporal lobe",
+                        "occipital lobe",
+                        "insula",
+                        "basal ganglia / internal capsule",
+                        "thalamus",
+                        "corpus callosum",
+                        "centrum semiovale",
+                        "brainstem",
+                        "cerebellum",
+                    ],
+                }
+            ),
+            "training": MappingProxyType(training),
+            "metrics": MappingProxyType({}),
+            "limitations": SYNTHETIC_ONLY
+            + (
+                " The region atlas is hand-built from MNI coordinates and tissue maps (see "
+                "triage_node/inference/atlas.py); lobar boundaries are approximate to ~1 cm."
+            ),
+        },
+        out / "model.yaml",
     )
     card.save(out / "model.yaml")
     return card

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from triage_lab.training.int8_metrics import record_int8_metrics
 from triage_lab.training.loop import TrainConfig, fit, mixed_precision_text, model_device
 from triage_node.inference.cmb import (
     CandidateConfig,
@@ -532,8 +533,6 @@ def evaluate_cmb(
         "curve": res["curve"],
     }
     if det.precision == "int8":  # the export's figures go next to the float model's, never over them
-        from triage_lab.training.export import record_int8_metrics
-
         record_int8_metrics(model_dir, {k: v for k, v in report.items() if k != "curve"})
         return report
     (model_dir / "eval.json").write_text(json.dumps(report, indent=1))

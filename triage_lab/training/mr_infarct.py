@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from triage_lab.training.int8_metrics import record_int8_metrics
 from triage_node.inference.atlas import Region
 
 if TYPE_CHECKING:
@@ -351,8 +352,6 @@ def evaluate_infarct(
     if baseline is not None:
         report["baseline_direct_classification"] = baseline
     if an.segmenter.precision == "int8":  # the export's figures go next to the float model's, never over them
-        from triage_lab.training.export import record_int8_metrics
-
         record_int8_metrics(model_dir, {k: v for k, v in report.items() if k != "cases"})
         return report
     (model_dir / "eval.json").write_text(json.dumps(report, indent=1))
@@ -512,7 +511,7 @@ def write_operating_point(model_dir: Path, tuned: dict[str, Any]) -> None:
     training = dict(_thaw(card.training))
     training["operating_point"] = (
         f"gate {c['gate']}, segmentation {c['segmentation']}, minimum cross-section {c['min_area_mm2']} mm^2, chosen "
-        f"by `mr_cli tune-mr infarct` on validation only ({tuned['positive_cases']} infarct cases seeds "
+        f"by `triage-lab tune-mr infarct` on validation only ({tuned['positive_cases']} infarct cases seeds "
         f"{tuned['positive_seeds']}, {tuned['negative_cases']} without seeds {tuned['negative_seeds']}, precision "
         f"{tuned['precision']}): the highest mean Dice with a false-positive rate <= {tuned['max_fp_rate']} on the "
         f"cases without infarct, the most restrictive point within {tuned['tolerance']} of it; validation Dice "

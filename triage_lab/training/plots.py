@@ -9,10 +9,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from triage_lab.training.metrics import calibration_bins, roc_auc, roc_curve  # noqa: E402
+from triage_lab.training.metrics import calibration_bins, roc_auc, roc_curve
 
 
 def roc_plot(path: Path, y: np.ndarray, p: np.ndarray, classes: Sequence[str], title: str) -> None:

@@ -20,7 +20,7 @@ from triage_lab.training.augment import AUGMENT_PRESETS, AugmentConfig, augment
 from triage_lab.training.loop import TrainConfig, fit, mixed_precision_text, model_device, seed_everything
 from triage_lab.training.plots import history_plot
 from triage_lab.training.synthdata import iter_cases, split_seeds
-from triage_node.inference.card import NOT_FOR_CLINICAL_USE, ModelCard, device_uid_for, sha256_file
+from triage_node.inference.card import NOT_FOR_CLINICAL_USE, ModelCard, sha256_file
 from triage_node.inference.nets import build_segmenter
 from triage_node.inference.segmenter import grid_crops, normalise
 
@@ -187,41 +187,42 @@ def write_model_dir(
     save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
     sha = sha256_file(weights)
     in_ch = 3 if recipe.kind == "ct_windows" else 1
-    card = ModelCard(
-        name=name,
-        version=version,
-        analyzer=SEG_ANALYZER,
-        weights=weights.name,
-        sha256=sha,
-        device_uid=device_uid_for(sha),
-        architecture={
-            "net": "crop-grid encoder-decoder (dilations 1/2/4) with linear+sigmoid gate",  # type: ignore[arg-type]
-            "in_channels": in_ch,
-            "base": recipe.base,
-            "framework": "torch + monai.networks.blocks",
+    card = ModelCard.from_dict(
+        {
+            "name": name,
+            "version": version,
+            "analyzer": SEG_ANALYZER,
+            "weights": weights.name,
+            "sha256": sha,
+            "architecture": {
+                "net": "crop-grid encoder-decoder (dilations 1/2/4) with linear+sigmoid gate",
+                "in_channels": in_ch,
+                "base": recipe.base,
+                "framework": "torch + monai.networks.blocks",
+            },
+            "input": {
+                "kind": recipe.kind,
+                "size": recipe.size,
+                "windows": ["brain 40/80", "subdural 80/200", "bone 600/2800"] if in_ch == 3 else [],
+                "resize": "pad to square, resample to size; mask resampled back to the original grid",
+            },
+            "classes": (finding_label,),
+            "thresholds": {"gate": 0.5, "segmentation": 0.5},
+            "intended_use": (
+                f"Outlines the extent of {finding_label} and estimates its volume on slices of a series flagged by the "
+                "triage pipeline, for display in DICOM SEG. " + NOT_FOR_CLINICAL_USE
+            ),
+            "postprocess": {
+                "grid": recipe.grid,
+                "flip_tta": True,
+                "max_components": 1,
+                "components": "3-D, face-connected (scipy.ndimage.label default)",
+                "min_area_mm2": MIN_AREA_MM2,
+                "finding_label": finding_label,
+            },
+            "training": training,
         },
-        input={
-            "kind": recipe.kind,
-            "size": recipe.size,  # type: ignore[arg-type]
-            "windows": ["brain 40/80", "subdural 80/200", "bone 600/2800"] if in_ch == 3 else [],
-            "resize": "pad to square, resample to size; mask resampled back to the original grid",
-        },
-        classes=(finding_label,),
-        thresholds={"gate": 0.5, "segmentation": 0.5},  # type: ignore[arg-type]
-        intended_use=(
-            f"Outlines the extent of {finding_label} and estimates its volume on slices of a series flagged by the "
-            "triage pipeline, for display in DICOM SEG. " + NOT_FOR_CLINICAL_USE
-        ),
-        postprocess={
-            "grid": recipe.grid,
-            "flip_tta": True,
-            "max_components": 1,  # type: ignore[arg-type]
-            "components": "3-D, face-connected (scipy.ndimage.label default)",
-            "min_area_mm2": MIN_AREA_MM2,
-            "finding_label": finding_label,
-        },
-        training=training,  # type: ignore[arg-type]
-        directory=out,
+        out / "model.yaml",
     )
     card.save(out / "model.yaml")
     return card

@@ -84,7 +84,7 @@ class MniAtlas:
 
     @property
     def csf(self) -> np.ndarray:
-        return np.clip(self.brain - self.gm - self.wm, 0.0, 1.0)
+        return np.asarray(np.clip(self.brain - self.gm - self.wm, 0.0, 1.0))
 
     def mm_grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """MNI coordinates (x, y, z) of every voxel as three broadcastable float32 arrays."""
@@ -108,7 +108,7 @@ def _ellipsoid(
     x: np.ndarray, y: np.ndarray, z: np.ndarray, c: tuple[float, float, float], r: tuple[float, ...]
 ) -> np.ndarray:
     ax = np.abs(x)  # both hemispheres: centres are given for the right one
-    return ((ax - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2 <= 1.0
+    return np.asarray(((ax - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2 <= 1.0)
 
 
 def _region_rules(
@@ -180,7 +180,7 @@ def load_mni_atlas() -> MniAtlas:
 
 def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     pts = np.atleast_2d(np.asarray(pts, dtype=np.float64))
-    return pts @ m[:3, :3].T + m[:3, 3]
+    return np.asarray(pts @ m[:3, :3].T + m[:3, 3])
 
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -235,7 +235,8 @@ def _resample_mask(mask: np.ndarray, src_index_to_mm: np.ndarray, grid_mm: tuple
     xs, ys, zs = np.meshgrid(*grid_mm, indexing="ij")
     pts = np.stack([xs.ravel(), ys.ravel(), zs.ravel()], axis=1)
     idx = _apply(np.linalg.inv(src_index_to_mm), pts).T
-    return ndimage.map_coordinates(mask.astype(np.float32), idx, order=1, mode="constant", cval=0.0).reshape(xs.shape)
+    sampled = ndimage.map_coordinates(mask.astype(np.float32), idx, order=1, mode="constant", cval=0.0)
+    return np.asarray(sampled).reshape(xs.shape)
 
 
 @functools.lru_cache(maxsize=4)

@@ -156,7 +156,7 @@ class ModelCard:
         )
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, width=110)
+        return str(yaml.safe_dump(self.to_dict(), sort_keys=False, width=110))
 
     def to_dict(self) -> dict[str, Any]:
         """The card as plain data, as model.yaml holds it (``from_dict`` reads it back)."""

@@ -21,9 +21,10 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from triage_node.inference.analyzer import CardAnalyzer
 from triage_node.inference.card import ModelCard
 from triage_node.inference.onnxrt import OrtNet, network
-from triage_node.inference.precision import autocast, resolve
+from triage_node.inference.precision import autocast
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
 
@@ -143,7 +144,7 @@ def blobness(small: np.ndarray, spacing: tuple[float, float, float], idx: np.nda
     ring = ndimage.map_coordinates(small, coords, order=1, mode="nearest").reshape(len(c), n_dir, len(radii))
     centre = small[idx[:, 0], idx[:, 1], idx[:, 2]]
     brighter = ring.max(axis=2) - centre[:, None] > 0.25
-    return brighter.mean(axis=1).astype(np.float32)
+    return np.asarray(brighter.mean(axis=1), dtype=np.float32)
 
 
 def extract_patches(
@@ -169,7 +170,7 @@ def extract_patches(
     shape = (n, 3, p, p)
     coords = np.stack([np.broadcast_to(a, shape).ravel() for a in (z, y, xg)])
     vals = ndimage.map_coordinates(np.asarray(img, np.float32), coords, order=1, mode="nearest")
-    return (vals.reshape(shape) / scale - 1.0).astype(np.float32)
+    return np.asarray(vals.reshape(shape) / scale - 1.0, dtype=np.float32)
 
 
 def patch_radius_mm(patches: np.ndarray, cfg: CandidateConfig) -> np.ndarray:
@@ -233,7 +234,8 @@ class CmbNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(x)).squeeze(1)
+        logits: torch.Tensor = self.head(self.blocks(x))
+        return logits.squeeze(1)
 
 
 def build_cmb_net(**kw: Any) -> CmbNet:
@@ -347,26 +349,19 @@ class CmbDetector:
         return centres[keep].reshape(-1, 3), p[keep]
 
 
-class CmbAnalyzer:
+class CmbAnalyzer(CardAnalyzer):
     """Microbleed analyzer for a ``models/cmb`` card: ``analyze(volume)`` on an SWI / T2* magnitude Volume."""
 
     def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
         from safetensors.torch import load_file
 
-        self.card = card
-        self.name = card.name
-        self.version = card.version
-        self.device_uid = card.device_uid
-        torch.set_num_threads(threads)
-        self.device = torch.device(device)
+        super().__init__(card, threads, device, precision)
         net = build_cmb_net(**dict(card.architecture.get("params", {})))
         net.load_state_dict(load_file(str(card.weights_path)))
         cfg = CandidateConfig.from_dict(dict(card.input.get("candidates", {})))
-        precision = resolve(precision, device)
-        self.precision = precision
         self.detector = CmbDetector(
-            network(card, net.eval().to(self.device), precision, threads), cfg,
-            float(card.thresholds.get("microbleed", 0.5)), precision=precision, device=self.device,
+            network(card, net.eval().to(self.device), self.precision, threads), cfg,
+            float(card.thresholds.get("microbleed", 0.5)), precision=self.precision, device=self.device,
         )
 
     def analyze(self, volume: Volume) -> ModelOutput:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from triage_node.inference.errors import ModelLoadError
+
 KINDS = ("classifier", "segmenter", "detector")
 FORMATS = ("torchscript", "onnx", "monai_bundle")
 ACTIVATIONS = ("sigmoid", "softmax", "none")
@@ -416,8 +418,6 @@ def card_settings(config: Any, analyzers: Mapping[str, Any]) -> Any:
     cards = {n: analyzers[n].card.directory / "model.yaml" for n in specs}
     problems = pipeline_problems(config.models.pipelines, specs, cards)
     if problems:
-        from triage_node.inference.registry import ModelLoadError
-
         raise ModelLoadError("; ".join(problems))
     priority = {**card_priorities(specs), **dict(config.models.priority)}
     return config.model_copy(update={"models": config.models.model_copy(update={"priority": priority})})
@@ -436,30 +436,3 @@ def external_names(models_dir: Path, names: Sequence[str]) -> list[str]:
         if isinstance(raw, dict) and is_external(raw):
             out.append(name)
     return out
-
-
-def check_models(
-    models_dir: Path,
-    names: Sequence[str],
-    pipelines: Mapping[Any, Sequence[str]],
-    threads: int = 1,
-    device: str = "cpu",
-    precision: str = "fp32",
-) -> list[str]:
-    """Load each named model as the daemon would (sha256, card, the run on a synthetic input of the declared shape)
-    and check the pipelines against the cards; every problem as one line with its card path and key path."""
-    from triage_node.inference.registry import ModelLoadError, load_analyzer, read_card
-
-    problems: list[str] = []
-    specs: dict[str, ExternalSpec] = {}
-    cards: dict[str, Path] = {}
-    for name in names:
-        try:
-            analyzer = load_analyzer(read_card(models_dir, name), threads, device, precision)
-        except ModelLoadError as e:
-            problems.append(str(e))
-            continue
-        spec = getattr(analyzer, "spec", None)
-        if isinstance(spec, ExternalSpec):
-            specs[name], cards[name] = spec, models_dir / name / "model.yaml"
-    return problems + pipeline_problems(pipelines, specs, cards)

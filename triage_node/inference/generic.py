@@ -33,8 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydicom.sr.coding import Code
 from scipy import ndimage
 
+from triage_node.inference.analyzer import CardAnalyzer
 from triage_node.inference.card import ModelCard
 from triage_node.inference.cropgrid import keep_components
 from triage_node.inference.external import ORIENTATION_LETTERS, ExternalSpec, LabelSpec, SpecError, parse
@@ -86,7 +88,8 @@ def load_bundle(folder: Path, spec: ExternalSpec) -> torch.nn.Module:
     if not weights.is_file():
         raise SpecError(f"bundle_weights: {weights} not found in the bundle")
     if weights.suffix == ".ts":
-        return torch.jit.load(str(weights), map_location="cpu")
+        scripted: torch.nn.Module = torch.jit.load(str(weights), map_location="cpu")
+        return scripted
     parser = ConfigParser()
     parser.read_config(str(_bundle_config(folder)))
     meta = folder / "configs" / "metadata.json"
@@ -95,7 +98,7 @@ def load_bundle(folder: Path, spec: ExternalSpec) -> torch.nn.Module:
     parser["bundle_root"] = str(folder)
     try:
         net = parser.get_parsed_content("network_def", instantiate=True)
-    except Exception as e:  # noqa: BLE001 - any error in the bundle's config is the card's problem, said once
+    except Exception as e:  # any error in the bundle's config is the card's problem, said once
         raise SpecError(f"weights: the bundle's network_def cannot be built: {type(e).__name__}: {e}") from e
     if not isinstance(net, torch.nn.Module):
         raise SpecError(f"weights: the bundle's network_def is a {type(net).__name__}, not a torch module")
@@ -143,7 +146,7 @@ class OnnxNet:
             providers.insert(0, "CUDAExecutionProvider")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as e:  # onnxruntime raises its own exception types
             raise SpecError(f"weights: ONNX Runtime cannot load {path.name}: {str(e)[:400]}") from e
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -261,7 +264,7 @@ def _pad_to(x: torch.Tensor, size: tuple[int, int], fill: torch.Tensor) -> torch
     """Centre-pad (with ``fill`` per channel) or centre-crop (n, C, h, w) to ``size``."""
     n, c, h, w = x.shape
     out = fill.reshape(1, c, 1, 1).expand(n, c, *size).clone()
-    H, W = size  # noqa: N806
+    H, W = size
     sy, dy = max(0, (h - H) // 2), max(0, (H - h) // 2)
     sx, dx = max(0, (w - W) // 2), max(0, (W - w) // 2)
     hh, ww = min(h, H), min(w, W)
@@ -271,7 +274,7 @@ def _pad_to(x: torch.Tensor, size: tuple[int, int], fill: torch.Tensor) -> torch
 
 def _unpad(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`_pad_to` for outputs: (n, K, H, W) back to (n, K, h, w) (zeros where it was cropped)."""
-    n, k, H, W = y.shape  # noqa: N806
+    n, k, H, W = y.shape
     h, w = size
     out = torch.zeros((n, k, h, w), dtype=y.dtype)
     sy, dy = max(0, (h - H) // 2), max(0, (H - h) // 2)
@@ -284,21 +287,16 @@ def _unpad(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 # ---- the analyzer ------------------------------------------------------------------------------------------------
 
 
-class GenericAnalyzer:
+class GenericAnalyzer(CardAnalyzer):
     """A classifier, segmenter or detector from outside, configured by its card (``inference/external.py``)."""
 
     def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
-        self.card = card
-        self.name = card.name
-        self.version = card.version
-        self.device_uid = card.device_uid
+        super().__init__(card, threads, device)  # precision: _load decides by the weights' format
         self.where = card.directory / "model.yaml"
         try:
             self.spec = parse(card.external)
         except SpecError as e:
             raise SpecError(f"{self.where}: {e}") from e
-        self.device = torch.device(device)
-        torch.set_num_threads(threads)
         self.torch_net: torch.nn.Module | None = None
         self._cam: object | None = None
         try:
@@ -348,13 +346,13 @@ class GenericAnalyzer:
         for i, label in enumerate(self.spec.labels):
             if not label.reported or (label.code is None and label.name in codes.LESIONS):
                 continue
-            finding = codes.Code(label.code.value, label.code.scheme, label.code.meaning) if label.code else None
+            finding = Code(label.code.value, label.code.scheme, label.code.meaning) if label.code else None
             seg = label.segment_code or label.code
             region = label.region_code
             lesion = codes.LesionClass(
                 finding_type=finding or codes.LESION,
-                segment_type=codes.Code(seg.value, seg.scheme, seg.meaning) if seg else codes.LESION,
-                region=codes.Code(region.value, region.scheme, region.meaning) if region else codes.INTRACRANIAL,
+                segment_type=Code(seg.value, seg.scheme, seg.meaning) if seg else codes.LESION,
+                region=Code(region.value, region.scheme, region.meaning) if region else codes.INTRACRANIAL,
                 phrase=label.phrase,
             )
             try:
@@ -375,7 +373,7 @@ class GenericAnalyzer:
                 y = self.net(x.to(self.device))
         except SpecError:
             raise
-        except Exception as e:  # noqa: BLE001 - whatever the network raises, the card's input spec is the cause
+        except Exception as e:  # whatever the network raises, the card's input spec is the cause
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise SpecError(
                 f"input: the network refused an input of shape {tuple(shape)} float32 (input.channels x "
@@ -410,7 +408,7 @@ class GenericAnalyzer:
             self._analyze(self.synthetic_volume())
         except SpecError:
             raise
-        except Exception as e:  # noqa: BLE001 - reported at load with the card, never at the first study
+        except Exception as e:  # reported at load with the card, never at the first study
             raise SpecError(f"input: the analysis of a synthetic volume failed: {type(e).__name__}: "
                             f"{str(e).strip()[:300]}") from e
 

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from triage_node.inference.analyzer import CardAnalyzer
 from triage_node.inference.card import ModelCard
 from triage_node.inference.nets import build_classifier, gradcam_layer
 from triage_node.inference.onnxrt import network
-from triage_node.inference.precision import autocast, resolve
+from triage_node.inference.precision import autocast
 from triage_node.inference.slices import context_rows, window_resize, with_context
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
@@ -31,10 +32,10 @@ def aggregate(p: np.ndarray, how: str = "top2_mean") -> np.ndarray:
     if p.shape[0] == 0:
         return np.zeros(p.shape[1], np.float32)
     if how == "max":
-        return p.max(axis=0)
+        return np.asarray(p.max(axis=0))
     if how.startswith("top") and how.endswith("_mean"):
         k = min(int(how[3:-5]), p.shape[0])
-        return np.sort(p, axis=0)[-k:].mean(axis=0)
+        return np.asarray(np.sort(p, axis=0)[-k:].mean(axis=0))
     raise ValueError(f"aggregation must be 'max' or 'topK_mean', got {how!r}")
 
 
@@ -44,14 +45,11 @@ def key_slices(p: np.ndarray, threshold: float) -> tuple[int, ...]:
     return tuple(int(i) for i in idx[np.argsort(-p[idx], kind="stable")])
 
 
-class IchAnalyzer:
+class IchAnalyzer(CardAnalyzer):
     """Runs the ich classifier on a head CT Volume (HU)."""
 
     def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
-        self.card = card
-        self.name = card.name
-        self.version = card.version
-        self.device_uid = card.device_uid
+        super().__init__(card, threads, device, precision)
         arch = dict(card.architecture)
         self.arch = str(arch["net"])
         self.size = int(card.input["size"])
@@ -61,9 +59,6 @@ class IchAnalyzer:
         self.aggregation = str(card.postprocess.get("aggregation", "top2_mean"))
         self.gradcam_max_slices = int(card.postprocess.get("gradcam_max_slices", 12))
         self.batch = 32
-        self.device = torch.device(device)
-        self.precision = resolve(precision, device)
-        torch.set_num_threads(threads)
         # Denormal floats in trained weights and activations slow CPU inference several-fold; flush them to zero.
         torch.set_flush_denormal(True)
         net = build_classifier(self.arch, int(arch["in_channels"]), int(arch["num_classes"]), float(arch["width"]))

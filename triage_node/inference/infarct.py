@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from triage_node.inference.analyzer import CardAnalyzer
 from triage_node.inference.atlas import Region, Registration, load_mni_atlas, register_to_mni
 from triage_node.inference.card import ModelCard
+from triage_node.inference.segmenter import CropGridSegmenter
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
 
@@ -58,17 +60,11 @@ def locate(volume: Volume, mask: np.ndarray, registration: Registration) -> Loca
     return Location(region, side, share)
 
 
-class InfarctAnalyzer:
+class InfarctAnalyzer(CardAnalyzer):
     """Analyzer for a ``models/infarct`` card (a crop-grid segmenter card with ``finding_label: infarct``)."""
 
     def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
-        from triage_node.inference.segmenter import CropGridSegmenter
-
-        self.card = card
-        self.name = card.name
-        self.version = card.version
-        self.device_uid = card.device_uid
-        self.threads = threads
+        super().__init__(card, threads, device, precision)
         self.segmenter = CropGridSegmenter(card, threads=threads, device=device, precision=precision)
 
     def analyze(self, volume: Volume) -> ModelOutput:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from triage_node.inference.card import ModelCard, sha256_file
+from triage_node.inference.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ class OrtNet:
 
 def int8_export(card: ModelCard) -> Path:
     """The card's verified int8 file; ``ModelLoadError`` when the card has none, or the file is missing or modified."""
-    from triage_node.inference.registry import ModelLoadError
-
     entry = card.exports.get(INT8)
     if not entry:
         raise ModelLoadError(

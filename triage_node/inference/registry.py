@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from triage_node.inference.card import CardError, ModelCard, sha256_file
-from triage_node.inference.external import sha256_path
+from triage_node.inference.errors import ModelLoadError
+from triage_node.inference.external import ExternalSpec, pipeline_problems, sha256_path
+from triage_node.inference.onnxrt import int8_export
 from triage_node.inference.precision import check_device, resolve, set_tf32_policy
 from triage_node.inference.types import Analyzer
 
 log = logging.getLogger(__name__)
 
 CARD_FILE = "model.yaml"
-
-
-class ModelLoadError(RuntimeError):
-    """A model cannot be loaded: missing card or weights, sha256 mismatch, bad card, or analyzer failure."""
 
 
 @dataclass(frozen=True)
@@ -123,11 +122,34 @@ def list_models(models_dir: Path) -> list[ModelCardSummary]:
             status = "missing" if not card.weights_path.exists() else "mismatch"
             detail = str(e)
         if status == "ok" and card.exports.get("int8"):
-            from triage_node.inference.onnxrt import int8_export
-
             try:
                 detail += f"; int8 export {int8_export(card).name} verified"
             except ModelLoadError as e:  # the float model still loads; only models.precision int8 would fail
                 detail += f"; int8 unusable: {e}"
         rows.append(ModelCardSummary(card.name, card.version, card.device_uid, card.sha256, status, detail, card_path))
     return rows
+
+
+def check_models(
+    models_dir: Path,
+    names: Sequence[str],
+    pipelines: Mapping[Any, Sequence[str]],
+    threads: int = 1,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> list[str]:
+    """Load each named model as the daemon would (sha256, card, the run on a synthetic input of the declared shape)
+    and check the pipelines against the cards; every problem as one line with its card path and key path."""
+    problems: list[str] = []
+    specs: dict[str, ExternalSpec] = {}
+    cards: dict[str, Path] = {}
+    for name in names:
+        try:
+            analyzer = load_analyzer(read_card(models_dir, name), threads, device, precision)
+        except ModelLoadError as e:
+            problems.append(str(e))
+            continue
+        spec = getattr(analyzer, "spec", None)
+        if isinstance(spec, ExternalSpec):
+            specs[name], cards[name] = spec, models_dir / name / "model.yaml"
+    return problems + pipeline_problems(pipelines, specs, cards)

@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from triage_node.inference.analyzer import CardAnalyzer
 from triage_node.inference.card import ModelCard
 from triage_node.inference.cropgrid import keep_components
 from triage_node.inference.nets import build_segmenter
 from triage_node.inference.onnxrt import network
-from triage_node.inference.precision import autocast, resolve
+from triage_node.inference.precision import autocast
 from triage_node.inference.slices import square_pad, window_resize
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
@@ -88,14 +89,11 @@ def normalise(pixels: np.ndarray, kind: str, size: int) -> torch.Tensor:
     raise ValueError(f"input.kind must be 'ct_windows', 'zscore' or 'robust', got {kind!r}")
 
 
-class CropGridSegmenter:
+class CropGridSegmenter(CardAnalyzer):
     """Analyzer for a crop-grid segmentation model card."""
 
     def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
-        self.card = card
-        self.name = card.name
-        self.version = card.version
-        self.device_uid = card.device_uid
+        super().__init__(card, threads, device, precision)
         arch = dict(card.architecture)
         self.kind = str(card.input.get("kind", "ct_windows"))
         self.size = int(card.input["size"])
@@ -109,9 +107,6 @@ class CropGridSegmenter:
         self.gate_threshold = float(card.thresholds.get("gate", 0.5))
         self.seg_threshold = float(card.thresholds.get("segmentation", 0.5))
         self.batch = 8  # slices per forward pass (x 16 crops)
-        self.device = torch.device(device)
-        self.precision = resolve(precision, device)
-        torch.set_num_threads(threads)
         torch.set_flush_denormal(True)  # see IchAnalyzer: denormals slow CPU inference several-fold
         net = build_segmenter(int(arch["in_channels"]), int(arch.get("base", 16)))
         net.load_state_dict(load_file(str(card.weights_path)))

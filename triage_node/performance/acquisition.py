@@ -18,8 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage_node.worklist.db import read_transaction, transaction
+from triage_node.worklist.key_images import RenderError, inside
 from triage_node.worklist.models import Instance, Series, SeriesAcquisition
-from triage_node.worklist.render import RenderError, inside
 
 log = logging.getLogger(__name__)
 

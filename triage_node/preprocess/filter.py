@@ -28,7 +28,7 @@ def head_mask(slice_hu: np.ndarray, threshold: float = HEAD_HU) -> np.ndarray:
     if n > 1:
         sizes = ndimage.sum_labels(fg, labels, index=np.arange(1, n + 1))
         fg = labels == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_fill_holes(fg)
+    return np.asarray(ndimage.binary_fill_holes(fg))
 
 
 MAX_FILTER_SIZE = 256  # larger slices are subsampled first: a percentage needs no more pixels than this

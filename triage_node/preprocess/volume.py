@@ -46,7 +46,8 @@ class Volume:
         r = np.asarray(self.row_direction)  # direction of increasing column index (x)
         c = np.asarray(self.col_direction)  # direction of increasing row index (y)
         dz, dy, dx = self.spacing
-        return np.asarray(self.origin) + zyx[:, 2:3] * dx * r + zyx[:, 1:2] * dy * c + zyx[:, 0:1] * dz * self.normal
+        points = np.asarray(self.origin) + zyx[:, 2:3] * dx * r + zyx[:, 1:2] * dy * c + zyx[:, 0:1] * dz * self.normal
+        return np.asarray(points)
 
     @property
     def voxel_volume_ml(self) -> float:

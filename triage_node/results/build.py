@@ -1,8 +1,8 @@
 """Build a job's result objects (DICOM SEG, Grad-CAM fractional SEG, TID 1500 SR) and write them atomically.
 
 The builders are pure functions of their inputs: the same sources, outputs and ``ResultIdentity`` give byte-identical
-files, so a rebuild after a crash or a resend delivers the very objects the PACS may already hold (IHE AIR; STYLE.md
-habit 6). Nothing here reads the clock: content and creation date/time come from ``ResultIdentity.created_at``.
+files, so a rebuild after a crash or a resend delivers the very objects the PACS may already hold (IHE AIR).
+Nothing here reads the clock: content and creation date/time come from ``ResultIdentity.created_at``.
 """
 
 from __future__ import annotations
@@ -10,24 +10,23 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pydicom
-from pydicom.uid import generate_uid
 
-from triage_node import __version__
 from triage_node.inference.types import ModelOutput
 from triage_node.preprocess.volume import Volume
 from triage_node.results import codes, sop
+from triage_node.results import visible as vis
+from triage_node.results.identity import MANUFACTURER, AlgorithmInfo, ResultIdentity, ResultsInputError
+from triage_node.results.seg import build_map, build_seg, lesion_segments
+from triage_node.results.sr import build_sr
 
 log = logging.getLogger(__name__)
 
-MANUFACTURER = "triage-node project"
 SEG_SOP_CLASS = sop.SEG_SOP_CLASS
 SR_SOP_CLASS = sop.SR_SOP_CLASS
 RESULT_KINDS = ("seg", "map", "sr")
@@ -45,101 +44,6 @@ def output_of(kind: str) -> str:
 
 
 @dataclass(frozen=True)
-class AlgorithmInfo:
-    """One model as IHE AIR identifies it: name, version, Device UID (from the model card) and manufacturer."""
-
-    name: str
-    version: str
-    device_uid: str
-    manufacturer: str = MANUFACTURER
-
-    def __post_init__(self) -> None:
-        for field in ("name", "version", "manufacturer"):
-            value = getattr(self, field)
-            if not value or len(value) > 64:
-                raise ValueError(f"AlgorithmInfo.{field} must be 1-64 characters, got {value!r}")
-        _check_uid("AlgorithmInfo.device_uid", self.device_uid)
-
-
-@dataclass(frozen=True)
-class ResultIdentity:
-    """The identities of a job's result objects, made once per job and stored on the job row.
-
-    ``series_number`` is the SEG's; the map and the SR take the next two numbers. ``created_at`` (the job's creation
-    time) becomes the objects' content and instance creation date/time; without it the source study's date/time is
-    used, never the clock, so that rebuilds stay byte-identical.
-    """
-
-    seg_series_uid: str
-    seg_sop_uid: str
-    sr_series_uid: str
-    sr_sop_uid: str
-    map_series_uid: str
-    map_sop_uid: str
-    series_number: int
-    created_at: dt.datetime | None = None
-
-    def __post_init__(self) -> None:
-        for field in ("seg_series_uid", "seg_sop_uid", "sr_series_uid", "sr_sop_uid", "map_series_uid", "map_sop_uid"):
-            _check_uid(f"ResultIdentity.{field}", getattr(self, field))
-        if not 1 <= self.series_number <= 2**31 - 3:
-            raise ValueError(f"ResultIdentity.series_number must be a positive integer, got {self.series_number}")
-
-    # The visible results (results/visible.py) take UIDs derived from the SEG's stored ones: as stable per job as
-    # the stored UIDs themselves, with no column per object (a job has up to three key images).
-    @property
-    def sc_series_uid(self) -> str:
-        return derived_uid(self.seg_series_uid, "sc-series")
-
-    def sc_sop_uid(self, number: int) -> str:
-        return derived_uid(self.seg_sop_uid, "sc", str(number))
-
-    @property
-    def gsps_series_uid(self) -> str:
-        return derived_uid(self.seg_series_uid, "gsps-series")
-
-    @property
-    def gsps_sop_uid(self) -> str:
-        return derived_uid(self.seg_sop_uid, "gsps")
-
-    @property
-    def pdf_series_uid(self) -> str:
-        return derived_uid(self.seg_series_uid, "pdf-series")
-
-    @property
-    def pdf_sop_uid(self) -> str:
-        return derived_uid(self.seg_sop_uid, "pdf")
-
-    @classmethod
-    def new(cls, series_number: int = 9000, created_at: dt.datetime | None = None) -> ResultIdentity:
-        """Fresh random UIDs (the caller stores them on the job)."""
-        return cls(
-            seg_series_uid=generate_uid(),
-            seg_sop_uid=generate_uid(),
-            sr_series_uid=generate_uid(),
-            sr_sop_uid=generate_uid(),
-            map_series_uid=generate_uid(),
-            map_sop_uid=generate_uid(),
-            series_number=series_number,
-            created_at=created_at,
-        )
-
-    @classmethod
-    def from_job(cls, job: object) -> ResultIdentity:
-        """The identity stored on a ``worklist.models.Job`` row (duck-typed to keep results free of the ORM)."""
-        return cls(
-            seg_series_uid=job.seg_series_uid,  # type: ignore[attr-defined]
-            seg_sop_uid=job.seg_sop_uid,  # type: ignore[attr-defined]
-            sr_series_uid=job.sr_series_uid,  # type: ignore[attr-defined]
-            sr_sop_uid=job.sr_sop_uid,  # type: ignore[attr-defined]
-            map_series_uid=job.map_series_uid,  # type: ignore[attr-defined]
-            map_sop_uid=job.map_sop_uid,  # type: ignore[attr-defined]
-            series_number=job.result_series_number,  # type: ignore[attr-defined]
-            created_at=job.created_at,  # type: ignore[attr-defined]
-        )
-
-
-@dataclass(frozen=True)
 class ResultFile:
     """One written result object."""
 
@@ -147,23 +51,6 @@ class ResultFile:
     path: Path
     sop_class_uid: str
     sop_instance_uid: str
-
-
-class ResultsInputError(ValueError):
-    """The inputs to ``build_results`` do not fit together (shapes, UIDs, unknown models)."""
-
-
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
-
-
-def _check_uid(name: str, uid: str) -> None:
-    if not isinstance(uid, str) or len(uid) > 64 or not _UID.fullmatch(uid):
-        raise ValueError(f"{name} must be a valid DICOM UID of at most 64 characters, got {uid!r}")
-
-
-def derived_uid(base: str, *parts: str) -> str:
-    """A UID derived deterministically from ``base`` and ``parts`` (pydicom root + a SHA-512 of the inputs)."""
-    return str(generate_uid(entropy_srcs=[base, *parts]))
 
 
 def check_inputs(
@@ -206,39 +93,6 @@ def content_datetime(identity: ResultIdentity, sources: Sequence[pydicom.Dataset
     return dt.datetime.strptime(date + time, "%Y%m%d%H%M%S")
 
 
-def contributing_equipment(
-    algorithms: Sequence[AlgorithmInfo], when: dt.datetime
-) -> list[hd.ContributingEquipment]:
-    """IHE AIR Contributing Equipment: one item per algorithm, purpose (109102, DCM, "Processing Equipment")."""
-    items = []
-    for algo in algorithms:
-        item = hd.ContributingEquipment(
-            manufacturer=algo.manufacturer,
-            purpose_of_reference=codes.PROCESSING_EQUIPMENT,
-            manufacturer_model_name=algo.name,
-            software_versions=algo.version,
-            contribution_datetime=when,
-            contribution_description=f"triage-node {__version__} algorithm {algo.name} {algo.version}",
-        )
-        # IHE AIR identifies the algorithm instance by Device UID; highdicom has no parameter for it.
-        item.DeviceUID = algo.device_uid
-        items.append(item)
-    return items
-
-
-def stamp(ds: pydicom.Dataset, when: dt.datetime) -> None:
-    """Replace highdicom's clock-derived dates with ``when`` so a rebuild is byte-identical."""
-    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
-    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
-    if "ContentDate" in ds:
-        ds.ContentDate, ds.ContentTime = date, time
-    ds.SeriesDate, ds.SeriesTime = date, time
-    for item in ds.get("ContributingEquipmentSequence", []):
-        # highdicom adds an item for itself stamped with the clock.
-        if item.get("ManufacturerModelName") == "highdicom":
-            item.ContributionDateTime = date + time
-
-
 def declare_local_codes(ds: pydicom.Dataset) -> None:
     """Add the Coding Scheme Identification Sequence when ``ds`` uses the private ``99TRN`` scheme (PS3.3
     C.12.1.1.7: required for coding schemes PS3.16 does not define)."""
@@ -269,13 +123,6 @@ def write_atomically(ds: pydicom.Dataset, path: Path) -> None:
         os.close(dir_fd)
 
 
-def used_algorithms(outputs: Sequence[ModelOutput], algorithms: Mapping[str, AlgorithmInfo]) -> list[AlgorithmInfo]:
-    seen: dict[str, AlgorithmInfo] = {}
-    for out in outputs:
-        seen.setdefault(out.model, algorithms[out.model])
-    return list(seen.values())
-
-
 def build_results(
     sources: Sequence[pydicom.Dataset],
     volume: Volume,
@@ -299,9 +146,6 @@ def build_results(
     ``outputs``: the analyzers' results, masks and heat maps aligned with ``volume``. Returns the written files, SEG
     and map before the SR that references them.
     """
-    from triage_node.results.seg import build_map, build_seg, lesion_segments
-    from triage_node.results.sr import build_sr
-
     check_inputs(sources, volume, outputs, algorithms)
     codes.priority_code(priority)
     when = content_datetime(identity, sources)
@@ -318,8 +162,6 @@ def build_results(
     sr_ds = build_sr(sources, volume, outputs, algorithms, identity, priority, pipeline, seg_ds, segments, when)
     files.append(_save("sr", sr_ds, out_dir))
     if visible:
-        from triage_node.results import visible as vis
-
         if "sc" in visible:
             for number, image in enumerate(
                 vis.build_sc(sources, volume, segments, algorithms, identity, outputs, priority, when, source_frames),

@@ -19,7 +19,7 @@ from pydicom.sr.codedict import codes as pcodes
 from triage_node import __version__
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.results import codes
-from triage_node.results.build import (
+from triage_node.results.identity import (
     MANUFACTURER,
     AlgorithmInfo,
     ResultIdentity,

@@ -24,7 +24,7 @@ from triage_node import __version__
 from triage_node.inference.types import ModelOutput
 from triage_node.preprocess.volume import Volume
 from triage_node.results import sop
-from triage_node.results.build import (
+from triage_node.results.identity import (
     MANUFACTURER,
     AlgorithmInfo,
     ResultIdentity,
@@ -57,7 +57,7 @@ def _window(pixels: np.ndarray, modality: str) -> np.ndarray:
     else:
         lo, hi = (float(v) for v in np.percentile(pixels, [1, 99]))
         hi = hi if hi > lo else lo + 1.0
-    return (np.clip((pixels.astype(np.float32) - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
+    return np.asarray((np.clip((pixels.astype(np.float32) - lo) / (hi - lo), 0, 1) * 255).round(), dtype=np.uint8)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

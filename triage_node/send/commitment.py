@@ -139,6 +139,6 @@ def handle_commitment_report(
             peer, info.get("TransactionUID", "?"), n_ok, n_failed,
         )
         return STATUS_SUCCESS, None
-    except Exception:  # noqa: BLE001 - the network edge: the peer gets a processing failure, we get the log
+    except Exception:  # the network edge: the peer gets a processing failure, we get the log
         log.exception("storage commitment report could not be recorded")
         return STATUS_PROCESSING_FAILURE, None

@@ -202,7 +202,7 @@ def deliver_due(
         for name, items in batches.items():
             try:
                 results[name] = sender(by_name[name], calling_ae, items)
-            except Exception as exc:  # noqa: BLE001 - a bug below the network edge must not strand rows in 'sending'
+            except Exception as exc:  # a bug below the network edge must not strand rows in 'sending'
                 log.exception("destination %s: sending failed unexpectedly", name)
                 results[name] = [
                     SendResult(i.key, Outcome.RETRY, None, f"{type(exc).__name__}: {exc}") for i in items

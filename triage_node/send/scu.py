@@ -2,7 +2,7 @@
 
 The association proposes exactly the SOP classes of the batch (each with Explicit and Implicit VR Little Endian, the
 syntaxes the results are written in and the one every SCP must accept). Every outcome, including network failures,
-comes back as a ``SendResult``; nothing raises past ``send_batch`` (it is the network edge, STYLE.md habit 8).
+comes back as a ``SendResult``; nothing raises past ``send_batch`` (it is the network edge).
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def send_batch(
         finally:
             if assoc.is_established:
                 assoc.release()
-    except Exception as exc:  # noqa: BLE001 - the network edge: any failure becomes a retry with its reason
+    except Exception as exc:  # the network edge: any failure becomes a retry with its reason
         log.warning("destination %s: send failed (%s); %d item(s) will retry", dest.name, exc, len(pending))
         results.extend(SendResult(item.key, Outcome.RETRY, None, f"{type(exc).__name__}: {exc}") for item, _ in pending)
     return results

@@ -9,11 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from triage_node.config import CountRule
+from triage_node.results.identity import ResultIdentity
 from triage_node.series.routing import SeriesAttributes, matches
 from triage_node.worklist.claims import JOBS_CHANNEL, notify
 from triage_node.worklist.db import is_postgres
@@ -29,22 +29,7 @@ def complete_series(session: Session, series: Series, now: dt.datetime, why: str
     job = session.scalar(select(Job).where(Job.series_id == series.id, Job.version == series.version))
     if job is not None:
         return job
-    job = Job(
-        series_id=series.id,
-        version=series.version,
-        state=JobState.COMPLETE.value,
-        created_at=now,
-        updated_at=now,
-        last_instance_at=series.last_received_at,
-        instances=series.received_instances,
-        seg_series_uid=generate_uid(),
-        seg_sop_uid=generate_uid(),
-        sr_series_uid=generate_uid(),
-        sr_sop_uid=generate_uid(),
-        map_series_uid=generate_uid(),
-        map_sop_uid=generate_uid(),
-        result_series_number=9000 + ((series.series_number or 0) % 900) * 10 + min(series.version, 9),
-    )
+    job = new_job(series, now)
     session.add(job)
     session.flush()
     notify(session, JOBS_CHANNEL)  # wakes the work nodes at commit (PostgreSQL); they poll as well
@@ -57,6 +42,29 @@ def complete_series(session: Session, series: Series, now: dt.datetime, why: str
         job.id,
     )
     return job
+
+
+def new_job(series: Series, now: dt.datetime) -> Job:
+    """A queued job for ``series``' current version with its result identity, made here and nowhere else."""
+    identity = ResultIdentity.new(
+        series_number=9000 + ((series.series_number or 0) % 900) * 10 + min(series.version, 9), created_at=now
+    )
+    return Job(
+        series_id=series.id,
+        version=series.version,
+        state=JobState.COMPLETE.value,
+        created_at=now,
+        updated_at=now,
+        last_instance_at=series.last_received_at,
+        instances=series.received_instances,
+        seg_series_uid=identity.seg_series_uid,
+        seg_sop_uid=identity.seg_sop_uid,
+        sr_series_uid=identity.sr_series_uid,
+        sr_sop_uid=identity.sr_sop_uid,
+        map_series_uid=identity.map_series_uid,
+        map_sop_uid=identity.map_sop_uid,
+        result_series_number=identity.series_number,
+    )
 
 
 def _count_rule_fits(series: Series, rules: tuple[CountRule, ...]) -> bool:

@@ -170,7 +170,7 @@ def pixels(s: Slice) -> np.ndarray:
             arr = full.pixel_array if s.frame is None else full.pixel_array[s.frame]
         else:
             arr = pixel_array(s.dataset.filename, index=s.frame)
-    except Exception as exc:  # noqa: BLE001 - every decoder failure means the same thing here: undecodable pixels
+    except Exception as exc:  # every decoder failure means the same thing here: undecodable pixels
         raise GeometryError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})"[:300]) from exc
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim != 2:

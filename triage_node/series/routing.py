@@ -57,7 +57,7 @@ def _ge_image_type(ds: Dataset) -> str | None:
             return None
         value = int.from_bytes(value[:2], "little", signed=True)
     try:
-        return _GE_IMAGE_TYPE.get(int(value))  # type: ignore[arg-type]
+        return _GE_IMAGE_TYPE.get(int(value))
     except (TypeError, ValueError):
         return None
 

@@ -13,14 +13,13 @@ from urllib.parse import quote, urlencode
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from triage_node.results.masks import masks_path
 from triage_node.worklist.db import transaction
+from triage_node.worklist.key_images import RenderError, inside
 from triage_node.worklist.models import AuditEntry, Instance, Job, Series, Study
 from triage_node.worklist.queries import study_detail
-from triage_node.worklist.render import RenderError, inside
 
 log = logging.getLogger(__name__)
-
-MASKS_FILE = "masks.npz"
 
 
 class UnknownStudy(LookupError):
@@ -111,5 +110,5 @@ def key_image_files(
         log.warning("job %s: stored instance path leaves the spool; not served", job_id)
         return None
     # The pipeline stores results_dir as it wrote it: absolute, or relative to the daemon's working directory.
-    masks_file = Path(results_dir) / MASKS_FILE if results_dir else None
+    masks_file = masks_path(results_dir) if results_dir else None
     return KeyImageFiles(instance_file=instance_file, masks_file=masks_file)

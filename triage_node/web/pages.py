@@ -17,9 +17,9 @@ from triage_node.web.context import WebContext
 from triage_node.web.review import review_items, viewer_jobs
 from triage_node.web.security import csrf_session, current_session
 from triage_node.worklist.db import read_transaction
+from triage_node.worklist.key_images import RenderError, render_key_image
 from triage_node.worklist.models import Priority, Series
 from triage_node.worklist.queries import READ_FILTERS, StudyStatus, check_filters, count_unread, worklist
-from triage_node.worklist.render import RenderError, render_key_image
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from triage_node.web.schemas import StudyDetailOut, VerdictIn
 from triage_node.web.security import csrf_session, current_session
 from triage_node.web.viewer import LAYERS, LayerCache, ViewerError, load_series_view, masks_stamp, render_layer
 from triage_node.worklist.db import transaction
-from triage_node.worklist.render import RenderError
+from triage_node.worklist.key_images import RenderError
 from triage_node.worklist.verdicts import NO_FINDING, OTHER, UnknownTarget, VerdictError, record_verdict
 
 log = logging.getLogger(__name__)

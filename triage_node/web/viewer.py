@@ -15,8 +15,8 @@ from __future__ import annotations
 import io
 import logging
 import threading
-import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from triage_node.preprocess.windows import Preset, Window
+from triage_node.results.masks import MasksError, masks_path, open_masks
 from triage_node.worklist.db import read_transaction
-from triage_node.worklist.models import FindingRow, Instance, Job, Series
-from triage_node.worklist.render import (
+from triage_node.worklist.key_images import (
     HEATMAP_ALPHA,
     HEATMAP_MIN,
     OUTLINE_RGB,
@@ -41,10 +41,10 @@ from triage_node.worklist.render import (
     outline,
     read_slice,
 )
+from triage_node.worklist.models import FindingRow, Instance, Job, Series
 
 log = logging.getLogger(__name__)
 
-MASKS_FILE = "masks.npz"
 LAYERS = ("image", "outline", "heat", "shadow")
 SHADOW_RGB = (214, 120, 255)  # a shadow model's outline: never the live yellow
 CT_WINDOWS: dict[str, Window] = {
@@ -145,23 +145,20 @@ def _masks(masks_file: Path | None) -> tuple[list[str], Planes, Planes, Planes]:
     heats: Planes = {}
     shadows: Planes = {}
     try:
-        with np.load(masks_file, allow_pickle=False) as npz:
-            uids = [str(u) for u in npz["sop_instance_uids"]]
-            for key in npz.files:
-                if key.startswith(("mask__", "shadow__mask__")):
-                    into = shadows if key.startswith("shadow__") else outlines
-                    arr = np.asarray(npz[key], dtype=bool)
-                    for z in np.flatnonzero(arr.reshape(arr.shape[0], -1).any(axis=1)):
-                        plane = arr[int(z)]
-                        into[int(z)] = plane | into[int(z)] if int(z) in into else plane.copy()
-                elif key.startswith("heatmap__"):
-                    arr8 = np.asarray(npz[key], dtype=np.uint8)
-                    strong = arr8.reshape(arr8.shape[0], -1).max(axis=1) >= int(HEATMAP_MIN * 255)
-                    for z in np.flatnonzero(strong):
-                        plane8 = arr8[int(z)]
-                        heats[int(z)] = np.maximum(plane8, heats[int(z)]) if int(z) in heats else plane8.copy()
-    except (OSError, KeyError, ValueError, IndexError, zipfile.BadZipFile) as exc:
-        raise RenderError(f"cannot read masks file {masks_file.name}: {exc}") from exc
+        with open_masks(masks_file) as stored:
+            uids = stored.uids
+            for layer, arr in stored.layers("mask", shadow=None):
+                into = shadows if layer.shadow else outlines
+                for z in np.flatnonzero(arr.reshape(arr.shape[0], -1).any(axis=1)):
+                    plane = arr[int(z)]
+                    into[int(z)] = plane | into[int(z)] if int(z) in into else plane.copy()
+            for _, arr8 in stored.layers("heatmap"):
+                strong = arr8.reshape(arr8.shape[0], -1).max(axis=1) >= int(HEATMAP_MIN * 255)
+                for z in np.flatnonzero(strong):
+                    plane8 = arr8[int(z)]
+                    heats[int(z)] = np.maximum(plane8, heats[int(z)]) if int(z) in heats else plane8.copy()
+    except MasksError as exc:
+        raise RenderError(str(exc)) from exc
     return uids, outlines, heats, shadows
 
 
@@ -204,7 +201,7 @@ def load_series_view(sessions: sessionmaker[Session], spool_dir: Path, job_id: i
         raise ViewerError(f"job {job_id}: no readable stored instance")
     # Along the slice normal, as the pipeline's volume (feet to head for axial slices), then instance number.
     entries.sort(key=lambda e: (e[0], e[1]))
-    masks_file = Path(results_dir) / MASKS_FILE if results_dir else None
+    masks_file = masks_path(results_dir) if results_dir else None
     analysed_uids, outline_by_z, heat_by_z, shadow_by_z = _masks(masks_file)
     z_of = {uid: z for z, uid in enumerate(analysed_uids)}
     positions = [round(e[0], 3) for e in entries]
@@ -315,7 +312,7 @@ class LayerCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def view(self, job_id: int, stamp: float, load: Any) -> SeriesView:
+    def view(self, job_id: int, stamp: float, load: Callable[[], SeriesView]) -> SeriesView:
         """The cached view of ``job_id`` unless ``stamp`` (the masks file's mtime) changed; else ``load()``."""
         with self._lock:
             cached = self._views.get(job_id)
@@ -360,6 +357,6 @@ def masks_stamp(sessions: sessionmaker[Session], job_id: int) -> float:
     if not results_dir:
         return 0.0
     try:
-        return (Path(results_dir) / MASKS_FILE).stat().st_mtime
+        return masks_path(results_dir).stat().st_mtime
     except OSError:
         return 0.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from triage_lab.synth.anatomy import Tissue
 from triage_lab.synth.cases import CLASSES, make_ct_case
 from triage_lab.synth.hemorrhage import SUBTYPES
+from triage_lab.synth.tissue import Tissue
 
 
 def test_negative_case_has_no_masks_or_labels() -> None:
@@ -69,7 +69,7 @@ def test_invesalius_source() -> None:
 
 
 def test_shifted_acquisitions_fall_outside_every_training_range() -> None:
-    from triage_lab.synth.augment import draw_acquisition
+    from triage_lab.synth.acquisition import draw_acquisition
 
     train = [draw_acquisition(np.random.default_rng(s)) for s in range(300)]
     shifted = [draw_acquisition(np.random.default_rng(s), shifted=True) for s in range(300)]
@@ -96,7 +96,7 @@ def test_test_shifted_split_uses_shifted_settings_and_storage(tmp_path) -> None:
 
 
 def test_randomised_cases_vary_every_acquisition_parameter() -> None:
-    from triage_lab.synth.augment import draw_randomised
+    from triage_lab.synth.acquisition import draw_randomised
 
     acqs = [draw_randomised(np.random.default_rng(s)) for s in range(200)]
     thick = [a.thickness_mm for a in acqs]

@@ -14,10 +14,11 @@ import pytest
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
-from triage_lab.synth.anatomy import Tissue, mni_head
-from triage_lab.synth.augment import Acquisition, acquire, draw_acquisition, resample_head
+from triage_lab.synth.acquisition import Acquisition, acquire, draw_acquisition, resample_head
+from triage_lab.synth.anatomy import mni_head
 from triage_lab.synth.cases import CTCase, make_ct_case
 from triage_lab.synth.hemorrhage import SUBTYPES, Canvas, draw_lesion, paint_blood
+from triage_lab.synth.tissue import Tissue
 
 CASES = [("mni", 100), ("mni", 101), ("mni", 102), ("invesalius", 100), ("invesalius", 101)]
 IN_PLANE = np.zeros((3, 3, 3), bool)

@@ -27,7 +27,7 @@ def hu_volume() -> np.ndarray:
 
 
 def decode_like_the_daemon(paths: list[Path]) -> tuple[np.ndarray, list]:  # type: ignore[type-arg]
-    """Headers read without pixels, slices planned and decoded one by one, as pipeline._run does."""
+    """Headers read without pixels, slices planned and decoded one by one, as pipeline._process does."""
     headers = [dcmread(p, stop_before_pixels=True) for p in paths]
     slices = plan(headers)
     return np.stack([pixels(s) for s in slices]), headers

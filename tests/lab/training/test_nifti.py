@@ -135,7 +135,7 @@ def _ct_pair(folder: Path, case: int, flip: bool) -> None:
 
 
 def test_split_pairs_and_ct_segmenter_training_from_a_nifti_folder(tmp_path: Path) -> None:
-    from triage_lab.training.cli import cmd_train, register
+    from triage_lab.training.ct_commands import cmd_train, register
 
     folder = tmp_path / "nifti"
     folder.mkdir()

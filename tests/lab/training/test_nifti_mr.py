@@ -244,7 +244,7 @@ def test_valdo_pairing_errors_name_the_subject(tmp_path: Path) -> None:
 
 
 def _train_mr(argv: list[str]) -> int:
-    from triage_lab.training.mr_cli import cmd_train_mr, register
+    from triage_lab.training.mr_commands import cmd_train_mr, register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

@@ -17,7 +17,7 @@ import yaml
 from triage_lab.synth.cases import CLASSES, CTCase
 from triage_lab.training import seg_train
 from triage_lab.training.augment import AUGMENT_PRESETS, AugmentConfig
-from triage_lab.training.cli import AUGMENT_CHOICES, SEG_CROP, register
+from triage_lab.training.ct_commands import AUGMENT_CHOICES, SEG_CROP, register
 from triage_lab.training.synthdata import write_case
 
 

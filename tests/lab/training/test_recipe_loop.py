@@ -155,7 +155,7 @@ def test_the_learning_rate_follows_one_cycle_through_fit() -> None:
 def test_cli_defaults_are_adamw_decay_001_and_one_cycle(tmp_path: Path) -> None:
     import argparse
 
-    from triage_lab.training.cli import _train_config, register
+    from triage_lab.training.ct_commands import _train_config, register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

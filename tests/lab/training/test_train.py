@@ -83,7 +83,7 @@ def test_progressive_sizes() -> None:
 
 
 def test_cli_registers_subcommands(tmp_path: Path) -> None:
-    from triage_lab.training.cli import register
+    from triage_lab.training.ct_commands import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

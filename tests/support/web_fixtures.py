@@ -11,12 +11,17 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from fastapi.testclient import TestClient
+from peers import ROOT
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy.orm import Session, sessionmaker
 
+from triage_node.inference.types import ModelOutput
+from triage_node.results.masks import masks_path, save_masks
 from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
 from triage_node.worklist.models import FindingRow, Instance, Job, OutboxItem, Series, Study
+
+OUTPUT = ROOT / "test-output" / "web"  # the browser tests' screenshots and timings
 
 RESULTS = Path("results") / "job-critical"
 T0 = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.UTC)
@@ -128,11 +133,10 @@ def seed(tmp_path: Path) -> Seeded:
     heat = np.zeros((SLICES, SIZE, SIZE), dtype=np.uint8)
     yy, xx = np.mgrid[:SIZE, :SIZE]
     heat[1] = heat[2] = np.clip(255 - 12 * np.hypot(yy - 26, xx - 38), 0, 255).astype(np.uint8)
-    np.savez_compressed(
-        spool / results / "masks.npz",
-        sop_instance_uids=np.array(sops),
-        mask__hemorrhage=mask,
-        heatmap__any_hemorrhage=heat,
+    save_masks(
+        masks_path(spool / results),
+        sops,
+        [ModelOutput("ich", "1.0.0", (), {"hemorrhage": mask}, {"any_hemorrhage": (heat + 0.5) / 255.0})],
     )
 
     with transaction(sessions) as s:

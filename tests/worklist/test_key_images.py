@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from triage_node.worklist.render import (
+from triage_node.inference.types import ModelOutput
+from triage_node.results.masks import masks_path, save_masks
+from triage_node.worklist.key_images import (
     OUTLINE_RGB,
     Overlay,
     RenderError,
@@ -72,11 +74,9 @@ def test_load_overlay_by_label_or_all_labels(tmp_path: Path) -> None:
     masks[1, 1, 1] = True
     other = np.zeros((2, 4, 4), dtype=bool)
     other[1, 2, 2] = True
-    heat = np.full((2, 4, 4), 7, dtype=np.uint8)
-    path = tmp_path / "masks.npz"
-    np.savez_compressed(
-        path, sop_instance_uids=np.array(["1.1", "1.2"]), mask__ich=masks, mask__sdh=other, heatmap__ich=heat
-    )
+    heat = np.full((2, 4, 4), 7.5 / 255.0)  # stored as uint8 7
+    path = masks_path(tmp_path)
+    save_masks(path, ["1.1", "1.2"], [ModelOutput("ich", "1.0.0", (), {"ich": masks, "sdh": other}, {"ich": heat})])
     ich = load_overlay(path, "1.2", "ich")
     assert ich.mask is not None and ich.mask.sum() == 1 and ich.mask[1, 1]
     union = load_overlay(path, "1.2", "any_hemorrhage")

@@ -1,15 +1,13 @@
 """Key-image thumbnails for the study view: a brain-window slice with the lesion outline and the Grad-CAM map.
 
 The pixel functions are pure (ndarray in, ndarray out). ``render_key_image`` does the I/O: it reads the source slice
-from the spool and the masks the pipeline saved in ``<Job.results_dir>/masks.npz`` (keys ``sop_instance_uids``: str
-array in the analysed volume's z order; ``mask__<label>``: bool (z, y, x); ``heatmap__<label>``: uint8 (z, y, x)).
+from the spool and the live models' masks and heat maps from the job's masks file (``results.masks``).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 
 from triage_node.preprocess.windows import Preset
+from triage_node.results.masks import MasksError, open_masks
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +57,14 @@ def to_gray(pixels: np.ndarray, modality: str) -> np.ndarray:
 def outline(mask: np.ndarray) -> np.ndarray:
     """The one-pixel border of a bool mask (y, x) -> bool (y, x)."""
     mask = np.asarray(mask, dtype=bool)
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+    return np.asarray(mask & ~ndimage.binary_erosion(mask, border_value=0))
 
 
 def heat_colors(heat: np.ndarray) -> np.ndarray:
     """The 'jet' ramp Grad-CAM maps are usually shown in (blue, cyan, yellow, red):
     float (y, x) in [0, 1] -> float32 (y, x, 3) in [0, 1]."""
     h = 4.0 * np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)[..., None]
-    return np.clip(1.5 - np.abs(np.concatenate([h - 3.0, h - 2.0, h - 1.0], axis=-1)), 0.0, 1.0)
+    return np.asarray(np.clip(1.5 - np.abs(np.concatenate([h - 3.0, h - 2.0, h - 1.0], axis=-1)), 0.0, 1.0))
 
 
 def _fit(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -116,19 +115,18 @@ def _pick(planes: dict[str, np.ndarray], label: str | None, union: bool) -> np.n
 
 
 def load_overlay(masks_file: Path, sop_instance_uid: str, label: str | None) -> Overlay:
-    """The overlay planes of one slice from a pipeline's masks.npz; empty when the file or the slice is absent."""
+    """The overlay planes of one slice from a job's masks file; empty when the file or the slice is absent."""
     if not masks_file.is_file():
         return Overlay()
     try:
-        with np.load(masks_file, allow_pickle=False) as npz:
-            uids = [str(u) for u in npz["sop_instance_uids"]]
-            if sop_instance_uid not in uids:
+        with open_masks(masks_file) as stored:
+            if sop_instance_uid not in stored.uids:
                 return Overlay()
-            z = uids.index(sop_instance_uid)
-            masks = {k.removeprefix("mask__"): np.asarray(npz[k][z]) for k in npz.files if k.startswith("mask__")}
-            heat = {k.removeprefix("heatmap__"): np.asarray(npz[k][z]) for k in npz.files if k.startswith("heatmap__")}
-    except (OSError, KeyError, ValueError, IndexError, zipfile.BadZipFile) as exc:
-        raise RenderError(f"cannot read masks file {masks_file}: {exc}") from exc
+            z = stored.uids.index(sop_instance_uid)
+            masks = {layer.label: arr[z] for layer, arr in stored.layers("mask")}
+            heat = {layer.label: arr[z] for layer, arr in stored.layers("heatmap")}
+    except MasksError as exc:
+        raise RenderError(str(exc)) from exc
     return Overlay(mask=_pick(masks, label, union=True), heatmap=_pick(heat, label, union=False))
 
 

@@ -6,6 +6,7 @@ loop stops the pets and systemd restarts the service.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -27,7 +28,7 @@ from triage_node import __version__
 from triage_node.config import Config, ConfigError, load_config
 from triage_node.notify import notify_due
 from triage_node.ops.disk import DiskGuard
-from triage_node.ops.metrics import Metrics
+from triage_node.ops.prometheus import Metrics
 from triage_node.ops.retention import purge_spool
 from triage_node.ops.sdnotify import SdNotifier
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
@@ -99,6 +100,8 @@ class App:
         self.notifier = SdNotifier()
         self.analyzers: dict[str, Analyzer] = {}
         self.pipeline: PipelineContext | None = None
+        # The config the next job runs with: a reload replaces it, the worker takes it up between jobs only.
+        self._job_config: Config = config
         self.scheduler = BackgroundScheduler(timezone="UTC")
         # A periodic job that overlaps its next run is skipped by design; APScheduler would warn about each one.
         logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
@@ -209,8 +212,9 @@ class App:
             cfg.models.dir, names, threads=cfg.models.threads, device=cfg.models.device, precision=cfg.models.precision
         )
 
+        self._job_config = card_settings(cfg, self.analyzers)  # + the priorities external model cards declare per label
         self.pipeline = PipelineContext(
-            config=card_settings(cfg, self.analyzers),  # + the priorities external model cards declare per label
+            config=self._job_config,
             sessions=self.sessions,
             spool_dir=cfg.storage.spool_dir,
             results_dir=self.results_dir,
@@ -352,15 +356,13 @@ class App:
         self.heartbeat.hold_job(claim)
         from triage_node.pipeline import fail_job, run_job
 
-        pipeline = self.pipeline
-        assert pipeline is not None  # the work role made it at start
-
+        pipeline = self._next_pipeline()
         try:
             if run_job(pipeline, job_id) == JobState.RESULTS_READY:
                 self._wake("deliver")
         except ClaimLost as exc:
             log.warning("%s: this node's work on it is dropped (the new holder runs it)", exc)
-        except Exception as exc:  # noqa: BLE001 - the worker's edge: any error becomes a failed, retryable job
+        except Exception as exc:  # the worker's edge: any error becomes a failed, retryable job
             log.exception("job %d raised", job_id)
             try:
                 fail_job(pipeline, job_id, exc)
@@ -372,6 +374,16 @@ class App:
             self.heartbeat.release_job(job_id)
             self._claims.pop(job_id, None)
         return True
+
+    def _next_pipeline(self) -> PipelineContext:
+        """The pipeline context for the next job, with the config the last reload handed over (a job never sees the
+        config change under it)."""
+        pipeline = self.pipeline
+        assert pipeline is not None  # the work role made it at start
+        config = self._job_config  # one read: a reload may replace it at any time
+        if config is not pipeline.config:
+            pipeline = self.pipeline = dataclasses.replace(pipeline, config=config)
+        return pipeline
 
     def _fence(self, session: object, job_id: int) -> None:
         claim = self._claims.get(job_id)
@@ -482,7 +494,7 @@ class App:
         if self.pipeline is not None:
             from triage_node.inference.external import card_settings
 
-            self.pipeline.config = card_settings(applied, self.analyzers)
+            self._job_config = card_settings(applied, self.analyzers)  # the worker takes it before its next job
         if self.scp is not None:
             self.scp.reload_policy(applied.scp)
         if self.stow is not None:

@@ -12,7 +12,7 @@ import pydicom
 from triage_lab.synth.dicom import write_ct_series
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
-from triage_node.results.build import AlgorithmInfo, ResultIdentity
+from triage_node.results.identity import AlgorithmInfo, ResultIdentity
 
 SPACING = (5.0, 0.9, 0.9)
 SHAPE = (16, 64, 64)

@@ -1,4 +1,4 @@
-"""``triage-lab train | evaluate | lr-find | models``: registered into the main CLI by :func:`register`."""
+"""``triage-lab train | evaluate | tune-postprocess | lr-find``: registered into the main CLI by :func:`register`."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _train_config(a: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _train_config(a: argparse.Namespace):
     from triage_lab.training.loop import TrainConfig
 
     return TrainConfig(
@@ -232,7 +232,7 @@ def cmd_lr_find(a: argparse.Namespace) -> int:
 
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train``, ``evaluate``, ``tune-postprocess`` and ``lr-find`` to the lab CLI (sets ``func``)."""
     p = subparsers.add_parser("train", help="train a CT model on synthetic (or RSNA / NIfTI) data")
     _train_args(p)
@@ -295,10 +295,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 
-def run_standalone(register_fn: Callable[[argparse._SubParsersAction], None], argv: list[str] | None) -> int:  # type: ignore[type-arg]
-    """Run training subcommands without the daemon's CLI (``python -m triage_lab.training.cli`` / ``.mr_cli``)."""
+def run_standalone(register_fn: Callable[[argparse._SubParsersAction], None], argv: list[str] | None) -> int:
+    """Run training subcommands without the main CLI (``python -m triage_lab.training.ct_commands`` or
+    ``.mr_commands``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="triage-node")
+    parser = argparse.ArgumentParser(prog="triage-lab")
     register_fn(parser.add_subparsers(dest="command", required=True))
     a = parser.parse_args(argv)
     return int(a.func(a))

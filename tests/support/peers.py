@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+SUPPORT = Path(__file__).resolve().parent  # tests/support: the helpers and the stand-in analyzers
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

@@ -1,7 +1,7 @@
 """``triage-lab train-mr | tune-mr | evaluate-mr``: training, operating point and evaluation of the MR models.
 
 Registered by :func:`register` (the main CLI adds it next to the CT ``train``/``evaluate``); also runnable on its own
-as ``python -m triage_lab.training.mr_cli``.
+as ``python -m triage_lab.training.mr_commands``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from triage_lab.training.cli import precision_arg
+from triage_lab.training.ct_commands import precision_arg
 
 MR_MODELS = ("cmb", "infarct")
 DEFAULT_CACHE_ROOT = Path("/tmp/triage-node-cache")
@@ -151,7 +151,7 @@ def cmd_tune_mr(a: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train-mr`` and ``evaluate-mr`` to the main CLI; each sets ``func``."""
     p = subparsers.add_parser("train-mr", help="train an MR model (cmb | infarct) on synthetic MR or NIfTI folders")
     _common(p)
@@ -230,7 +230,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point; ``triage-lab train-mr ...`` is the same command."""
-    from triage_lab.training.cli import run_standalone
+    from triage_lab.training.ct_commands import run_standalone
 
     return run_standalone(register, argv)
 

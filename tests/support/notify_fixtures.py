@@ -47,7 +47,7 @@ class Receiver:
 
 def start_receiver(receiver: Receiver) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:  # http.server's name
             length = int(self.headers.get("Content-Length", "0"))
             raw = self.rfile.read(length)
             receiver.requests.append(Received(self.path, dict(self.headers.items()), json.loads(raw or b"null")))
@@ -72,7 +72,7 @@ class Sink:
         self.messages: list[tuple[list[str], Message]] = []
         self.port = 0
 
-    async def handle_DATA(self, server: SMTP, session: SMTPSession, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: SMTPSession, envelope: Envelope) -> str:
         content = envelope.original_content or b""
         self.messages.append((list(envelope.rcpt_tos), message_from_bytes(content)))
         await asyncio.sleep(0)

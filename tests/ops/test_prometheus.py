@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage_node.ops.metrics import Metrics
+from triage_node.ops.prometheus import Metrics
 from triage_node.worklist.db import session_factory, transaction
 from triage_node.worklist.models import JobState, OutboxState, SeriesState
 

@@ -48,7 +48,6 @@ class Case:
     sop_class: str = CT
     transfer_syntax: str = ExplicitVRLittleEndian
     accepted: frozenset[str] = field(default_factory=frozenset)  # job outcomes that are also right
-    known_bug: str = ""  # not asserted here; a strict xfail test names the bug until it is fixed
 
 
 def _series(root: Path, name: str, seed: int, slices: int = 6, **kwargs: object) -> list[Path]:

@@ -78,7 +78,7 @@ def stub_models(folder: Path, delay_s: float = 0.0) -> dict[str, str]:
     weights.write_bytes(b"reliability stub weights\n")
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     (model / "model.yaml").write_text(
-        "name: stub\nversion: 1.0.0\nanalyzer: stub_model:StubAnalyzer\nweights: weights.bin\n"
+        "name: stub\nversion: 1.0.0\nanalyzer: stand_ins:StubAnalyzer\nweights: weights.bin\n"
         f"sha256: {digest}\narchitecture: {{kind: threshold}}\ninput: {{modality: CT}}\nclasses: [hemorrhage_extent]\n"
         "thresholds: {hemorrhage_extent: 0.5}\nintended_use: reliability tests only\n"
         f"postprocess: {{delay_s: {delay_s}}}\n"
@@ -95,6 +95,16 @@ def destination(port: int, max_attempts: int = 100, backoff_initial_s: float = 0
     return json.dumps([{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": port,
                         "max_attempts": max_attempts, "backoff_initial_s": backoff_initial_s,
                         "backoff_max_s": backoff_max_s}])
+
+
+def patient_identity_in_logs(logs: Sequence[Path]) -> list[str]:
+    """Every line of ``logs`` that shows a patient name or ID (PHI_PATTERNS), as ``folder/file:line: match``."""
+    hits = []
+    for path in logs:
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            hits += [f"{path.parent.parent.name}/{path.name}:{n}: {m.group(0)}" for pat in PHI_PATTERNS
+                     for m in [pat.search(line)] if m]
+    return hits
 
 
 def new_daemon(figures: Figures, workdir: Path, **env: str) -> Daemon:
