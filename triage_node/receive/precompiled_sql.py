@@ -57,7 +57,7 @@ def _compile(stmt: Executable, dialect: Dialect, keys: tuple[str, ...]) -> _Comp
 
 @functools.lru_cache(maxsize=32)
 def _row_type(columns: tuple[str, ...]) -> Any:
-    return namedtuple("Row", columns)  # noqa: PYI024
+    return namedtuple("Row", columns)
 
 
 class _Result:
@@ -95,7 +95,7 @@ class PrecompiledConnection:
         keys = tuple(first) if isinstance(stmt, Insert) else ()
         compiled = _compile(stmt, self.dialect, keys) if self._raw is not None else None
         if compiled is None:
-            return self.conn.execute(stmt, params)  # type: ignore[arg-type]
+            return self.conn.execute(stmt, params)
         cursor = self._raw.cursor()  # type: ignore[union-attr]
         try:
             if many:

@@ -146,7 +146,7 @@ def _study_id(conn: PrecompiledConnection, header: Header, now: dt.datetime, cac
                 row_id = conn.execute(_SELECT_STUDY, {"p_uid": header.study_uid}).scalar_one()
                 conn.execute(_TOUCH_STUDY, {"p_id": row_id, "p_now": now})
         else:
-            row_id = conn.execute(_INSERT_STUDY, values).inserted_primary_key[0]  # type: ignore[index]
+            row_id = conn.execute(_INSERT_STUDY, values).inserted_primary_key[0]
     else:
         conn.execute(_TOUCH_STUDY, {"p_id": row_id, "p_now": now})
     if cache is not None:
@@ -201,7 +201,7 @@ def record_instance(
             if inserted is None:  # another receiver inserted it meanwhile: continue as an existing series
                 found = conn.execute(_SELECT_SERIES_LOCKED, {"p_uid": header.series_uid}).one()
         else:
-            inserted = conn.execute(_INSERT_SERIES, values).inserted_primary_key[0]  # type: ignore[index]
+            inserted = conn.execute(_INSERT_SERIES, values).inserted_primary_key[0]
     if pg and found is not None:
         # Under the series lock: another receiver may have stored this very instance since the first look.
         existing = conn.execute(_SELECT_VERSIONS, {"p_sop": header.sop_instance_uid}).all()
@@ -370,7 +370,7 @@ class GroupCommitter:
                 self._drop_connection()  # a broken connection must not serve the next group
             for p in group:
                 p.result, p.error = None, exc
-        except Exception as exc:  # noqa: BLE001 - never leave a sender waiting; its handler turns this into a status
+        except Exception as exc:
             self._drop_connection()
             for p in group:
                 p.result, p.error = None, exc

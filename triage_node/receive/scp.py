@@ -58,7 +58,7 @@ class PolicyAE(AE):
         super().__init__(ae_title)
         self.callers = callers
 
-    @property  # type: ignore[override]
+    @property
     def require_calling_aet(self) -> list[str]:
         if not self.callers:
             return []
@@ -177,7 +177,7 @@ class StorageSCP:
         self.committer.start()
         self.server = self.ae.make_server(
             (self.cfg.host, self.cfg.port),
-            evt_handlers=handlers,  # type: ignore[arg-type]
+            evt_handlers=handlers,
             ssl_context=make_ssl_context(self.cfg),
             server_class=ReusePortServer if self.cfg.reuse_port else NoDelayServer,
             request_handler=self._request_handler(),
@@ -209,7 +209,7 @@ class StorageSCP:
 
     @property
     def port(self) -> int:
-        return int(self.server.server_address[1]) if self.server else self.cfg.port  # type: ignore[index]
+        return int(self.server.server_address[1]) if self.server else self.cfg.port
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop listening, then wait for running associations (in-flight C-STOREs) to end."""
@@ -338,7 +338,7 @@ class StorageSCP:
             self.hooks.on_refused(STATUS_PROCESSING_FAILURE)
             log.exception("C-STORE of %s from %s failed: 0x0110 (%s)", sop_uid, calling, type(exc).__name__)
             return STATUS_PROCESSING_FAILURE
-        except Exception as exc:  # noqa: BLE001 - a sender must get a status, never a dropped association
+        except Exception as exc:
             self.hooks.on_refused(0xC211)
             log.exception("C-STORE of %s from %s failed: 0xC211 (%s)", sop_uid, calling, type(exc).__name__)
             return 0xC211

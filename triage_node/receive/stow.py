@@ -153,11 +153,13 @@ def study_uid(part: Part10) -> str | None:
         prefix = file_meta_prefix(part.sop_class_uid, part.sop_instance_uid, part.transfer_syntax_uid)
         ds = pydicom.dcmread(BytesIO(prefix + bytes(part.dataset)), stop_before_pixels=True)
         return str(ds.StudyInstanceUID) if "StudyInstanceUID" in ds else None
-    except Exception:  # noqa: BLE001 - an unreadable header is reported by the store path with its own status
+    except Exception:
         return None
 
 
-def _sequence_item(sop_class: str, sop_uid: str, reason_tag: str | None = None, reason: int | None = None) -> dict:
+def _sequence_item(
+    sop_class: str, sop_uid: str, reason_tag: str | None = None, reason: int | None = None
+) -> dict[str, Any]:
     item: dict[str, Any] = {
         "00081150": {"vr": "UI", "Value": [sop_class]} if sop_class else {"vr": "UI"},
         "00081155": {"vr": "UI", "Value": [sop_uid]} if sop_uid else {"vr": "UI"},
@@ -235,19 +237,28 @@ class StowService:
             raise _Refusal(part.sop_class_uid, part.sop_instance_uid, STATUS_SOP_CLASS_NOT_SUPPORTED, "SOP class")
         if part.transfer_syntax_uid not in TRANSFER_SYNTAXES:
             raise _Refusal(
-                part.sop_class_uid, part.sop_instance_uid, STATUS_TRANSFER_SYNTAX_NOT_SUPPORTED,
+                part.sop_class_uid,
+                part.sop_instance_uid,
+                STATUS_TRANSFER_SYNTAX_NOT_SUPPORTED,
                 f"transfer syntax {part.transfer_syntax_uid}",
             )
         if study is not None and study_uid(part) != study:
             raise _Refusal(
-                part.sop_class_uid, part.sop_instance_uid, STATUS_DATASET_DOES_NOT_MATCH,
+                part.sop_class_uid,
+                part.sop_instance_uid,
+                STATUS_DATASET_DOES_NOT_MATCH,
                 "Study Instance UID differs from the one in the request URL",
             )
         # The stored file is what a C-STORE of the same data set stores: our file meta, then the sender's data set.
         prefix = file_meta_prefix(part.sop_class_uid, part.sop_instance_uid, part.transfer_syntax_uid)
         data = memoryview(prefix + bytes(part.dataset))
         status = self.store(
-            sender, part.sop_class_uid, part.sop_instance_uid, part.sop_class_uid, part.transfer_syntax_uid, data,
+            sender,
+            part.sop_class_uid,
+            part.sop_instance_uid,
+            part.sop_class_uid,
+            part.transfer_syntax_uid,
+            data,
             len(prefix),
         )
         return status, item
@@ -273,7 +284,8 @@ def create_stow_app(service: StowService) -> FastAPI:
             log.warning("STOW-RS from %s refused: no or unknown bearer token for this address", address)
             return JSONResponse(
                 {"detail": "a bearer token from dicomweb.allowed_senders is required"},
-                status_code=401, headers={"WWW-Authenticate": 'Bearer realm="triage-node"'},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="triage-node"'},
             )
         chunks, size = [], 0
         async for chunk in request.stream():
@@ -292,8 +304,12 @@ def create_stow_app(service: StowService) -> FastAPI:
         except StowError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
         stored = len(payload.get("00081199", {}).get("Value", []))
-        log.info("STOW-RS from %s: %d stored, %d failed", sender.name, stored,
-                 len(payload.get("00081198", {}).get("Value", [])))
+        log.info(
+            "STOW-RS from %s: %d stored, %d failed",
+            sender.name,
+            stored,
+            len(payload.get("00081198", {}).get("Value", [])),
+        )
         return JSONResponse(payload, status_code=status, media_type=DICOM_JSON)
 
     @app.post("/dicomweb/studies")
@@ -327,8 +343,12 @@ class StowServer:
 
         self._server = uvicorn.Server(
             uvicorn.Config(
-                create_stow_app(self.service), host=self.cfg.host, port=self.cfg.port, log_level="warning",
-                access_log=False, lifespan="off",
+                create_stow_app(self.service),
+                host=self.cfg.host,
+                port=self.cfg.port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
             )
         )
         self._thread = threading.Thread(target=self._server.run, name="dicomweb", daemon=True)
@@ -338,8 +358,12 @@ class StowServer:
             time.sleep(0.02)
         if not self._server.started:
             raise RuntimeError(f"DICOMweb listener could not start on {self.cfg.host}:{self.cfg.port}")
-        log.info("DICOMweb STOW-RS on http://%s:%d/dicomweb/studies (%d sender(s) allowed)",
-                 self.cfg.host, self.port, len(self.cfg.allowed_senders))
+        log.info(
+            "DICOMweb STOW-RS on http://%s:%d/dicomweb/studies (%d sender(s) allowed)",
+            self.cfg.host,
+            self.port,
+            len(self.cfg.allowed_senders),
+        )
 
     def stop(self) -> None:
         """Refuse new requests; a request being stored finishes (uvicorn waits for it)."""

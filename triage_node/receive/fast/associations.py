@@ -170,11 +170,11 @@ class SelectDUL(DULServiceProvider):
         self.phase_outcome: str | None = None
         self._phase_checked = False
         self.event_queue = _WakingQueue(self._waker.wake)
-        self.to_provider_queue = _WakingQueue(self._waker.wake)  # type: ignore[assignment]
-        self.to_user_queue = _WakingQueue(wake_user)  # type: ignore[assignment]
+        self.to_provider_queue = _WakingQueue(self._waker.wake)
+        self.to_user_queue = _WakingQueue(wake_user)
         self._wake_user = wake_user
 
-    @property  # type: ignore[override]
+    @property
     def _kill_thread(self) -> bool:
         return self._kill_flag
 
@@ -239,7 +239,7 @@ class SelectDUL(DULServiceProvider):
                     pass
                 elif self._is_transport_event():
                     self._idle_timer.restart()
-            except Exception as exc:  # noqa: BLE001 - pynetdicom's own policy: any error here aborts the association
+            except Exception as exc:
                 log.error("Exception in the DUL reactor, aborting the association: %r", exc)
                 from pynetdicom.pdu import A_ABORT_RQ
 
@@ -346,7 +346,7 @@ class LeanStorageSCP(StorageServiceClass):
     writing the response. Everything else is pynetdicom's: the handler call, its exception handling (0xC211) and
     the status check."""
 
-    def SCP(self, req: C_STORE, context: PresentationContext) -> None:  # noqa: N802 - pynetdicom's name
+    def SCP(self, req: C_STORE, context: PresentationContext) -> None:
         rsp = C_STORE()
         rsp.MessageID = req.MessageID
         rsp.MessageIDBeingRespondedTo = req.MessageID
@@ -404,7 +404,7 @@ class EventAssociation(Association):
             LeanStorageSCP(self).SCP(msg, self._accepted_cx[context_id])
             self._is_paused = False
             self.dimse.cancel_req = {}
-        except Exception as exc:  # noqa: BLE001 - pynetdicom's policy, as in its _serve_request: log and abort
+        except Exception as exc:
             log.exception("C-STORE service failed, aborting the association: %r", exc)
             self.abort()
 
@@ -496,7 +496,7 @@ class EventRequestHandler(RequestHandler):
         assoc = EventAssociation(self.ae, MODE_ACCEPTOR, self.target)
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{datetime.strftime(datetime.now(), '%Y%m%d%H%M%S')}"
-        sock = RecvIntoSocket(assoc, client_socket=self.request)  # type: ignore[arg-type]
+        sock = RecvIntoSocket(assoc, client_socket=self.request)
         assoc.set_socket(sock)
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title
