@@ -133,12 +133,8 @@ def randomised_dwi_case(
     b = rng.uniform(0.8, 1.2)
     s0 = {"gm": rng.uniform(0.85, 1.25), "wm": rng.uniform(0.7, 0.95), "csf": rng.uniform(1.2, 2.2)}
     adc = {"gm": rng.uniform(0.72, 0.95), "wm": rng.uniform(0.62, 0.85), "csf": rng.uniform(2.5, 3.3)}
-    # Normal cortex is mildly bright at b=1000 (T2 and diffusion anisotropy); an acute infarct is markedly brighter
-    # than any normal tissue: its signal is drawn as 1.3-2.4 x the brightest normal parenchyma (restricted ADC).
-    cortex_boost = rng.uniform(1.0, 1.2)
-    adc_les = rng.uniform(0.3, 0.58)
-    brightest = max(s0["gm"] * np.exp(-b * adc["gm"]) * cortex_boost, s0["wm"] * np.exp(-b * adc["wm"]))
-    s0_les = rng.uniform(1.3, 2.4) * brightest / np.exp(-b * adc_les)
+    cortex_boost = rng.uniform(1.0, 1.35)
+    s0_les, adc_les = rng.uniform(1.0, 1.4), rng.uniform(0.3, 0.58)
     keep = 1.0 - lesion
     tissue = gm + wm
     les = lesion * np.minimum(tissue, 1.0)
