@@ -118,7 +118,7 @@ class _PhantomStack:
     whole 1000 x 512 x 512 float volume (1 GB) never has to exist."""
 
     def __init__(self, n_slices: int, size: int, base_slices: int = 100):
-        from triage_lab.synth.cli import phantom_head
+        from triage_lab.synth.phantom import phantom_head
 
         self.base, spacing = phantom_head(base_slices, size)
         self.shape = (n_slices, size, size)

@@ -11,8 +11,8 @@ import numpy as np
 from peers import ROOT, echoscu, make_daemon, running_daemon, storescu, wait_for
 from pydicom import dcmread
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 
 NO_MODELS = {"TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": [], "mr_swi": [], "mr_dwi": []})}
 

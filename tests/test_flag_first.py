@@ -12,8 +12,8 @@ import pytest
 from peers import storescu
 from sqlalchemy import select
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 from triage_node.config import Config
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.pipeline import PipelineContext, run_job

@@ -16,8 +16,8 @@ import yaml
 from pydicom import dcmread
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 from triage_node.config import Config, load_config
 from triage_node.daemon import App
 from triage_node.inference.types import Finding, ModelOutput

@@ -15,8 +15,8 @@ import pytest
 from peers import SUPPORT, make_daemon, storescu, wait_for
 from peers_orthanc import start_orthanc
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 from triage_node.results.masks import masks_path, open_masks
 
 TERMINAL = ("delivered", "results_ready", "rejected", "skipped", "failed", "dead_letter")

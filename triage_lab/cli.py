@@ -13,7 +13,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from triage_lab.render2.evaluate import register as register_render_test
-    from triage_lab.synth.cli import register as register_synth
+    from triage_lab.synth.synth_commands import register as register_synth
     from triage_lab.training.ct_commands import register as register_training
     from triage_lab.training.export import register as register_export
     from triage_lab.training.mr_commands import register as register_mr_training

@@ -20,8 +20,8 @@ from pynetdicom import AE
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 from triage_node.config import SCP, Caller
 from triage_node.pipeline import _read
 from triage_node.receive.scp import ReceiveHooks, StorageSCP

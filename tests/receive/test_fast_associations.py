@@ -18,8 +18,8 @@ from pydicom import dcmread
 from pynetdicom import AE
 from sqlalchemy import func, select
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 from triage_node.config import SCP, TLS
 from triage_node.receive.fast.associations import EventAssociation, encode_store_response
 from triage_node.receive.scp import ReceiveHooks, StorageSCP

@@ -16,8 +16,8 @@ from peers import echoscu, free_port, storescu, wait_for
 from pydicom import dcmread
 from pynetdicom import AE
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 from triage_node.config import SCP
 from triage_node.receive.fast import storage_phase
 from triage_node.receive.fast.associations import SelectDUL

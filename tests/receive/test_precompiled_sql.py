@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, insert, text
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 from triage_node.receive import precompiled_sql
 from triage_node.receive.header import parse_header
 from triage_node.receive.records import StudyIds, record_instance

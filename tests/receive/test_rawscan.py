@@ -14,8 +14,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 from triage_node.receive.header import Refused, _parse_pydicom, _parse_raw, file_meta_prefix, parse_header
 from triage_node.receive.rawscan import ScanError, scan
 

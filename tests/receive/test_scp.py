@@ -15,8 +15,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 from pynetdicom import AE
 from sqlalchemy import func, select
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 from triage_node.config import SCP, Caller
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
 from triage_node.receive.spool import Spool

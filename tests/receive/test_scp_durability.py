@@ -13,8 +13,8 @@ from peers import make_daemon, storescu, wait_for
 from pydicom import dcmread
 from pynetdicom import AE
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 NO_MODELS = {"TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": [], "mr_swi": [], "mr_dwi": []})}

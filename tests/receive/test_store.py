@@ -11,8 +11,8 @@ from peers import storescu
 from pydicom import dcmread
 from sqlalchemy import func, select
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 from triage_node.receive.header import Refused, parse_header
 from triage_node.receive.records import GroupCommitter, Pending, StudyIds, record_instance
 from triage_node.receive.spool import Spool, sha256

@@ -21,8 +21,8 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 from triage_node.config import SCP
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
 from triage_node.receive.spool import Spool

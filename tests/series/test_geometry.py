@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 from triage_node.series.geometry import GeometryError, build_volume, pixels, plan
 
 

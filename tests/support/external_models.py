@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import yaml
 
-from triage_lab.synth.cli import phantom_head
+from triage_lab.synth.phantom import phantom_head
 from triage_node.inference.external import sha256_path
 
 SIZE = 64

@@ -29,7 +29,7 @@ from pydicom.uid import (
 )
 from reliability_support import phantom_series
 
-from triage_lab.synth.cli import phantom_head
+from triage_lab.synth.phantom import phantom_head
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"

@@ -17,8 +17,8 @@ from peers import ROOT, Daemon, make_daemon
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 
 HERE = Path(__file__).resolve().parent
 FULL = os.environ.get("TRIAGE_NODE_FULL", "").lower() in ("1", "true", "yes")

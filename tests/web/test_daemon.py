@@ -24,8 +24,8 @@ from argon2 import PasswordHasher
 from peers import ROOT, SUPPORT, running_daemon, storescu, wait_for
 from PIL import Image
 
-from triage_lab.synth.cli import phantom_head
 from triage_lab.synth.dicom import write_series
+from triage_lab.synth.phantom import phantom_head
 
 USER, PASSWORD = "dr.daemon", "daemon test password"
 
