@@ -57,3 +57,9 @@ def test_to_dict_and_from_dict_round_trip_with_the_domain(tmp_path: Path) -> Non
     bad["thresholds"]["any_hemorrhage"] = 1.5
     with pytest.raises(CardError, match="threshold any_hemorrhage must be in"):
         ModelCard.from_dict(bad, tmp_path / "model.yaml")
+    # The one value above 1 a card may hold: a subtype that validation never made precise enough is never present.
+    from triage_node.inference.card import NEVER_PRESENT
+
+    never = card.to_dict()
+    never["thresholds"]["epidural"] = NEVER_PRESENT
+    assert ModelCard.from_dict(never, tmp_path / "model.yaml").thresholds["epidural"] == NEVER_PRESENT

@@ -20,7 +20,7 @@ from triage_lab.synth.cases import CLASSES
 from triage_lab.training.int8_metrics import record_int8_metrics
 from triage_lab.training.metrics import roc_auc, sens_spec, weighted_log_loss, youden_threshold
 from triage_lab.training.plots import calibration_plot, confusion_plot, history_plot, roc_plot
-from triage_node.inference.card import ModelCard
+from triage_node.inference.card import NEVER_PRESENT, ModelCard
 from triage_node.inference.ich import aggregate
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def precision_threshold(y: np.ndarray, p: np.ndarray, min_precision: float = MIN
         if k + 1 == len(ps) or ps[k + 1] < ps[k]:
             best = k
     if best is None or tp[best] == 0:
-        return 1.0001
+        return NEVER_PRESENT
     return float(ps[best])
 
 

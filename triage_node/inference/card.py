@@ -20,6 +20,10 @@ from triage_node.inference.external import SpecError, card_fields, is_external
 
 MANUFACTURER = "triage-node project"
 WEIGHTS_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/triage-node/triage-node/model-weights")
+# A threshold above every probability: the class is never shown present (a subtype whose precision on validation
+# never reached the bar). The only value above 1 a card may hold.
+NEVER_PRESENT = 1.0001
+
 NOT_FOR_CLINICAL_USE = (
     "Trained on synthetic lesions only. Not validated on patients. Not for clinical use: research and testing of the "
     "triage pipeline only."
@@ -130,8 +134,10 @@ class ModelCard:
             )
         thresholds = {str(k): float(v) for k, v in dict(raw["thresholds"]).items()}
         for k, v in thresholds.items():
-            if not 0.0 <= v <= 1.0:
-                raise CardError(f"model card {path}: threshold {k} must be in [0, 1], got {v}")
+            if not (0.0 <= v <= 1.0 or v == NEVER_PRESENT):
+                raise CardError(
+                    f"model card {path}: threshold {k} must be in [0, 1] (or {NEVER_PRESENT}: never present), got {v}"
+                )
         return cls(
             name=str(raw["name"]),
             version=str(raw["version"]),
