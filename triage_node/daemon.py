@@ -22,7 +22,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from pynetdicom import evt
 from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from triage_node import __version__
 from triage_node.config import Config, ConfigError, load_config
@@ -127,11 +127,31 @@ class App:
 
     # -- start-up -------------------------------------------------------------------------------------------------
 
+    # A node of a cluster may start (or be restarted by systemd) while the shared PostgreSQL is away for a moment:
+    # it waits this long for it, saying so, before giving up. SQLite is a local file: an error there is final at once.
+    DB_WAIT_S = 120.0
+
+    def _migrate_when_reachable(self) -> None:
+        deadline = time.monotonic() + self.DB_WAIT_S
+        delay = 0.5
+        while True:
+            try:
+                migrate(self.engine)
+                return
+            except OperationalError as e:
+                if not is_postgres(self.engine) or time.monotonic() + delay > deadline:
+                    raise
+                reason = str(e.orig).strip().splitlines()[0] if e.orig is not None else type(e).__name__
+                log.warning("database not reachable (%s); trying again in %.1f s", reason, delay)
+                self.notifier.status("waiting for the database")
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def start(self) -> None:
         cfg = self.config
         roles = self.roles
         self.notifier.status("migrating database")
-        migrate(self.engine)
+        self._migrate_when_reachable()
         if roles & {"receive", "work"}:
             check_spool(self.sessions, cfg.storage.spool_dir)  # SpoolMismatch: `serve` says why and exits
         removed = 0
