@@ -261,7 +261,8 @@ class Series(Frozen):
 
 
 class Filter(Frozen):
-    min_brain_pct: Annotated[float, _between(0, 100)] = 20.0
+    # CT: a slice's brain as a percentage of the series' fullest slice (preprocess/filter.py), not of its pixels.
+    min_brain_pct: Annotated[float, _between(0, 100)] = 10.0
     # MR models read the volume in 3-D (microbleed candidates, infarct extent): drop only the nearly empty end slices.
     min_tissue_pct_mr: Annotated[float, _between(0, 100)] = 2.0
 

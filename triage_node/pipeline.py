@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from triage_node.config import Config, Pipeline
 from triage_node.inference.types import Analyzer, Finding, ModelOutput
 from triage_node.notify import queue_for_job
-from triage_node.preprocess.filter import brain_pct_ct, keep_slices
+from triage_node.preprocess.filter import brain_fraction_ct, keep_by_fraction, keep_slices
 from triage_node.results.build import ResultFile, build_results
 from triage_node.results.identity import AlgorithmInfo, ResultIdentity
 from triage_node.results.masks import masks_path, save_masks
@@ -110,27 +110,31 @@ def decode_and_filter(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode the slices and apply the blank-slice filter. -> (kept planes float32 (k, y, x), keep mask bool (n,)).
 
-    CT is filtered slice by slice as it is decoded, so dropped slices never occupy the volume buffer; MR needs the
-    whole volume for its tissue threshold.
+    CT's brain share is measured slice by slice as it is decoded; the kept planes are then moved to the front of the
+    one buffer, in place. MR needs the whole volume for its tissue threshold.
     """
     t_load = t_filter = 0.0
     n = len(slices)
     rows, cols = int(slices[0].dataset.Rows), int(slices[0].dataset.Columns)
     buf = np.empty((n, rows, cols), dtype=np.float32)
-    keep = np.zeros(n, dtype=bool)
     if modality.upper() == "CT":
-        k = 0
+        fractions = np.zeros(n, dtype=np.float64)
         for i, sl in enumerate(slices):
             t = time.perf_counter()
-            plane = pixels(sl)
+            buf[i] = pixels(sl)
             t_load += time.perf_counter() - t
             t = time.perf_counter()
-            keep[i] = brain_pct_ct(plane) >= min_brain_pct
+            fractions[i] = brain_fraction_ct(buf[i])
             t_filter += time.perf_counter() - t
-            if keep[i]:
-                buf[k] = plane
-                k += 1
+        t = time.perf_counter()
+        keep = keep_by_fraction(fractions, min_brain_pct)
+        k = 0
+        for i in np.flatnonzero(keep):
+            if i != k:
+                buf[k] = buf[i]
+            k += 1
         buf.resize((k, rows, cols), refcheck=False)  # gives the unused tail back
+        t_filter += time.perf_counter() - t
     else:
         t = time.perf_counter()
         for i, sl in enumerate(slices):
@@ -206,7 +210,7 @@ def _process(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: f
     ctx.observe_stage("filter", timings["filter"])
     kept, dropped = int(keep.sum()), int((~keep).sum())
     if kept == 0:
-        raise Rejected(f"all {dropped} slices are below {min_pct:g}% brain pixels")
+        raise Rejected(f"none of the {dropped} slices holds brain (CT) or tissue (MR) inside the head")
     volume = build_volume(slices, planes, keep, planes_are_kept=True)
     del planes
     kept_idx = np.flatnonzero(keep)
@@ -283,7 +287,11 @@ def _shadow(ctx: PipelineContext) -> frozenset[str]:
 def not_assessed(analyzer: Analyzer, reason: str) -> ModelOutput:
     """The output recorded for a model that did not run because the series lies outside its training domain."""
     finding = Finding(
-        label=NOT_ASSESSED, present=False, probability=0.0, model=analyzer.name, model_version=analyzer.version,
+        label=NOT_ASSESSED,
+        present=False,
+        probability=0.0,
+        model=analyzer.name,
+        model_version=analyzer.version,
         note=reason[:256],
     )
     return ModelOutput(analyzer.name, analyzer.version, (finding,))

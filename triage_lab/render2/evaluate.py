@@ -71,7 +71,7 @@ def decode(paths: Sequence[Path], config: Config) -> tuple[Volume, Pipeline]:
     min_pct = config.filter.min_brain_pct if ct else config.filter.min_tissue_pct_mr
     planes, keep = decode_and_filter(slices, attrs.modality, min_pct, {})
     if not keep.any():
-        raise ValueError(f"all {len(keep)} slices are below {min_pct:g}% brain pixels")
+        raise ValueError(f"none of the {len(keep)} slices holds brain or tissue")
     return build_volume(slices, planes, keep, planes_are_kept=True), rule.pipeline
 
 
@@ -312,6 +312,54 @@ def load_models(models_dir: Path, kinds: Sequence[str], config: Config) -> dict[
     )
 
 
+def _evaluate_case(
+    spec: CaseSpec, root: Path, config: Config, analyzers: dict[str, Analyzer], remove: bool
+) -> tuple[dict[str, Any], bool]:
+    """Render, write, decode and analyse one case -> (record, ok). A case that fails is reported, never fatal."""
+    rec: dict[str, Any] = {"case": spec.key, "seed": spec.seed, "options": _jsonable(spec.options)}
+    timing: dict[str, float] = {}
+    ok = False
+    try:
+        t = time.perf_counter()
+        w = render_and_write(spec, root / spec.key)
+        timing["render_write_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        volume, pipeline = decode(w.paths, config)
+        timing["decode_s"] = time.perf_counter() - t
+        if pipeline != PIPELINE_OF[spec.kind]:
+            raise ValueError(f"routed to {pipeline.value}, expected {PIPELINE_OF[spec.kind].value}")
+        t = time.perf_counter()
+        outputs = run_models(volume, pipeline, analyzers, config)
+        timing["models_s"] = time.perf_counter() - t
+        rec.update(SCORERS[spec.kind](w, volume, outputs))
+        rec["truth_detail"] = _jsonable(w.truth)
+        rec["slices"] = [len(w.slice_uids), int(volume.pixels.shape[0])]
+        ok = True
+    except Exception as exc:
+        rec["error"] = f"{type(exc).__name__}: {exc}"
+        rec["traceback"] = traceback.format_exc(limit=4)
+        log.warning("case %s failed: %s", spec.key, rec["error"])
+    rec["timing"] = {k: round(v, 2) for k, v in timing.items()}
+    if remove:
+        _remove_tree(root / spec.key)
+    return rec, ok
+
+
+# One forked worker's state: (root, config, analyzers, remove), set before the pool forks.
+_WORKER: tuple[Path, Config, dict[str, Analyzer], bool] | None = None
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _worker_case(spec: CaseSpec) -> tuple[dict[str, Any], bool]:
+    assert _WORKER is not None
+    return _evaluate_case(spec, *_WORKER)
+
+
 def evaluate(
     specs: Sequence[CaseSpec],
     models_dir: Path,
@@ -319,8 +367,14 @@ def evaluate(
     config: Config | None = None,
     analyzers: dict[str, Analyzer] | None = None,
     keep_dicom: bool = False,
+    jobs: int = 1,
 ) -> dict[str, Any]:
-    """Render, write, decode and analyse every case; return the report (cases, summaries, targets, timings)."""
+    """Render, write, decode and analyse every case; return the report (cases, summaries, targets, timings).
+
+    ``jobs`` > 1 runs the cases on that many forked processes (one torch thread each); the report is the same, in
+    the cases' order.
+    """
+    global _WORKER
     config = config or Config()
     kinds = sorted({s.kind for s in specs})
     t0 = time.perf_counter()
@@ -330,33 +384,20 @@ def evaluate(
     failures: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="render2-") as tmp:
         root = work_dir or Path(tmp)
-        for spec in specs:
-            rec: dict[str, Any] = {"case": spec.key, "seed": spec.seed, "options": _jsonable(spec.options)}
-            timing: dict[str, float] = {}
+        remove = not keep_dicom and work_dir is None
+        if jobs > 1:
+            import multiprocessing as mp
+
+            _WORKER = (root, config, analyzers, remove)
             try:
-                t = time.perf_counter()
-                w = render_and_write(spec, root / spec.key)
-                timing["render_write_s"] = time.perf_counter() - t
-                t = time.perf_counter()
-                volume, pipeline = decode(w.paths, config)
-                timing["decode_s"] = time.perf_counter() - t
-                if pipeline != PIPELINE_OF[spec.kind]:
-                    raise ValueError(f"routed to {pipeline.value}, expected {PIPELINE_OF[spec.kind].value}")
-                t = time.perf_counter()
-                outputs = run_models(volume, pipeline, analyzers, config)
-                timing["models_s"] = time.perf_counter() - t
-                rec.update(SCORERS[spec.kind](w, volume, outputs))
-                rec["truth_detail"] = _jsonable(w.truth)
-                rec["slices"] = [len(w.slice_uids), int(volume.pixels.shape[0])]
-                records[spec.kind].append(rec)
-            except Exception as exc:  # a broken case is reported, never fatal
-                rec["error"] = f"{type(exc).__name__}: {exc}"
-                rec["traceback"] = traceback.format_exc(limit=4)
-                failures.append(rec)
-                log.warning("case %s failed: %s", spec.key, rec["error"])
-            rec["timing"] = {k: round(v, 2) for k, v in timing.items()}
-            if not keep_dicom and work_dir is None:
-                _remove_tree(root / spec.key)
+                with mp.get_context("fork").Pool(jobs, initializer=_worker_init) as pool:
+                    results = pool.map(_worker_case, specs, chunksize=1)
+            finally:
+                _WORKER = None
+        else:
+            results = [_evaluate_case(spec, root, config, analyzers, remove) for spec in specs]
+        for spec, (rec, ok) in zip(specs, results, strict=True):
+            (records[spec.kind] if ok else failures).append(rec)
     summary = {k: SUMMARISERS[k](v) for k, v in records.items() if v}
     return {
         "renderer": "triage_lab.render2 (test-only second renderer; never used for training or thresholds)",
@@ -396,9 +437,11 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"  {key:<48} {shown:>7}  {t['target']:>8}  {met}")
     ct = report["summary"].get("ct")
     if ct:
-        lines.append(f"  ct.auc {ct['auc'] if ct['auc'] is None else round(ct['auc'], 3)}; "
-                     f"extra subtype on positives {ct['extra_subtype_on_positives']}; "
-                     f"dice (segmenter alone) {ct['dice_ungated']}")
+        lines.append(
+            f"  ct.auc {ct['auc'] if ct['auc'] is None else round(ct['auc'], 3)}; "
+            f"extra subtype on positives {ct['extra_subtype_on_positives']}; "
+            f"dice (segmenter alone) {ct['dice_ungated']}"
+        )
         for s, m in ct["subtypes"].items():
             lines.append(f"  ct.{s:<20} precision {m['precision']}  recall {m['recall']}")
     for kind in ("dwi", "swi"):
@@ -427,6 +470,7 @@ def register(sub: Any) -> None:
     p.add_argument("--matrix", type=int, choices=(256, 512), default=None, help="CT matrix (default: drawn per case)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     p.add_argument("--keep-dicom", type=Path, default=None, help="keep the written series in this folder")
+    p.add_argument("--jobs", type=int, default=1, help="cases rendered and analysed in parallel (processes)")
     p.set_defaults(func=_main)
 
 
@@ -436,7 +480,7 @@ def _main(args: argparse.Namespace) -> int:
         specs.extend(default_specs(kind, n, args.seed_base, args.matrix if kind == "ct" else None))
     if args.keep_dicom is not None:
         args.keep_dicom.mkdir(parents=True, exist_ok=True)
-    report = evaluate(specs, args.models_dir, work_dir=args.keep_dicom)
+    report = evaluate(specs, args.models_dir, work_dir=args.keep_dicom, jobs=args.jobs)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1, default=str))
