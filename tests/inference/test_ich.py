@@ -32,7 +32,7 @@ def test_analyze_shapes_and_labels(tiny_ich_dir: Path, phantom_volume: Volume) -
     assert out.model == "ich" and out.model_version == "0.0.1"
     for f in out.findings:
         assert 0.0 <= f.probability <= 1.0
-        assert f.present == (f.probability >= an.card.thresholds[f.label])
+        assert f.present == (f.probability >= an.card.thresholds[f.label] and out.findings[0].present)
         assert all(0 <= z < phantom_volume.pixels.shape[0] for z in f.key_slices)
 
 
@@ -55,3 +55,12 @@ def test_threshold_one_flags_nothing(tiny_ich_dir: Path, phantom_volume: Volume)
     assert not any(f.present for f in out.findings)
     assert out.heatmaps == {}
     assert all(f.key_slices == () for f in out.findings)
+
+
+def test_a_subtype_is_present_only_on_a_flagged_series(tiny_ich_dir: Path, phantom_volume: Volume) -> None:
+    """Subtypes qualify the any-hemorrhage flag: below the any threshold no subtype is shown, whatever its score."""
+    card = ModelCard.load(tiny_ich_dir / "model.yaml")
+    card = dataclasses.replace(card, thresholds=MappingProxyType({CLASSES[0]: 1.0, **dict.fromkeys(CLASSES[1:], 0.0)}))
+    out = IchAnalyzer(card).analyze(phantom_volume)
+    assert not any(f.present for f in out.findings)
+    assert all(f.probability > 0.0 for f in out.findings[1:])  # the scores are still recorded

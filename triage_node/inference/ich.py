@@ -55,6 +55,8 @@ class IchAnalyzer(CardAnalyzer):
         self.size = int(card.input["size"])
         self.context = int(card.input.get("context", 0))
         self.classes = card.classes
+        if not self.classes or self.classes[0] != "any_hemorrhage":
+            raise ValueError(f"ich card {card.name}: the first class must be any_hemorrhage, got {self.classes[:1]}")
         self.thresholds = np.array([card.thresholds.get(c, 0.5) for c in self.classes], np.float32)
         self.aggregation = str(card.postprocess.get("aggregation", "top2_mean"))
         self.gradcam_max_slices = int(card.postprocess.get("gradcam_max_slices", 12))
@@ -112,8 +114,11 @@ class IchAnalyzer(CardAnalyzer):
         p = self.slice_probabilities(volume.pixels)
         series = aggregate(p, self.aggregation)
         findings = []
+        any_present = bool(series[0] >= self.thresholds[0])
         for i, label in enumerate(self.classes):
-            present = bool(series[i] >= self.thresholds[i])
+            # A subtype qualifies the any-hemorrhage flag: shown present only on a series that is flagged, so a
+            # normal head never carries a hemorrhage subtype (its probability is still recorded).
+            present = bool(series[i] >= self.thresholds[i]) and any_present
             findings.append(
                 Finding(
                     label=label,
