@@ -106,11 +106,21 @@ class PostgresServer:
             engine.dispose()
         self._template_ready = True
 
+    def create_database(self, name: str) -> str:
+        """A migrated database that stays for the session, e.g. a seeded template that ``database(template=name)``
+        copies for each test (no connection may be open on it while it is copied). Returns its URL."""
+        self.template()
+        self.sql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        return self.url(name)
+
     @contextlib.contextmanager
-    def database(self, migrated: bool = True) -> Iterator[str]:
-        """A fresh database for one test (migrated, or empty); dropped afterwards. Yields its URL."""
+    def database(self, migrated: bool = True, template: str | None = None) -> Iterator[str]:
+        """A fresh database for one test (migrated, empty, or a copy of ``template``); dropped afterwards. Yields its
+        URL."""
         name = f"t_{uuid.uuid4().hex[:12]}"
-        if migrated:
+        if template is not None:
+            self.sql(f"CREATE DATABASE {name} TEMPLATE {template}")
+        elif migrated:
             self.template()
             self.sql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
         else:

@@ -114,10 +114,15 @@ def _job(**kw: object) -> Job:
     return Job(version=1, **uids, **kw)
 
 
-def seed(tmp_path: Path) -> Seeded:
+def sqlite_url(folder: Path) -> str:
+    """The seed folder's own SQLite database (copied with the folder)."""
+    return f"sqlite:///{folder / 'web.db'}"
+
+
+def seed(tmp_path: Path, database_url: str | None = None) -> Seeded:
     """A critical CT study with a hemorrhage (4 stored slices, masks + Grad-CAM, a rejected localizer series) and a
-    routine study without findings that arrived earlier."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'web.db'}")
+    routine study without findings that arrived earlier; in ``database_url``, by default a SQLite file in the folder."""
+    engine = make_engine(database_url or sqlite_url(tmp_path))
     migrate(engine)
     sessions = session_factory(engine)
     spool = tmp_path / "spool"
@@ -270,10 +275,10 @@ def seed(tmp_path: Path) -> Seeded:
     return seeded
 
 
-def reopen(folder: Path) -> Seeded:
-    """The Seeded of a copied seed folder."""
+def reopen(folder: Path, database_url: str | None = None) -> Seeded:
+    """The Seeded of a copied seed folder, with a copy of its database (by default the folder's SQLite file)."""
     ids = json.loads((folder / "seeded.json").read_text())
-    engine = make_engine(f"sqlite:///{folder / 'web.db'}")
+    engine = make_engine(database_url or sqlite_url(folder))
     sessions = session_factory(engine)
     with transaction(sessions) as s:  # the pipeline stores results_dir as an absolute path
         job = s.get_one(Job, ids["critical_job_id"])

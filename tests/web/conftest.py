@@ -3,6 +3,7 @@ for the browser tests the app under uvicorn and Debian's Chromium (Playwright)."
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
 import socket
@@ -29,22 +30,46 @@ def password_hash() -> str:
     return PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash(PASSWORD)
 
 
+SEEDED_DB = "web_seeded"  # the seeded PostgreSQL database each test's database is copied from
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def web_backend(request: pytest.FixtureRequest) -> str:
+    """The database the seeded worklist lives in: the web tests run on both (a module may override this)."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
-def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Migrating and seeding once; each test gets a copy (every path inside is relative to the folder)."""
+def seeded_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Migrating and seeding once; each test gets a copy of the folder, its SQLite file included (every path inside
+    is relative to the folder)."""
     folder = tmp_path_factory.mktemp("seeded")
     data = seed(folder)
     data.sessions.kw["bind"].dispose()
     return folder
 
 
-@pytest.fixture
-def seeded(seeded_template: Path, tmp_path: Path) -> Iterator[Seeded]:
-    folder = tmp_path / "copy"
-    shutil.copytree(seeded_template, folder)
-    data = reopen(folder)
-    yield data
+@pytest.fixture(scope="session")
+def seeded_postgresql(tmp_path_factory: pytest.TempPathFactory, postgres: Any) -> Path:
+    """The same, seeded once into a PostgreSQL database that each test's database is copied from (TEMPLATE)."""
+    folder = tmp_path_factory.mktemp("seeded-pg")
+    data = seed(folder, postgres.create_database(SEEDED_DB))
     data.sessions.kw["bind"].dispose()
+    return folder
+
+
+@pytest.fixture
+def seeded(web_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Seeded]:
+    template = request.getfixturevalue(f"seeded_{web_backend}")
+    folder = tmp_path / "copy"
+    shutil.copytree(template, folder)
+    with contextlib.ExitStack() as stack:
+        url = None
+        if web_backend == "postgresql":
+            url = stack.enter_context(request.getfixturevalue("postgres").database(template=SEEDED_DB))
+        data = reopen(folder, url)
+        yield data
+        data.sessions.kw["bind"].dispose()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import io
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
 from sqlalchemy import select
@@ -19,6 +20,13 @@ from web_fixtures import OUTPUT, PASSWORD, PATIENT_ID, USER, Clock, Seeded
 
 from triage_node.worklist.db import transaction
 from triage_node.worklist.models import AuditEntry, Series, Study
+
+
+@pytest.fixture
+def web_backend() -> str:
+    """PostgreSQL only, not both: the slow browser run is not doubled (the whole suite's time), and every query it
+    makes runs on SQLite too in test_pages, test_api and test_review."""
+    return "postgresql"
 
 
 def add_urgent_study(seeded: Seeded) -> str:

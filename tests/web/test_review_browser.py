@@ -28,6 +28,13 @@ LESION = range(9, 14)
 MAX_SLICE_CHANGE_MS = 100.0
 
 
+@pytest.fixture
+def web_backend() -> str:
+    """PostgreSQL only, not both: the slow browser run is not doubled (the whole suite's time), and every query it
+    makes runs on SQLite too in test_pages, test_api and test_review."""
+    return "postgresql"
+
+
 def _slice(z: int) -> np.ndarray:
     yy, xx = np.mgrid[:SIZE, :SIZE]
     r = np.hypot(yy - SIZE / 2, xx - SIZE / 2)
@@ -109,7 +116,7 @@ def ppv_from_database(seeded: Seeded, model: str) -> tuple[int, int]:
     """(agreed, agreed + disagreed) over the latest verdict per (job, label, model) on the model's present calls."""
     with transaction(seeded.sessions) as s:
         rows = s.execute(text(
-            "select v.verdict from verdicts v where v.present = 1 and v.model = :m and v.id = ("
+            "select v.verdict from verdicts v where v.present = true and v.model = :m and v.id = ("
             " select v2.id from verdicts v2 where v2.job_id = v.job_id and v2.label = v.label and v2.model = v.model"
             " order by v2.at desc, v2.id desc limit 1)"), {"m": model}).scalars().all()
     agree = sum(1 for r in rows if r == "agree")
