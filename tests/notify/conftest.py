@@ -1,10 +1,8 @@
-"""Fixtures for the notification tests: a migrated database (copied per test), an HTTP receiver, an SMTP sink."""
+"""Fixtures for the notification tests: a migrated database on each backend, an HTTP receiver, an SMTP sink."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from notify_fixtures import Receiver, Sink, start_receiver, start_smtp
@@ -13,20 +11,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from triage_node.worklist.db import make_engine, migrate, session_factory
 
 
-@pytest.fixture(scope="session")
-def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("notify-db") / "empty.db"
-    engine = make_engine(f"sqlite:///{path}")
-    migrate(engine)
-    engine.dispose()
-    return path
-
-
 @pytest.fixture
-def sessions(empty_db: Path, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    path = tmp_path / "notify.db"
-    shutil.copy(empty_db, path)
-    engine = make_engine(f"sqlite:///{path}")
+def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
+    """A migrated database on each backend (``db_url``): the notification tests run on both."""
+    engine = make_engine(db_url)
+    migrate(engine)
     yield session_factory(engine)
     engine.dispose()
 

@@ -1,9 +1,10 @@
-"""Fixtures for the ops tests: a migrated SQLite database and builders for the rows they need."""
+"""Fixtures for the ops tests: a migrated database on each backend and builders for the rows they need."""
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,12 @@ _counter = itertools.count(1)
 
 
 @pytest.fixture
-def sessions(tmp_path: Path) -> sessionmaker[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'db' / 'triage.db'}")
+def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
+    """A migrated database on each backend (``db_url``): the tests that take it run on both."""
+    engine = make_engine(db_url)
     migrate(engine)
-    return session_factory(engine)
+    yield session_factory(engine)
+    engine.dispose()
 
 
 def uid() -> str:

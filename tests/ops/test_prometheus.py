@@ -4,6 +4,8 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import pytest
+from peers import free_port
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
@@ -89,8 +91,13 @@ def test_database_gauges_are_read_at_scrape_time(
     assert got[("triage_node_notifications_pending", ())] == 0
 
 
-def test_an_unreadable_database_reports_down_and_keeps_the_scrape(tmp_path: Path) -> None:
-    broken = session_factory(create_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}"))
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_unreadable_database_reports_down_and_keeps_the_scrape(tmp_path: Path, backend: str) -> None:
+    url = {
+        "sqlite": f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}",  # a file in a folder that is not there
+        "postgresql": f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x?connect_timeout=5",  # no server
+    }[backend]
+    broken = session_factory(create_engine(url))
     m = Metrics(broken, tmp_path, process_metrics=False)
     got = scrape(m)
     assert got[("triage_node_database_up", ())] == 0
