@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -97,19 +98,32 @@ def transport() -> str:
 
 
 @pytest.fixture
-def scp_env(tmp_path: Path, transport: str) -> Iterator[SCPEnv]:
-    """An in-process Storage SCP on a free loopback port with its own SQLite database and spool."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    migrate(engine)
-    sessions = session_factory(engine)
-    spool = Spool(tmp_path / "spool")
-    scp = StorageSCP(SCP(host="127.0.0.1", port=_free_port(), transport=transport), spool, sessions, ReceiveHooks())
-    scp.start()
-    try:
-        yield SCPEnv(scp, sessions, spool, engine)
-    finally:
-        scp.stop()
-        engine.dispose()
+def scp_backend() -> str:
+    """The database of the SCP ``scp_env`` starts: SQLite, where the receive path's fast SQL path runs (SQLite's by
+    design, receive/precompiled_sql.py; tests/receive/test_store.py records on both). A test parametrized with
+    ``@pytest.mark.parametrize("scp_backend", ["sqlite", "postgresql"])`` runs on both."""
+    return "sqlite"
+
+
+@pytest.fixture
+def scp_env(tmp_path: Path, transport: str, scp_backend: str, request: pytest.FixtureRequest) -> Iterator[SCPEnv]:
+    """An in-process Storage SCP on a free loopback port with its own database (``scp_backend``) and spool."""
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+        if scp_backend == "postgresql":
+            url = stack.enter_context(request.getfixturevalue("postgres").database())
+        engine = make_engine(url)
+        migrate(engine)
+        sessions = session_factory(engine)
+        spool = Spool(tmp_path / "spool")
+        scp = StorageSCP(SCP(host="127.0.0.1", port=_free_port(), transport=transport), spool, sessions,
+                         ReceiveHooks())
+        scp.start()
+        try:
+            yield SCPEnv(scp, sessions, spool, engine)
+        finally:
+            scp.stop()
+            engine.dispose()
 
 
 def _free_port() -> int:

@@ -63,6 +63,7 @@ class SlowSegmenter:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("scp_backend", ["sqlite", "postgresql"])
 def test_the_flag_is_committed_before_the_segmenter_and_the_results(scp_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     hu, spacing = phantom_head(8, 64)
     storescu(scp_env.port, write_series(tmp_path / "ct", hu, spacing, seed=5, unsigned=True))

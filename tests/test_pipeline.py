@@ -59,9 +59,10 @@ class Stored:
 
 
 @pytest.fixture
-def stored(tmp_path: Path) -> Iterator[Stored]:
-    """A complete 8-slice head CT series in a spool and a SQLite worklist, its job claimed (``processing``)."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'triage.sqlite'}")
+def stored(tmp_path: Path, db_url: str) -> Iterator[Stored]:
+    """A complete 8-slice head CT series in a spool and a worklist on each backend, its job claimed
+    (``processing``)."""
+    engine = make_engine(db_url)
     migrate(engine)
     sessions = session_factory(engine)
     spool = tmp_path / "spool"
@@ -173,6 +174,7 @@ def test_the_context_is_frozen(stored: Stored) -> None:
 
 
 def test_a_reload_reaches_the_worker_between_jobs_only(tmp_path: Path) -> None:
+    # SQLite only: the subject is the config reload; no query here differs by backend
     path = tmp_path / "config.yaml"
     settings = {
         "storage": {"spool_dir": str(tmp_path / "spool"), "database_url": f"sqlite:///{tmp_path / 'db.sqlite'}"},

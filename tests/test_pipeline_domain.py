@@ -60,6 +60,7 @@ def _run(scp_env, tmp_path: Path, thickness: float, domain: dict[str, object]) -
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("scp_backend", ["sqlite", "postgresql"])
 def test_thick_slices_are_not_assessed_with_the_reason(scp_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     job_id, model = _run(scp_env, tmp_path, 7.0, {"max_slice_thickness_mm": 5.0})
     assert model.ran == 0
@@ -78,6 +79,7 @@ def test_thick_slices_are_not_assessed_with_the_reason(scp_env, tmp_path: Path) 
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("scp_backend", ["sqlite", "postgresql"])
 def test_a_series_inside_the_domain_is_assessed(scp_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     job_id, model = _run(scp_env, tmp_path, 5.0, {"max_slice_thickness_mm": 5.0})
     assert model.ran == 1

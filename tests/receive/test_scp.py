@@ -55,6 +55,7 @@ def test_echoscu_succeeds(scp_env) -> None:  # type: ignore[no-untyped-def]
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize("scp_backend", ["sqlite", "postgresql"])  # counts, dedup, versions
 def test_storescu_series_is_stored_durably_and_completes_by_declared_size(scp_env, small_series) -> None:  # type: ignore[no-untyped-def]
     storescu(scp_env.port, small_series[0].parent)
     with scp_env.sessions() as s:
@@ -70,6 +71,7 @@ def test_storescu_series_is_stored_durably_and_completes_by_declared_size(scp_en
     assert not list(scp_env.spool.root.rglob("*.tmp"))
 
 
+@pytest.mark.parametrize("scp_backend", ["sqlite", "postgresql"])  # counts, dedup, versions
 def test_same_instance_twice_is_idempotent_and_changed_bytes_make_a_new_version(
     scp_env, small_series, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -96,6 +98,7 @@ def test_unlisted_calling_ae_is_rejected(tmp_path, small_series, transport) -> N
 
     from triage_node.worklist.db import make_engine, migrate, session_factory
 
+    # SQLite only: the calling AE policy is the subject; nothing reaches the database
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
     callers = (Caller(ae_title="PACS"), Caller(ae_title="CT1", host="10.9.9.9"))
@@ -287,6 +290,7 @@ def test_disk_below_minimum_answers_out_of_resources(tmp_path, small_series, tra
 
     from triage_node.worklist.db import make_engine, migrate, session_factory
 
+    # SQLite only: the disk guard refuses before any row is written
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
     sessions = session_factory(engine)
