@@ -16,6 +16,8 @@ from triage_lab.synth.phantom import phantom_head
 
 NO_MODELS = {"TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": [], "mr_swi": [], "mr_dwi": []})}
 
+# Tests taking db_url run on both backends; the rest: SQLite, the process is their subject (AE policy, signals, kill)
+
 
 def job_states(d) -> list[tuple]:  # type: ignore[no-untyped-def]
     return d.sql(
@@ -23,8 +25,8 @@ def job_states(d) -> list[tuple]:  # type: ignore[no-untyped-def]
     )
 
 
-def test_100_slice_head_ct_is_stored_completed_routed_and_filtered(tmp_path, ct_series_100) -> None:  # type: ignore[no-untyped-def]
-    with running_daemon(tmp_path / "d", **NO_MODELS) as d:
+def test_100_slice_head_ct_is_stored_completed_routed_and_filtered(tmp_path, ct_series_100, db_url) -> None:  # type: ignore[no-untyped-def]
+    with running_daemon(tmp_path / "d", **NO_MODELS, TRIAGE_NODE__STORAGE__DATABASE_URL=db_url) as d:
         assert echoscu(d.port).returncode == 0
         storescu(d.port, ct_series_100[0].parent)
         # every instance that got a success status is in the spool and the database
@@ -86,10 +88,10 @@ def test_sigkill_while_receiving_then_resend_completes_the_series_once(tmp_path,
         d.stop()
 
 
-def test_late_instance_reopens_a_completed_series_as_a_new_job_version(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_late_instance_reopens_a_completed_series_as_a_new_job_version(tmp_path, db_url) -> None:  # type: ignore[no-untyped-def]
     hu, spacing = phantom_head(12, 128)
     paths = write_series(tmp_path / "s", hu, spacing, seed=21, declare_count=False)
-    env = {**NO_MODELS, "TRIAGE_NODE__SERIES__QUIET_PERIOD_S": "1"}
+    env = {**NO_MODELS, "TRIAGE_NODE__SERIES__QUIET_PERIOD_S": "1", "TRIAGE_NODE__STORAGE__DATABASE_URL": db_url}
     with running_daemon(tmp_path / "d", **env) as d:
         storescu(d.port, paths[:-1])
         wait_for(lambda: [s for (_, s, *_) in job_states(d)] == ["delivered"], timeout=30)

@@ -22,8 +22,8 @@ def _login(web: httpx.Client, user: str, password: str) -> httpx.Response:
 
 
 @pytest.mark.timeout(120)
-def test_first_start_says_how_to_add_a_user_and_the_running_daemon_accepts_it_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    with running_daemon(tmp_path / "d", **NO_MODELS) as d:
+def test_first_start_says_how_to_add_a_user_and_the_running_daemon_accepts_it_at_once(tmp_path, db_url) -> None:  # type: ignore[no-untyped-def]
+    with running_daemon(tmp_path / "d", **NO_MODELS, TRIAGE_NODE__STORAGE__DATABASE_URL=db_url) as d:
         wait_for(lambda: "no web users yet" in d.log(), timeout=10, what="the first-user message")
         line = next(x for x in d.log().splitlines() if "no web users yet" in x)
         assert f"triage-node user add NAME --config {ROOT / 'config.yaml'}" in line

@@ -175,7 +175,8 @@ class Daemon:
 
 
 def make_daemon(workdir: Path, **overrides: str) -> Daemon:
-    """A daemon configured by environment overrides on top of the top-level config.yaml."""
+    """A daemon configured by environment overrides on top of the top-level config.yaml; on SQLite in ``workdir``
+    unless ``TRIAGE_NODE__STORAGE__DATABASE_URL`` is given (a test taking ``db_url`` passes it, to run on both)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port, web_port = free_port(), free_port()
     env = {

@@ -71,7 +71,7 @@ def model_env(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.timeout(180)
-def test_critical_study_through_the_daemon(tmp_path: Path, hook: tuple[str, list[Any]]) -> None:
+def test_critical_study_through_the_daemon(tmp_path: Path, hook: tuple[str, list[Any]], db_url: str) -> None:
     hook_url, bodies = hook
     hu, spacing = phantom_head(12, 128)
     hu[4:8, 40:52, 72:85] = 75.0  # a bleed in the brain
@@ -83,6 +83,7 @@ def test_critical_study_through_the_daemon(tmp_path: Path, hook: tuple[str, list
         "TRIAGE_NODE__WEB__USERS": json.dumps([{"name": USER, "password_hash": cheap_hash}]),
         "TRIAGE_NODE__WEB__SECRET_KEY": "daemon-test",
         "TRIAGE_NODE__NOTIFICATIONS__WEBHOOKS": json.dumps([{"url": hook_url}]),
+        "TRIAGE_NODE__STORAGE__DATABASE_URL": db_url,  # the daemon and its CLI on each backend
     }
     with running_daemon(tmp_path / "d", **env) as d:
         storescu(d.port, paths)
