@@ -15,6 +15,7 @@ from peers import ROOT
 
 from triage_node.cli import build_parser
 
+# SQLite only: the subject is the CLI's config (a sqlite URL relative to it) and its import cost
 HEAVY = ("torch", "monai", "triage_lab", "fastapi", "uvicorn", "highdicom", "onnxruntime", "scipy", "alembic")
 
 

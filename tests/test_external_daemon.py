@@ -20,6 +20,7 @@ from peers_orthanc import Modality, start_orthanc
 from triage_lab.synth.dicom import write_series
 from triage_node.inference.card import device_uid_for
 
+# SQLite only: loading outside models is the subject; the daemon on both is tests/web/test_daemon.py
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 SR3D = "1.2.840.10008.5.1.4.1.1.88.34"
 NAMES = ("ext_ts", "ext_onnx", "ext_bundle")

@@ -17,6 +17,7 @@ from peers_orthanc import Modality, start_orthanc
 
 from triage_lab.synth.dicom import write_series
 
+# SQLite only: the shipped models end to end take minutes; the daemon on both is tests/web/test_daemon.py
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 SR3D = "1.2.840.10008.5.1.4.1.1.88.34"
 

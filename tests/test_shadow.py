@@ -19,6 +19,7 @@ from triage_lab.synth.dicom import write_series
 from triage_lab.synth.phantom import phantom_head
 from triage_node.results.masks import masks_path, open_masks
 
+# SQLite only: the daemon with Orthanc; the shadow rule's rows run on both in test_pipeline.py
 TERMINAL = ("delivered", "results_ready", "rejected", "skipped", "failed", "dead_letter")
 
 

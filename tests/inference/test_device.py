@@ -22,6 +22,7 @@ from triage_node.inference.errors import ModelLoadError
 from triage_node.inference.registry import _analyzer_class, load_analyzers, read_card
 from triage_node.preprocess.volume import Volume
 
+# SQLite only: the subject is the device check at start, not the database
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 META = torch.device("meta")

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from triage_lab.synth.dicom import write_ct_series
 
+# SQLite only: the disk guard refuses before any row is written; the gauges' queries run on both in test_prometheus
 NO_MODELS = {"TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": [], "mr_swi": [], "mr_dwi": []})}
 
 

@@ -54,6 +54,7 @@ class Receiver:
 
 
 def _receiver(tmp_path: Path, **scp: object) -> Iterator[Receiver]:
+    # SQLite only: the subject is the transports' receive path (the fast SQL path is SQLite's), not the database
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
     sessions = session_factory(engine)

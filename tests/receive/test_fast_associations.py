@@ -38,6 +38,7 @@ def series(tmp_path: Path) -> list[Path]:
 
 
 def _scp(tmp_path: Path, **cfg: object) -> tuple[StorageSCP, object]:
+    # SQLite only: the subject is the fast transport's associations; its rows go through the SQLite fast SQL path
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
     scp = StorageSCP(

@@ -40,6 +40,7 @@ def series(tmp_path: Path) -> list[Path]:
 
 @pytest.fixture
 def scp(tmp_path: Path) -> Iterator[StorageSCP]:
+    # SQLite only: the subject is the fast storage phase, whose rows go through the SQLite fast SQL path
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate(engine)
     server = StorageSCP(
@@ -109,6 +110,7 @@ def test_storage_associations_run_on_the_storage_phase_and_store_all(scp: Storag
 def test_an_association_with_a_context_the_storage_phase_does_not_serve_stays_on_pynetdicom(tmp_path: Path) -> None:
     from triage_node.send.commitment import add_commitment_context
 
+    # SQLite only: which transport serves the association is the subject, not the database
     engine = make_engine(f"sqlite:///{tmp_path / 'c.sqlite'}")
     migrate(engine)
     server = StorageSCP(

@@ -23,6 +23,7 @@ NOW = dt.datetime(2026, 1, 1, 8, 0, 0, 123456, tzinfo=dt.UTC)
 
 
 def _engine(path: Path) -> Engine:
+    # SQLite only: the precompiled statements run on SQLite's own cursor by design (any other database bypasses it)
     engine = make_engine(f"sqlite:///{path}")
     migrate(engine)
     return engine

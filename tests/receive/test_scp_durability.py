@@ -16,6 +16,7 @@ from pynetdicom import AE
 from triage_lab.synth.dicom import write_series
 from triage_lab.synth.phantom import phantom_head
 
+# SQLite only: a daemon kill per transport; PostgreSQL's receiver kill is test_multinode's, group commit test_store's
 CT = "1.2.840.10008.5.1.4.1.1.2"
 NO_MODELS = {"TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": [], "mr_swi": [], "mr_dwi": []})}
 

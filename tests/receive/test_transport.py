@@ -43,6 +43,7 @@ def make_scp(tmp_path: Path) -> Iterator[object]:
     started: list[tuple[StorageSCP, object]] = []
 
     def make(**cfg: object) -> StorageSCP:
+        # SQLite only: the subject is which transport runs (and its fallback), not the database
         engine = make_engine(f"sqlite:///{tmp_path / f'db{len(started)}.sqlite'}")
         migrate(engine)
         scp = StorageSCP(

@@ -17,6 +17,7 @@ from peers import echoscu, find_tool, wait_for
 from pydicom import dcmread
 from reliability_support import NO_MODELS, Figures, echo, job_rows, new_daemon, phantom_series, send_files
 
+# SQLite only: fault injection, doubled by transport already; PostgreSQL's is test_multinode.py
 pytestmark = pytest.mark.reliability
 
 

@@ -14,6 +14,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 from reliability_support import Figures, echo, job_rows, new_daemon, phantom_series, send_files, stub_models
 
+# SQLite only: fault injection, doubled by transport already; PostgreSQL's is test_multinode.py
 pytestmark = pytest.mark.reliability
 
 TERMINAL = {"delivered", "rejected", "skipped", "dead_letter", "failed"}

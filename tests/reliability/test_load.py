@@ -14,6 +14,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 from reliability_support import FULL, NO_MODELS, Figures, echo, job_rows, new_daemon, phantom_series
 
+# SQLite only: fault injection, doubled by transport already; PostgreSQL's is test_multinode.py
 pytestmark = pytest.mark.reliability
 
 SENDERS = 8

@@ -23,6 +23,7 @@ from reliability_support import (
     stub_models,
 )
 
+# SQLite only: fault injection, doubled by transport already; PostgreSQL's is test_multinode.py
 pytestmark = pytest.mark.reliability
 
 

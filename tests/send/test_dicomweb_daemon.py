@@ -26,6 +26,7 @@ from dicomweb_client.api import DICOMwebClient
 from peers import ROOT, SUPPORT, find_tool, make_daemon, require, wait_for
 from peers_orthanc import start_orthanc
 
+# SQLite only: DICOMweb in and out with Orthanc is the subject; the outbox runs on both in test_outbox.py
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 TOKEN_CLIENT = "client-token-0123456789abcdef"
 TOKEN_ORTHANC = "orthanc-token-0123456789abcdef"

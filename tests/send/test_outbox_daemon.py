@@ -18,6 +18,8 @@ import yaml
 from peers import ROOT, SUPPORT, make_daemon, storescu, wait_for
 from peers_orthanc import Modality, start_orthanc
 
+# SQLite only: a daemon with Orthanc (about 11 s); the outbox's claims and retries run on both in test_outbox.py
+
 
 def _models_dir(tmp_path: Path) -> Path:
     d = tmp_path / "models" / "ich"

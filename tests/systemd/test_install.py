@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from peers import find_tool
 
+# SQLite only: the subject is the installed config and its embedded default database
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL = ROOT / "systemd" / "install.sh"
 PREFIX = "/opt/triage-node"

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from peers import echoscu, make_daemon
 
+# SQLite only: the subject is the systemd notify protocol, not the database
 NO_MODELS = {"TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": [], "mr_swi": [], "mr_dwi": []})}
 
 
