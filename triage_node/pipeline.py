@@ -129,7 +129,7 @@ def decode_and_filter(
         t = time.perf_counter()
         keep = keep_by_fraction(fractions, min_brain_pct)
         k = 0
-        for i in np.flatnonzero(keep):
+        for i in np.flatnonzero(keep).tolist():
             if i != k:
                 buf[k] = buf[i]
             k += 1
