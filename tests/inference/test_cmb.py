@@ -106,3 +106,28 @@ def test_shipped_model_counts_three_microbleeds_and_locates_them(shipped: CmbAna
 
 
 CMB_TEST_SEED = 900_001
+
+
+class _TwoHitsOnOneSpot:
+    """A detector stand-in that reports two detections 8 mm apart (beyond the merge distance) on the two ends of one
+    elongated dark spot: both refine to the same centre."""
+
+    cfg = CandidateConfig()
+
+    def candidates(self, img: np.ndarray, spacing: tuple[float, float, float]) -> tuple[object, np.ndarray, None]:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(scale=float(np.median(img[img > 0]))), np.array([0.9, 0.8]), None
+
+    def select(
+        self, cands: object, probs: np.ndarray, spacing: object, patches: object = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([[20.0, 48.0, 44.0], [20.0, 48.0, 52.0]]), probs
+
+
+def test_one_dark_spot_is_counted_once_even_when_two_detections_refine_onto_it() -> None:
+    z, y, x = np.mgrid[:40, :96, :96]
+    img = _phantom([])
+    img[(np.abs(z - 20) <= 1) & (np.abs(y - 48) <= 1) & (np.abs(x - 48) <= 5)] *= 0.2  # one 11 mm dark bar
+    out = analyze_with(_TwoHitsOnOneSpot(), _volume(img, (1.0, 1.0, 1.0)), "cmb", "0")  # type: ignore[arg-type]
+    assert out.findings[0].count == 1 and len(out.findings[0].positions) == 1

@@ -205,7 +205,9 @@ def cmd_tune_postprocess(a: argparse.Namespace) -> int:
         return 2
     _ensure_cache(a, {"val": a.n_val})
     grid = PostprocessGrid(max_fp_rate=a.max_fp_rate, tolerance=a.tolerance)
-    tuned = tune_segmenter_postprocess(a.model_dir, a.cache, split_seeds("val", a.n_val), grid, precision=a.precision)
+    tuned = tune_segmenter_postprocess(
+        a.model_dir, a.cache, split_seeds("val", a.n_val), grid, precision=a.precision, flag_model_dir=a.gated_by
+    )
     print(
         f"{tuned['positive_cases']} positive, {tuned['negative_cases']} negative validation cases "
         f"(seeds {tuned['seeds']}); false-positive budget {tuned['max_fp_rate']}"
@@ -273,6 +275,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=0.005,
         help="mean Dice that may be given up for fewer false positives and a more restrictive rule",
+    )
+    p.add_argument(
+        "--gated-by",
+        type=Path,
+        default=None,
+        metavar="ICH_DIR",
+        help="tune as deployed behind this ich model's any-hemorrhage flag (models.gates): a negative case counts "
+        "as a false positive only where the flag opens the gate",
     )
     p.add_argument("--out", type=Path, default=None, help="write the whole grid as JSON here")
     p.add_argument("--update-card", action="store_true", help="write the chosen values into model.yaml")

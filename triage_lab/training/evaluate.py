@@ -421,6 +421,7 @@ def tune_segmenter_postprocess(
     seeds: Sequence[int],
     grid: PostprocessGrid = PostprocessGrid(),
     precision: str = "auto",
+    flag_model_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Choose the segmenter's post-processing (crop-gate threshold, segmentation threshold, how many of the largest 3-D
     components to keep, minimum cross-section, minimum through-plane extent) on the cases of ``seeds`` - validation
@@ -431,6 +432,11 @@ def tune_segmenter_postprocess(
     ``grid.tolerance`` of it, the lowest false-positive rate, then the most restrictive rule (fewer kept components,
     larger minimum cross-section, larger minimum extent, higher gate, higher segmentation threshold). The network runs
     once per case; every rule is scored on the same outputs.
+
+    ``flag_model_dir``: the ich model whose any-hemorrhage flag gates the segmenter in the daemon
+    (``models.gates: {ct_segmenter: any_hemorrhage}``). With it, the rule is tuned as it is deployed: a negative case
+    counts as a false positive only when the flag opens the gate there too (the ungated rate is kept in every row as
+    ``false_positive_rate_ungated``). Without it, every negative counts, as for a segmenter that runs alone.
 
     Returns ``{"chosen": {...}, "grid": [...], ...}``, each grid row with the rule, ``dice_mean``,
     ``false_positive_rate_negatives``, ``detected`` (positive cases with any output) and lesion-wise F1; the grid is
@@ -445,12 +451,23 @@ def tune_segmenter_postprocess(
         raise ValueError("tune: held-out test seeds (900000..) must never choose the post-processing")
     card = ModelCard.load(model_dir / "model.yaml")
     an = CropGridSegmenter(card, threads=2, precision=precision)
+    flagger = None
+    if flag_model_dir is not None:
+        from triage_node.inference.ich import IchAnalyzer, aggregate
+
+        flagger = IchAnalyzer(ModelCard.load(flag_model_dir / "model.yaml"), threads=2, precision=precision)
     pairs = [(g, t) for g in grid.gates for t in grid.thresholds]
     comps: dict[tuple[float, float], list[Components]] = {p: [] for p in pairs}
     positive: list[bool] = []
+    flagged: list[bool] = []
     for c in iter_cases(cache, seeds):
         lesions = unpack_lesions(c.lesions)
         positive.append(bool(lesions))
+        if flagger is not None:
+            series = aggregate(flagger.slice_probabilities(c.hu.astype(np.float32)), flagger.aggregation)
+            flagged.append(bool(series[0] >= flagger.thresholds[0]))
+        else:
+            flagged.append(True)
         seg, gates = ungated_probabilities(an, c.hu.astype(np.float32))
         for g in grid.gates:
             prob = gated_probability(seg, gates, g, an.grid, c.hu.shape[1:])
@@ -471,6 +488,7 @@ def tune_segmenter_postprocess(
             scores = [cs.score(k, area, ext) for cs in comps[(g, t)]]
             pos = [s for s, p in zip(scores, positive, strict=True) if p]
             neg = [s for s, p in zip(scores, positive, strict=True) if not p]
+            neg_open = [f for f, p in zip(flagged, positive, strict=True) if not p]
             tp, fp, fn = sum(s[1] for s in scores), sum(s[2] for s in scores), sum(s[3] for s in scores)
             rows.append(
                 {
@@ -481,7 +499,10 @@ def tune_segmenter_postprocess(
                     "min_extent_mm": ext,
                     "dice_mean": round(float(np.mean([s[0] for s in pos])), 4),
                     "detected": round(float(np.mean([s[4] for s in pos])), 4),
-                    "false_positive_rate_negatives": round(float(np.mean([s[4] for s in neg])), 4),
+                    "false_positive_rate_negatives": round(
+                        float(np.mean([s[4] and f for s, f in zip(neg, neg_open, strict=True)])), 4
+                    ),
+                    "false_positive_rate_ungated": round(float(np.mean([s[4] for s in neg])), 4),
                     "lesion_f1": lesion_scores(tp, fp, fn)["f1"],
                 }
             )
@@ -513,9 +534,27 @@ def tune_segmenter_postprocess(
         "precision": an.precision,
         "max_fp_rate": grid.max_fp_rate,
         "tolerance": grid.tolerance,
+        "gated_by": None
+        if flagger is None
+        else {
+            "model": f"{flagger.name} {flagger.version}",
+            "negatives_flagged": int(sum(f for f, p in zip(flagged, positive, strict=True) if not p)),
+            "positives_flagged": int(sum(f for f, p in zip(flagged, positive, strict=True) if p)),
+        },
         "chosen": chosen,
         "grid": rows,
     }
+
+
+def _gated_phrase(tuned: dict[str, Any]) -> str:
+    g = tuned.get("gated_by")
+    if not g:
+        return ""
+    return (
+        f" as deployed, behind the {g['model']} any-hemorrhage gate (a negative counts only where the gate opens: "
+        f"{g['negatives_flagged']} of {tuned['negative_cases']}; ungated rate of the chosen rule "
+        f"{tuned['chosen']['false_positive_rate_ungated']})"
+    )
 
 
 def write_postprocess_to_card(model_dir: Path, tuned: dict[str, Any]) -> None:
@@ -535,8 +574,8 @@ def write_postprocess_to_card(model_dir: Path, tuned: dict[str, Any]) -> None:
         "chosen_on": f"`triage-lab tune-postprocess` on validation seeds {tuned['seeds']} only "
         f"({tuned['positive_cases']} positive, {tuned['negative_cases']} negative cases, precision "
         f"{tuned['precision']}): the highest mean Dice with a false-positive rate <= {tuned['max_fp_rate']} on the "
-        f"negative cases; within {tuned['tolerance']} of it the lowest false-positive rate, then the most restrictive "
-        f"rule. Validation: Dice {best['dice_mean']}, false-positive rate {best['false_positive_rate_negatives']}, "
+        f"negative cases{_gated_phrase(tuned)}; within {tuned['tolerance']} of it the lowest false-positive rate, "
+        f"then the most restrictive rule. Validation: Dice {best['dice_mean']}, false-positive rate {best['false_positive_rate_negatives']}, "
         f"lesion-wise F1 {best['lesion_f1']} (tune_postprocess.json)",
     }
     path = model_dir / "model.yaml"

@@ -378,7 +378,12 @@ def analyze_with(detector: CmbDetector, volume: Volume, name: str, version: str)
     sp = np.asarray(volume.spacing)
     refined = [dark_spot(img, volume.spacing, c, cands.scale) for c in centres]
     centres = np.asarray([rc for rc, _ in refined], dtype=np.float64).reshape(-1, 3)
-    for c, (_, r) in zip(centres, refined, strict=True):
+    radii = np.asarray([r for _, r in refined], dtype=np.float64)
+    # Two detections far enough apart to survive the merge can settle on the same dark spot once refined: merge
+    # again on the refined centres, so one microbleed is never counted twice.
+    keep = merge_detections(centres, probs, volume.spacing, detector.cfg.merge_mm, radii)
+    centres, probs, radii = centres[keep].reshape(-1, 3), probs[keep], radii[keep]
+    for c, r in zip(centres, radii, strict=True):
         ext = np.ceil(r / sp).astype(int) + 1
         lo = np.maximum(np.round(c).astype(int) - ext, 0)
         hi = np.minimum(np.round(c).astype(int) + ext + 1, np.asarray(img.shape))

@@ -239,6 +239,26 @@ def test_tune_respects_the_false_positive_budget(seg_dir: Path, val_cache: Path)
         )
 
 
+def test_tune_as_deployed_counts_a_negative_only_where_the_ich_flag_opens_the_gate(
+    seg_dir: Path, ich_dir: Path, val_cache: Path
+) -> None:
+    """Behind an ich model that flags nothing, a segmenter that outlines every negative has no deployed false
+    positive; the ungated rate is still reported, and the card says how the rule was chosen."""
+    card = ModelCard.load(ich_dir / "model.yaml")
+    path = ich_dir / "model.yaml"
+    ModelCard.from_dict({**card.to_dict(), "thresholds": {**card.thresholds, "any_hemorrhage": 1.0}}, path).save(path)
+    grid = PostprocessGrid(gates=(0.0,), thresholds=(0.0,), max_fp_rate=0.0)
+    tuned = tune_segmenter_postprocess(
+        seg_dir, val_cache, [500000, 500001], grid, precision="fp32", flag_model_dir=ich_dir
+    )
+    assert tuned["gated_by"] == {"model": f"ich {card.version}", "negatives_flagged": 0, "positives_flagged": 0}
+    assert tuned["chosen"]["false_positive_rate_negatives"] == 0.0
+    assert tuned["chosen"]["false_positive_rate_ungated"] == 1.0
+    write_postprocess_to_card(seg_dir, tuned)
+    chosen_on = ModelCard.load(seg_dir / "model.yaml").postprocess["chosen_on"]
+    assert "as deployed, behind the ich" in chosen_on and "0 of 1" in chosen_on
+
+
 def test_tune_needs_positive_and_negative_cases(seg_dir: Path, val_cache: Path) -> None:
     with pytest.raises(ValueError, match="no positive case"):
         tune_segmenter_postprocess(seg_dir, val_cache, [500001], precision="fp32")
