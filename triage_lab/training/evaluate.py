@@ -575,8 +575,8 @@ def write_postprocess_to_card(model_dir: Path, tuned: dict[str, Any]) -> None:
         f"({tuned['positive_cases']} positive, {tuned['negative_cases']} negative cases, precision "
         f"{tuned['precision']}): the highest mean Dice with a false-positive rate <= {tuned['max_fp_rate']} on the "
         f"negative cases{_gated_phrase(tuned)}; within {tuned['tolerance']} of it the lowest false-positive rate, "
-        f"then the most restrictive rule. Validation: Dice {best['dice_mean']}, false-positive rate {best['false_positive_rate_negatives']}, "
-        f"lesion-wise F1 {best['lesion_f1']} (tune_postprocess.json)",
+        f"then the most restrictive rule. Validation: Dice {best['dice_mean']}, false-positive rate "
+        f"{best['false_positive_rate_negatives']}, lesion-wise F1 {best['lesion_f1']} (tune_postprocess.json)",
     }
     path = model_dir / "model.yaml"
     ModelCard.from_dict({**card.to_dict(), "thresholds": thresholds, "postprocess": post}, path).save(path)
