@@ -222,7 +222,7 @@ class App:
 
     def _start_work(self) -> None:
         from triage_node.inference.external import card_settings
-        from triage_node.inference.registry import load_analyzers
+        from triage_node.inference.registry import gate_warnings, load_analyzers
         from triage_node.pipeline import PipelineContext
 
         cfg = self.config
@@ -231,6 +231,8 @@ class App:
         self.analyzers = load_analyzers(
             cfg.models.dir, names, threads=cfg.models.threads, device=cfg.models.device, precision=cfg.models.precision
         )
+        for line in gate_warnings(self.analyzers, cfg.models.gates):
+            log.warning("%s", line)
 
         self._job_config = card_settings(cfg, self.analyzers)  # + the priorities external model cards declare per label
         self.pipeline = PipelineContext(

@@ -565,12 +565,14 @@ def write_postprocess_to_card(model_dir: Path, tuned: dict[str, Any]) -> None:
 
     card = ModelCard.load(model_dir / "model.yaml")
     best = tuned["chosen"]
+    previous = {k: v for k, v in card.postprocess.items() if k != "tuned_behind_gate"}
     thresholds = {**dict(card.thresholds), "gate": best["gate"], "segmentation": best["threshold"]}
     post = {
-        **dict(card.postprocess),
+        **previous,
         "max_components": best["max_components"],
         "min_area_mm2": best["min_area_mm2"],
         "min_extent_mm": best["min_extent_mm"],
+        **({"tuned_behind_gate": "any_hemorrhage"} if tuned.get("gated_by") else {}),
         "chosen_on": f"`triage-lab tune-postprocess` on validation seeds {tuned['seeds']} only "
         f"({tuned['positive_cases']} positive, {tuned['negative_cases']} negative cases, precision "
         f"{tuned['precision']}): the highest mean Dice with a false-positive rate <= {tuned['max_fp_rate']} on the "

@@ -219,6 +219,7 @@ def test_tune_postprocess_and_write_card(seg_dir: Path, val_cache: Path) -> None
     assert card.postprocess["min_area_mm2"] == chosen["min_area_mm2"]
     assert card.postprocess["min_extent_mm"] == chosen["min_extent_mm"]
     assert "500000-500001" in card.postprocess["chosen_on"] and "1 negative" in card.postprocess["chosen_on"]
+    assert "tuned_behind_gate" not in card.postprocess
     assert card.exports["int8"]["file"] == "model.int8.onnx"
     assert json.loads((seg_dir / "tune_postprocess.json").read_text())["chosen"] == chosen
 
@@ -255,8 +256,9 @@ def test_tune_as_deployed_counts_a_negative_only_where_the_ich_flag_opens_the_ga
     assert tuned["chosen"]["false_positive_rate_negatives"] == 0.0
     assert tuned["chosen"]["false_positive_rate_ungated"] == 1.0
     write_postprocess_to_card(seg_dir, tuned)
-    chosen_on = ModelCard.load(seg_dir / "model.yaml").postprocess["chosen_on"]
-    assert "as deployed, behind the ich" in chosen_on and "0 of 1" in chosen_on
+    post = ModelCard.load(seg_dir / "model.yaml").postprocess
+    assert "as deployed, behind the ich" in post["chosen_on"] and "0 of 1" in post["chosen_on"]
+    assert post["tuned_behind_gate"] == "any_hemorrhage"  # the daemon warns when it runs without that gate
 
 
 def test_tune_needs_positive_and_negative_cases(seg_dir: Path, val_cache: Path) -> None:
