@@ -123,3 +123,18 @@ def test_user_add_stores_an_argon2_hash_in_the_database_and_refuses_duplicates(c
     assert listed.stdout.split()[:2] == ["dr.new", "database"]
     assert _cli("user", "remove", "dr.new", "--config", str(conf)).returncode == 0
     assert _cli("user", "remove", "dr.new", "--config", str(conf)).returncode == 1
+
+
+def test_check_config_warns_when_a_model_runs_without_the_gate_its_card_was_tuned_behind(tmp_path: Path) -> None:
+    """The shipped ct_segmenter's rule was tuned behind the ich flag: check-config names the missing gate and still
+    calls the configuration valid (it is a choice, not an error)."""
+    conf = tmp_path / "config.yaml"
+    conf.write_text(f"models:\n  dir: {ROOT / 'models'}\n  gates: {{ct_segmenter: subdural}}\n")
+    res = _cli("check-config", "--config", str(conf))
+    assert res.returncode == 0, res.stderr
+    assert "warning: model ct_segmenter: its post-processing was tuned to run only where 'any_hemorrhage'" in res.stderr
+    assert "behind 'subdural'" in res.stderr
+    assert "configuration is valid" in res.stdout
+    conf.write_text(f"models:\n  dir: {ROOT / 'models'}\n")  # the default gates
+    res = _cli("check-config", "--config", str(conf))
+    assert res.returncode == 0 and "warning" not in res.stderr, res.stderr

@@ -83,12 +83,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if problems:
             print(f"{len(problems)} problem(s) found", file=sys.stderr)
             return 1
+    for line in _gate_warnings(cfg, names):
+        print(f"warning: {line}", file=sys.stderr)
     print(
         f"configuration is valid: AE {cfg.scp.ae_title} on {cfg.scp.host}:{cfg.scp.port}, "
         f"{len(cfg.series.rules)} routing rule(s), {len(cfg.destinations)} destination(s)"
         + (f", external model(s) {', '.join(external)} loaded and run once" if external else "")
     )
     return 0
+
+
+def _gate_warnings(cfg: Config, names: list[str]) -> list[str]:
+    """The models.gates a card asks for and the configuration does not give (cards only: no torch)."""
+    from triage_node.inference.card import CardError, ModelCard, gate_warnings
+
+    cards = {}
+    for name in names:
+        path = Path(cfg.models.dir) / name / "model.yaml"
+        try:
+            cards[name] = ModelCard.load(path)
+        except (CardError, OSError):
+            continue  # a missing or broken card is `models --check`'s and serve's to report
+    return gate_warnings(cards, cfg.models.gates)
 
 
 def _sessions(cfg: Config):  # type: ignore[no-untyped-def]

@@ -221,8 +221,9 @@ class App:
         log.info("triage-node %s ready: DICOM %s%s", __version__, where, also)
 
     def _start_work(self) -> None:
+        from triage_node.inference.card import ModelCard, gate_warnings
         from triage_node.inference.external import card_settings
-        from triage_node.inference.registry import gate_warnings, load_analyzers
+        from triage_node.inference.registry import load_analyzers
         from triage_node.pipeline import PipelineContext
 
         cfg = self.config
@@ -231,7 +232,8 @@ class App:
         self.analyzers = load_analyzers(
             cfg.models.dir, names, threads=cfg.models.threads, device=cfg.models.device, precision=cfg.models.precision
         )
-        for line in gate_warnings(self.analyzers, cfg.models.gates):
+        cards = {n: c for n, a in self.analyzers.items() if isinstance(c := getattr(a, "card", None), ModelCard)}
+        for line in gate_warnings(cards, cfg.models.gates):
             log.warning("%s", line)
 
         self._job_config = card_settings(cfg, self.analyzers)  # + the priorities external model cards declare per label

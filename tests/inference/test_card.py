@@ -63,3 +63,20 @@ def test_to_dict_and_from_dict_round_trip_with_the_domain(tmp_path: Path) -> Non
     never = card.to_dict()
     never["thresholds"]["epidural"] = NEVER_PRESENT
     assert ModelCard.from_dict(never, tmp_path / "model.yaml").thresholds["epidural"] == NEVER_PRESENT
+
+
+def test_a_model_tuned_behind_a_gate_is_named_when_it_runs_without_it(tiny_seg_dir: Path) -> None:
+    import dataclasses
+    from types import MappingProxyType
+
+    from triage_node.inference.card import gate_warnings
+
+    card = ModelCard.load(tiny_seg_dir / "model.yaml")
+    post = MappingProxyType({**card.postprocess, "tuned_behind_gate": "any_hemorrhage"})
+    gated = {"ct_segmenter": dataclasses.replace(card, postprocess=post)}
+    assert gate_warnings(gated, {"ct_segmenter": "any_hemorrhage"}) == []
+    [line] = gate_warnings(gated, {})
+    assert "ct_segmenter" in line and "ungated" in line and "models.gates.ct_segmenter: any_hemorrhage" in line
+    [line] = gate_warnings(gated, {"ct_segmenter": "subdural"})
+    assert "behind 'subdural'" in line
+    assert gate_warnings({"ct_segmenter": card}, {}) == []

@@ -51,26 +51,3 @@ def test_card_with_wrong_name_is_refused(tiny_ich_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match="names the model 'ich'"):
         load_analyzers(tiny_ich_dir.parent, ["other"])
 
-
-def test_a_model_tuned_behind_a_gate_is_named_when_it_runs_without_it(tiny_seg_dir: Path) -> None:
-    import dataclasses
-    from types import MappingProxyType
-
-    from triage_node.inference.registry import gate_warnings
-
-    card = ModelCard.load(tiny_seg_dir / "model.yaml")
-    gated = dataclasses.replace(
-        card, postprocess=MappingProxyType({**card.postprocess, "tuned_behind_gate": "any_hemorrhage"})
-    )
-
-    class Stand:
-        def __init__(self, c: ModelCard) -> None:
-            self.card = c
-
-    analyzers = {"ct_segmenter": Stand(gated)}
-    assert gate_warnings(analyzers, {"ct_segmenter": "any_hemorrhage"}) == []  # type: ignore[arg-type]
-    [line] = gate_warnings(analyzers, {})  # type: ignore[arg-type]
-    assert "ct_segmenter" in line and "ungated" in line and "models.gates.ct_segmenter: any_hemorrhage" in line
-    [line] = gate_warnings(analyzers, {"ct_segmenter": "subdural"})  # type: ignore[arg-type]
-    assert "behind 'subdural'" in line
-    assert gate_warnings({"ct_segmenter": Stand(card)}, {}) == []  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -196,3 +197,20 @@ class ModelCard:
         tmp = path.with_suffix(".yaml.tmp")
         tmp.write_text(self.to_yaml())
         tmp.replace(path)
+
+
+def gate_warnings(cards: Mapping[str, ModelCard], gates: Mapping[str, str]) -> list[str]:
+    """One line per model whose card says its post-processing was tuned behind a gate (``postprocess.
+    tuned_behind_gate``) that ``models.gates`` does not give it: run alone it outlines far more on normal series.
+    Read by ``serve`` (a WARNING at start) and ``check-config`` (a warning line; the configuration stays valid)."""
+    out = []
+    for name, card in cards.items():
+        label = card.postprocess.get("tuned_behind_gate")
+        if label and gates.get(name) != label:
+            out.append(
+                f"model {name}: its post-processing was tuned to run only where '{label}' is present "
+                f"(models.gates.{name}: {label}), but it runs "
+                + (f"behind '{gates[name]}'" if name in gates else "ungated")
+                + "; expect false outlines on normal series (the card's chosen_on gives the ungated rate)"
+            )
+    return out

@@ -103,23 +103,6 @@ def load_analyzers(
     return {name: load_analyzer(read_card(models_dir, name), threads, device, precision) for name in names}
 
 
-def gate_warnings(analyzers: Mapping[str, Analyzer], gates: Mapping[str, str]) -> list[str]:
-    """One line per model whose card says its post-processing was tuned behind a gate (``postprocess.
-    tuned_behind_gate``) that ``models.gates`` does not give it: run alone it outlines far more on normal series."""
-    out = []
-    for name, an in analyzers.items():
-        card = getattr(an, "card", None)
-        label = card.postprocess.get("tuned_behind_gate") if card is not None else None
-        if label and gates.get(name) != label:
-            out.append(
-                f"model {name}: its post-processing was tuned to run only where '{label}' is present "
-                f"(models.gates.{name}: {label}), but it runs "
-                + (f"behind '{gates[name]}'" if name in gates else "ungated")
-                + "; expect false outlines on normal series (the card's chosen_on gives the ungated rate)"
-            )
-    return out
-
-
 def list_models(models_dir: Path) -> list[ModelCardSummary]:
     """Every ``models_dir/*/model.yaml`` with its sha256 check status (never raises for a bad model)."""
     rows = []
