@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from triage_node.config import Config, Pipeline
 from triage_node.inference.types import Analyzer, Finding, ModelOutput
 from triage_node.notify import queue_for_job
-from triage_node.preprocess.filter import brain_fraction_ct, keep_by_fraction, keep_slices
+from triage_node.preprocess.filter import keep_slices
 from triage_node.results.build import ResultFile, build_results
 from triage_node.results.identity import AlgorithmInfo, ResultIdentity
 from triage_node.results.masks import masks_path, save_masks
@@ -110,41 +110,25 @@ def decode_and_filter(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode the slices and apply the blank-slice filter. -> (kept planes float32 (k, y, x), keep mask bool (n,)).
 
-    CT's brain share is measured slice by slice as it is decoded; the kept planes are then moved to the front of the
-    one buffer, in place. MR needs the whole volume for its tissue threshold.
+    Every slice is decoded into one buffer (the filter compares each slice with the series' fullest); the kept planes
+    are then moved to its front in place and the tail is given back, so the kept volume costs no second copy.
     """
-    t_load = t_filter = 0.0
     n = len(slices)
     rows, cols = int(slices[0].dataset.Rows), int(slices[0].dataset.Columns)
     buf = np.empty((n, rows, cols), dtype=np.float32)
-    if modality.upper() == "CT":
-        fractions = np.zeros(n, dtype=np.float64)
-        for i, sl in enumerate(slices):
-            t = time.perf_counter()
-            buf[i] = pixels(sl)
-            t_load += time.perf_counter() - t
-            t = time.perf_counter()
-            fractions[i] = brain_fraction_ct(buf[i])
-            t_filter += time.perf_counter() - t
-        t = time.perf_counter()
-        keep = keep_by_fraction(fractions, min_brain_pct)
-        k = 0
-        for i in np.flatnonzero(keep).tolist():
-            if i != k:
-                buf[k] = buf[i]
-            k += 1
-        buf.resize((k, rows, cols), refcheck=False)  # gives the unused tail back
-        t_filter += time.perf_counter() - t
-    else:
-        t = time.perf_counter()
-        for i, sl in enumerate(slices):
-            buf[i] = pixels(sl)
-        t_load = time.perf_counter() - t
-        t = time.perf_counter()
-        keep = keep_slices(buf, modality, min_brain_pct)
-        buf = buf[keep]
-        t_filter = time.perf_counter() - t
-    timings["load"], timings["filter"] = t_load, t_filter
+    t = time.perf_counter()
+    for i, sl in enumerate(slices):
+        buf[i] = pixels(sl)
+    timings["load"] = time.perf_counter() - t
+    t = time.perf_counter()
+    keep = keep_slices(buf, modality, min_brain_pct)
+    k = 0
+    for i in np.flatnonzero(keep).tolist():
+        if i != k:
+            buf[k] = buf[i]
+        k += 1
+    buf.resize((k, rows, cols), refcheck=False)
+    timings["filter"] = time.perf_counter() - t
     return buf, keep
 
 
