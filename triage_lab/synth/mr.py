@@ -411,12 +411,16 @@ def _region_pool(region: Region, side: str) -> tuple[np.ndarray, np.ndarray]:
     return hemi, pool
 
 
-def _lesion_in_mni(rng: np.random.Generator, region: Region, side: str) -> np.ndarray:
-    """A blob-shaped lesion fraction map on the MNI grid, kept inside the (slightly dilated) region and hemisphere."""
+def _lesion_in_mni(
+    rng: np.random.Generator, region: Region, side: str, radius_mm: tuple[float, float] | None = None
+) -> np.ndarray:
+    """A blob-shaped lesion fraction map on the MNI grid, kept inside the (slightly dilated) region and hemisphere.
+
+    ``radius_mm``: the range the mean radius is drawn from (default: the region's, ``_RADIUS``)."""
     atlas = load_mni_atlas()
     hemi, pool = _region_pool(region, side)
     c = pool[rng.integers(len(pool))]
-    r = rng.uniform(*_RADIUS[region]) * rng.uniform(0.7, 1.3, 3)
+    r = rng.uniform(*(radius_mm or _RADIUS[region])) * rng.uniform(0.7, 1.3, 3)
     ext = int(np.ceil(r.max() * 1.6)) + 3
     lo = np.maximum(c - ext, 0)
     hi = np.minimum(c + ext + 1, np.asarray(atlas.labels.shape))

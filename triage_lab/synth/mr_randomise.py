@@ -7,7 +7,10 @@ normal heads: the model had hardly seen a normal DWI. Here every appearance para
   0.86-1.14, deformation up to 6 mm; voxels 1-2 mm in-plane, slices 2.5-5.5 mm integrated over the slab;
 - contrast: S0 and ADC per tissue over wide ranges, b 800-1200, grey matter up to 35% brighter (the normal bright
   cortex at b=1000), scalp fat partly suppressed;
-- mimics: susceptibility pile-up and drop-out next to the skull base, sinuses and mastoids; T2 shine-through (bright
+- infarct: in a random atlas region and side; since infarct 3.0, 40% of them small (2.5 mm radius up to the region's
+  smallest: lacunes and small embolic cortical infarcts);
+- mimics: susceptibility pile-up and drop-out next to the skull base, sinuses and mastoids (round or band-shaped along
+  the bone); T2 shine-through (bright
   at b=1000 with a raised ADC, not an infarct); CSF flow;
 - scanner: bias field, Rician or multi-coil (non-central chi) noise, Gibbs ringing, a background stored as zero
   (masked) in 40% of cases, an arbitrary gain.
@@ -21,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from triage_lab.synth.mr import (
+    _RADIUS,
     DwiCase,
     HeadSource,
     SwiCase,
@@ -91,9 +95,10 @@ def _susceptibility(rng: np.random.Generator, tissue: np.ndarray, spacing: tuple
         return field
     cand[:, 0] += low[0]
     sp = np.asarray(spacing)
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(1, 7))):
         c = cand[rng.integers(len(cand))]
-        r = rng.uniform(4.0, 14.0) / sp
+        # anisotropic: round pile-ups and bands drawn along the bone (each axis 3-20 mm)
+        r = rng.uniform(4.0, 14.0) * np.exp(rng.uniform(-0.3, 0.35, 3)) / sp
         lo = np.maximum((c - 2 * r).astype(int), 0)
         hi = np.minimum((c + 2 * r).astype(int) + 1, tissue.shape)
         zz, yy, xx = np.ogrid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
@@ -101,6 +106,14 @@ def _susceptibility(rng: np.random.Generator, tissue: np.ndarray, spacing: tuple
         amp = rng.uniform(0.5, 2.5) if rng.random() < 0.6 else -rng.uniform(0.3, 0.8)
         field[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] *= (1.0 + amp * np.exp(-d2)).astype(np.float32)
     return np.clip(field, 0.05, None)
+
+
+def infarct_radius(rng: np.random.Generator, region: Region) -> tuple[float, float]:
+    """The range of an infarct's mean radius: the region's own range, or in 40% of cases a small infarct (a lacune or
+    a small embolic cortical infarct, 2.5 mm up to the region's smallest; 0.07-1.5 mL), which a triage model must not
+    miss and which a slab of 5 mm all but averages away."""
+    lo, hi = _RADIUS[region]
+    return (2.5, lo) if rng.random() < 0.4 else (lo, hi)
 
 
 def randomised_dwi_case(
@@ -129,7 +142,8 @@ def randomised_dwi_case(
     scalp, bone = scalp_and_bone(src, pts)
     lesion = np.zeros(grid.shape, dtype=np.float32)
     if reg is not None and side is not None:
-        lesion = _sample(_lesion_in_mni(rng, reg, side), pts if src.name == "mni" else _ct_to_mni_index(pts))
+        at = pts if src.name == "mni" else _ct_to_mni_index(pts)
+        lesion = _sample(_lesion_in_mni(rng, reg, side, infarct_radius(rng, reg)), at)
     b = rng.uniform(0.8, 1.2)
     s0 = {"gm": rng.uniform(0.85, 1.25), "wm": rng.uniform(0.7, 0.95), "csf": rng.uniform(1.2, 2.2)}
     adc = {"gm": rng.uniform(0.72, 0.95), "wm": rng.uniform(0.62, 0.85), "csf": rng.uniform(2.5, 3.3)}

@@ -413,9 +413,9 @@ def gated_probability(
 class OperatingGrid:
     """Candidate operating points: crop-gate thresholds x segmentation thresholds x minimum cross-sections."""
 
-    gates: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+    gates: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99)
     segmentation: tuple[float, ...] = (0.4, 0.5, 0.6)
-    min_areas_mm2: tuple[float, ...] = (15.0, 30.0, 45.0, 60.0, 90.0)
+    min_areas_mm2: tuple[float, ...] = (8.0, 15.0, 30.0, 45.0, 60.0, 90.0)
     max_fp_rate: float = 0.05
     tolerance: float = 0.005
 

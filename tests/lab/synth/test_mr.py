@@ -136,3 +136,19 @@ def test_volume_wrappers_carry_one_uid_per_slice(swi: SwiCase) -> None:
 
 def _dilate(m: np.ndarray, it: int) -> np.ndarray:
     return ndimage.binary_dilation(m, iterations=it)
+
+
+def test_randomised_dwi_draws_small_infarcts_as_often_as_40_percent() -> None:
+    """Lacunes and small embolic infarcts (from 2.5 mm radius) are drawn in ~40% of cases, in every region."""
+    import numpy as np
+
+    from triage_lab.synth.mr import _RADIUS
+    from triage_lab.synth.mr_randomise import infarct_radius
+    from triage_node.inference.atlas import Region
+
+    rng = np.random.default_rng(0)
+    for region in Region:
+        draws = [infarct_radius(rng, region) for _ in range(400)]
+        small = [d for d in draws if d == (2.5, _RADIUS[region][0])]
+        assert 0.3 < len(small) / len(draws) < 0.5
+        assert all(d in (small[0], _RADIUS[region]) for d in draws)
