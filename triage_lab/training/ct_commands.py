@@ -99,6 +99,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, default=0, help="ich: neighbouring slices each side (2.5-D input)")
     # segmenter
     p.add_argument("--base", type=int, default=16, help="segmenter: base channel count")
+    p.add_argument(
+        "--hard-negatives",
+        action="store_true",
+        help="segmenter: 24 tissue crops of each head without bleed, half of them the brightest (as device_ct trains)",
+    )
     p.add_argument("--rsna-csv", type=Path, default=None, help="ich: RSNA 2019 label CSV (with --dicom-dir)")
     p.add_argument("--dicom-dir", type=Path, default=None, help="ich: folder of RSNA DICOM slices")
     p.add_argument(
@@ -160,7 +165,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     else:
         from triage_lab.training.seg_train import SegRecipe, train_segmenter
 
-        recipe_s = SegRecipe(base=a.base, batch_size=a.batch_size, n_train=a.n_train, n_val=a.n_val)
+        recipe_s = SegRecipe(
+            base=a.base, batch_size=a.batch_size, n_train=a.n_train, n_val=a.n_val, hard_negatives=a.hard_negatives
+        )
         if a.nifti_dir is None:
             _ensure_cache(a, {"train": a.n_train, "val": a.n_val})
         card = train_segmenter(a.cache, a.out, recipe_s, cfg, a.version, nifti_dir=a.nifti_dir, aug=aug)

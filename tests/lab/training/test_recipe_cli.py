@@ -78,6 +78,23 @@ def test_the_segmenter_gets_the_augmentation_asked_for(
     assert got["aug"] == AUGMENT_PRESETS[default]
 
 
+@pytest.mark.parametrize(("argv", "hard"), [([], False), (["--hard-negatives"], True)])
+def test_the_segmenter_gets_hard_negatives_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], hard: bool
+) -> None:
+    got: list[Any] = []
+
+    def fake_train(cache: Any, out: Any, recipe: Any, *args: Any, **kw: Any) -> Any:
+        got.append(recipe)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(seg_train, "train_segmenter", fake_train)
+    a = _parser().parse_args(["train", "ct_segmenter", "--out", str(tmp_path), "--nifti-dir", str(tmp_path), *argv])
+    with pytest.raises(SystemExit):
+        a.func(a)
+    assert got[0].hard_negatives is hard
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
