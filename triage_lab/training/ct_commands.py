@@ -207,10 +207,9 @@ def cmd_tune_postprocess(a: argparse.Namespace) -> int:
     from triage_lab.training.evaluate import PostprocessGrid, tune_segmenter_postprocess, write_postprocess_to_card
     from triage_lab.training.synthdata import split_seeds
 
-    if a.model != "ct_segmenter":
-        print("tune-postprocess: only ct_segmenter has a tunable post-processing (ich thresholds come from training)")
-        return 2
     _ensure_cache(a, {"val": a.n_val})
+    if a.model == "ich":
+        return _tune_ich(a)
     grid = PostprocessGrid(max_fp_rate=a.max_fp_rate, tolerance=a.tolerance)
     tuned = tune_segmenter_postprocess(
         a.model_dir, a.cache, split_seeds("val", a.n_val), grid, precision=a.precision, flag_model_dir=a.gated_by
@@ -231,6 +230,30 @@ def cmd_tune_postprocess(a: argparse.Namespace) -> int:
     if a.update_card:
         write_postprocess_to_card(a.model_dir, tuned)
         print(f"wrote the chosen post-processing into {a.model_dir / 'model.yaml'} (grid: tune_postprocess.json)")
+    return 0
+
+
+def _tune_ich(a: argparse.Namespace) -> int:
+    from triage_lab.training.evaluate import tune_ich_thresholds, write_ich_thresholds_to_card
+    from triage_lab.training.synthdata import split_seeds
+
+    tuned = tune_ich_thresholds(a.model_dir, a.cache, split_seeds("val", a.n_val), a.precision)
+    print(
+        f"{tuned['cases']} validation cases (seeds {tuned['seeds']}, {tuned['positive_cases']} with hemorrhage), "
+        f"precision {tuned['precision']}, aggregation {tuned['aggregation']}"
+    )
+    for c, r in tuned["per_class"].items():
+        b, n = r["previous"], r["chosen"]
+        print(
+            f"{c:<18} AUC {r['auc'] if r['auc'] is None else round(r['auc'], 3)}  "
+            f"previous {b['threshold']:.4f} (sens {b['sensitivity']}, spec {b['specificity']})  "
+            f"chosen {n['threshold']:.4f} (sens {n['sensitivity']}, spec {n['specificity']})"
+        )
+    if a.out is not None:
+        a.out.write_text(json.dumps(tuned, indent=1))
+    if a.update_card:
+        write_ich_thresholds_to_card(a.model_dir, tuned, a.version)
+        print(f"wrote the thresholds into {a.model_dir / 'model.yaml'} (tune_thresholds.json)")
     return 0
 
 
@@ -263,8 +286,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "tune-postprocess",
-        help="choose the segmenter's gate / threshold / components / minimum size on validation cases, within a "
-        "false-positive budget on the negative ones",
+        help="ct_segmenter: choose the gate / threshold / components / minimum size on validation cases, within a "
+        "false-positive budget on the negative ones; ich: choose the thresholds again from the daemon's own scores "
+        "on validation cases",
     )
     _common(p)
     p.add_argument("--model-dir", type=Path, required=True)
@@ -293,6 +317,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=None, help="write the whole grid as JSON here")
     p.add_argument("--update-card", action="store_true", help="write the chosen values into model.yaml")
+    p.add_argument("--version", default=None, help="ich, with --update-card: the card's new version")
     precision_arg(p)
     p.set_defaults(func=cmd_tune_postprocess)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from triage_lab.synth.cases import CLASSES
 from triage_lab.training.int8_metrics import record_int8_metrics
-from triage_lab.training.metrics import roc_auc, sens_spec, weighted_log_loss, youden_threshold
+from triage_lab.training.metrics import gap_middle, roc_auc, sens_spec, weighted_log_loss, youden_threshold
 from triage_lab.training.plots import calibration_plot, confusion_plot, history_plot, roc_plot
 from triage_node.inference.card import NEVER_PRESENT, ModelCard
 from triage_node.inference.ich import aggregate
@@ -45,8 +45,9 @@ MIN_SUBTYPE_PRECISION = 0.8
 
 def precision_threshold(y: np.ndarray, p: np.ndarray, min_precision: float = MIN_SUBTYPE_PRECISION) -> float:
     """The lowest threshold whose precision on (``y``, ``p``) is at least ``min_precision`` and stays so above it
-    (the most sensitive operating point that is still right four times in five). With no such point, a threshold
-    above every score: the subtype is never shown "present"."""
+    (the most sensitive operating point that is still right four times in five), placed in the middle of the gap to
+    the next lower score (:func:`gap_middle`). With no such point, a threshold above every score: the subtype is never
+    shown "present"."""
     order = np.argsort(-p, kind="stable")
     ys, ps = y[order].astype(bool), p[order]
     tp = np.cumsum(ys)
@@ -61,7 +62,7 @@ def precision_threshold(y: np.ndarray, p: np.ndarray, min_precision: float = MIN
             best = k
     if best is None or tp[best] == 0:
         return NEVER_PRESENT
-    return float(ps[best])
+    return gap_middle(p, float(ps[best]))
 
 
 def operating_thresholds(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -154,6 +155,72 @@ def evaluate_ich(
         history_plot(out_dir / "train_history.png", json.loads(hist.read_text()))
     (out_dir / "eval.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def tune_ich_thresholds(
+    model_dir: Path, cache: Path, seeds: Sequence[int], precision: str = "auto", threads: int = 1
+) -> dict[str, Any]:
+    """Choose the ich card's thresholds again on validation cases, from the scores the daemon's analyzer computes
+    (its aggregation, at ``precision``; ``auto`` is what the daemon runs), with :func:`operating_thresholds`.
+
+    Training chooses them from the training loop's own predictions (another precision, another device); this reads
+    them off what is deployed. Returns the chosen thresholds, the previous ones and sensitivity / specificity at each,
+    per class."""
+    from triage_lab.training.synthdata import iter_cases
+    from triage_node.inference.ich import IchAnalyzer
+
+    card = ModelCard.load(model_dir / "model.yaml")
+    an = IchAnalyzer(card, threads=threads, precision=precision)
+    sp, sy = [], []
+    for c in iter_cases(cache, seeds):
+        sp.append(aggregate(an.slice_probabilities(c.hu.astype(np.float32)), an.aggregation))
+        sy.append(c.labels.any(axis=0))
+    p, y = np.stack(sp), np.stack(sy).astype(np.float32)
+    chosen = operating_thresholds(y, p)
+    previous = {c: float(card.thresholds.get(c, 0.5)) for c in CLASSES}
+    per_class: dict[str, Any] = {}
+    for i, c in enumerate(CLASSES):
+        before, after = sens_spec(y[:, i], p[:, i], previous[c]), sens_spec(y[:, i], p[:, i], chosen[c])
+        per_class[c] = {
+            "auc": roc_auc(y[:, i], p[:, i]),
+            "positives": int(y[:, i].sum()),
+            "previous": {"threshold": previous[c], "sensitivity": before[0], "specificity": before[1]},
+            "chosen": {"threshold": chosen[c], "sensitivity": after[0], "specificity": after[1]},
+        }
+    return {
+        "seeds": f"{min(seeds)}-{max(seeds)}",
+        "cases": len(seeds),
+        "positive_cases": int(y[:, 0].sum()),
+        "precision": an.precision,
+        "aggregation": an.aggregation,
+        "chosen": chosen,
+        "previous": previous,
+        "per_class": per_class,
+    }
+
+
+def write_ich_thresholds_to_card(model_dir: Path, tuned: dict[str, Any], version: str | None = None) -> None:
+    """Write a :func:`tune_ich_thresholds` result into ``model.yaml`` (thresholds, how they were chosen, the new
+    ``version`` when given) and ``tune_thresholds.json`` next to it. Weights and hash are untouched."""
+    card = ModelCard.load(model_dir / "model.yaml")
+    d = card.to_dict()
+    any_c = tuned["per_class"][CLASSES[0]]["chosen"]
+    training = {
+        **d.get("training", {}),
+        "thresholds_from": (
+            f"`triage-lab tune-postprocess ich` on the randomised validation cases (seeds {tuned['seeds']}, "
+            f"{tuned['positive_cases']} with hemorrhage), from the scores the daemon's analyzer computes "
+            f"({tuned['aggregation']}, precision {tuned['precision']}): any_hemorrhage by Youden J, each subtype at "
+            "the lowest threshold with precision >= 0.8 (never shown present when none reaches it); each threshold "
+            "in the middle of the gap between the scores it separates, never on a case's own score. Validation at "
+            f"the chosen any_hemorrhage threshold: sensitivity {any_c['sensitivity']:.3f}, specificity "
+            f"{any_c['specificity']:.3f} (tune_thresholds.json)"
+        ),
+    }
+    path = model_dir / "model.yaml"
+    new = {**d, "thresholds": dict(tuned["chosen"]), "training": training, **({"version": version} if version else {})}
+    ModelCard.from_dict(new, path).save(path)
+    (model_dir / "tune_thresholds.json").write_text(json.dumps(tuned, indent=1))
 
 
 def evaluate_segmenter(

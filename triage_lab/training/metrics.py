@@ -45,13 +45,25 @@ def sens_spec(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float | N
 
 
 def youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """The threshold maximising sensitivity + specificity - 1 (0.5 when only one class is present)."""
+    """A threshold maximising sensitivity + specificity - 1 (0.5 when only one class is present).
+
+    J is flat between the lowest score the best cut includes and the highest score it leaves out; the threshold is
+    the middle of that gap, not its upper end. A threshold equal to a validation case's score sits on a knife edge:
+    the same case scored a hair lower (another precision, another machine) falls below it."""
     y = np.asarray(y, bool)
+    p = np.asarray(p, float)
     if y.all() or not y.any():
         return 0.5
     fpr, tpr, thr = roc_curve(y, p)
     i = int(np.argmax(tpr - fpr))
-    return float(np.clip(thr[i], 1e-4, 1 - 1e-4))
+    return float(np.clip(gap_middle(p, float(thr[i])), 1e-4, 1 - 1e-4))
+
+
+def gap_middle(p: np.ndarray, cut: float) -> float:
+    """The middle between ``cut`` (a score that a threshold must include) and the highest score below it; ``cut``
+    itself when no score lies below. Every threshold in that gap classifies ``p`` exactly as ``cut`` does."""
+    below = np.asarray(p, float)[np.asarray(p, float) < cut]
+    return (cut + float(below.max())) / 2.0 if below.size and np.isfinite(cut) else cut
 
 
 def weighted_log_loss(y: np.ndarray, p: np.ndarray, weights: np.ndarray = RSNA_WEIGHTS) -> float:

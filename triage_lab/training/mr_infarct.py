@@ -203,9 +203,10 @@ def train_infarct(
         data_desc = (
             f"synthetic, domain-randomised DWI b=1000 (triage_lab.synth.mr_randomise) from MNI152 tissue maps and the "
             f"real head CT's tissue maps: {len(tr)} cases (seeds {tr[0]}-{tr[-1]}), one infarct each in a random "
-            "region and side of the atlas; random pose, size, deformation, voxel size, slices 2.5-5.5 mm, tissue "
-            "contrasts, b-value, bright cortex, scalp, susceptibility pile-up/drop-out, T2 shine-through, bias, "
-            "multi-coil noise, Gibbs ringing, masked backgrounds, gain"
+            "region and side of the atlas, 40% of them small (2.5 mm mean radius up to the region's smallest: lacunes, "
+            "small embolic infarcts); random pose, size, deformation, voxel size, slices 2.5-5.5 mm, tissue "
+            "contrasts, b-value, bright cortex, scalp, susceptibility pile-up/drop-out (round or band-shaped), T2 "
+            "shine-through, bias, multi-coil noise, Gibbs ringing, masked backgrounds, gain"
             + negatives
         )
         val_desc = f"{len(va)} cases (seeds {va[0]}-{va[-1]})"

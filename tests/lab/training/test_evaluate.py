@@ -17,14 +17,16 @@ from triage_lab.training.evaluate import (
     PostprocessGrid,
     evaluate_ich,
     evaluate_segmenter,
+    tune_ich_thresholds,
     tune_segmenter_postprocess,
+    write_ich_thresholds_to_card,
     write_metrics_to_card,
     write_postprocess_to_card,
 )
 from triage_lab.training.ich_train import IchRecipe
 from triage_lab.training.ich_train import write_model_dir as write_ich
 from triage_lab.training.loop import TrainConfig
-from triage_lab.training.metrics import dice, lesion_matches
+from triage_lab.training.metrics import dice, lesion_matches, sens_spec
 from triage_lab.training.seg_train import SegRecipe
 from triage_lab.training.seg_train import write_model_dir as write_seg
 from triage_lab.training.synthdata import write_case
@@ -222,6 +224,36 @@ def test_tune_postprocess_and_write_card(seg_dir: Path, val_cache: Path) -> None
     assert "tuned_behind_gate" not in card.postprocess
     assert card.exports["int8"]["file"] == "model.int8.onnx"
     assert json.loads((seg_dir / "tune_postprocess.json").read_text())["chosen"] == chosen
+
+
+def test_ich_thresholds_are_chosen_again_from_the_analyzers_scores(ich_dir: Path, val_cache: Path) -> None:
+    """``tune-postprocess ich``: the thresholds come from what the daemon's analyzer scores on validation cases, and
+    the card records them, how they were chosen and its new version; the weights are untouched."""
+    from triage_node.inference.ich import IchAnalyzer, aggregate
+
+    sha = ModelCard.load(ich_dir / "model.yaml").sha256
+    tuned = tune_ich_thresholds(ich_dir, val_cache, [500000, 500001], precision="fp32")
+    assert tuned["cases"] == 2 and tuned["positive_cases"] == 1 and tuned["precision"] == "fp32"
+    an = IchAnalyzer(ModelCard.load(ich_dir / "model.yaml"), precision="fp32")
+    from triage_lab.training.synthdata import load
+
+    scores = [aggregate(an.slice_probabilities(load(val_cache, s).hu.astype(np.float32)), an.aggregation)[0]
+              for s in (500000, 500001)]
+    t = tuned["chosen"]["any_hemorrhage"]
+    truth = np.array([True, False])  # 500000 has the subdural
+
+    def youden(cut: float) -> float:
+        sens, spec = sens_spec(truth, np.array(scores), cut)
+        return float(sens + spec - 1)  # type: ignore[operator]
+
+    assert youden(t) == max(youden(c) for c in [*scores, np.inf])  # the best cut on the analyzer's own scores
+    assert all(abs(t - x) > 1e-6 for x in scores)  # and never on a case's own score
+    write_ich_thresholds_to_card(ich_dir, tuned, "0.0.2")
+    card = ModelCard.load(ich_dir / "model.yaml")
+    assert card.version == "0.0.2" and card.sha256 == sha
+    assert dict(card.thresholds) == tuned["chosen"]
+    assert "500000-500001" in card.training["thresholds_from"]
+    assert json.loads((ich_dir / "tune_thresholds.json").read_text())["chosen"] == tuned["chosen"]
 
 
 def test_tune_respects_the_false_positive_budget(seg_dir: Path, val_cache: Path) -> None:

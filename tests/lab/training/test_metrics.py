@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from triage_lab.training.metrics import (
     dice,
+    gap_middle,
     iou,
     lesion_matches,
     lesion_scores,
@@ -28,7 +30,24 @@ def test_operating_point() -> None:
     y = np.array([0, 0, 1, 1])
     p = np.array([0.1, 0.6, 0.7, 0.9])
     assert sens_spec(y, p, 0.5) == (1.0, 0.5)
-    assert youden_threshold(y, p) == 0.7
+    # J is best for any cut in (0.6, 0.7]: the threshold is the middle of that gap, not a case's own score
+    assert youden_threshold(y, p) == pytest.approx(0.65)
+
+
+def test_thresholds_sit_in_the_middle_of_the_gap_not_on_a_cases_score() -> None:
+    """A threshold equal to a validation positive's score loses that case when it scores a hair lower elsewhere
+    (bf16 on another CPU): both operating-point rules keep a margin on each side."""
+    from triage_lab.training.evaluate import precision_threshold
+
+    y = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+    p = np.array([0.1, 0.3, 0.848, 0.916, 0.95, 0.97, 0.2, 0.99])
+    t = youden_threshold(y, p)
+    assert t == pytest.approx((0.848 + 0.916) / 2)
+    assert sens_spec(y, p - 1e-3, t) == (1.0, 1.0)
+    assert sens_spec(y, p + 1e-3, t) == (1.0, 1.0)
+    # precision >= 0.8 holds down to 0.848 (4 of 5 right): the subtype cut goes between 0.848 and 0.3
+    assert precision_threshold(y, p) == pytest.approx((0.848 + 0.3) / 2)
+    assert gap_middle(p, 0.1) == 0.1  # nothing below the lowest score
 
 
 def test_weighted_log_loss_weights_any_twice() -> None:
