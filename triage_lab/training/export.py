@@ -80,7 +80,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     model_dir = a.model_dir or Path("models") / a.model
     entry = export_model(model_dir, a.n_cases, a.cache, a.keep)
     print(json.dumps(entry, indent=1))
-    print(f"now measure it: triage-node {'evaluate' if a.model in ('ich', 'ct_segmenter') else 'evaluate-mr'} "
+    print(f"now measure it: triage-lab {'evaluate' if a.model in ('ich', 'ct_segmenter') else 'evaluate-mr'} "
           f"{a.model} --model-dir {model_dir} --precision int8")
     return 0
 

@@ -262,8 +262,11 @@ def train_segmenter(
         train = synthetic_crops(cache, tr_seeds, recipe, cfg.seed)
         val = synthetic_crops(cache, va_seeds, recipe, cfg.seed + 1)
         data_desc = (
-            f"synthetic: {len(tr_seeds)} cases (seeds {tr_seeds[0]}-{tr_seeds[-1]}) of synthetic hemorrhage "
-            "in the invesalius head CT and an MNI152 pseudo-CT; all lesion crops plus as many tissue crops"
+            f"synthetic, domain-randomised: {len(tr_seeds)} cases (seeds {tr_seeds[0]}-{tr_seeds[-1]}, 45% normal "
+            "heads with calcification, dense-sinus and tentorium mimics) rendered by triage_lab.synth.randomise from "
+            "the invesalius head CT and an MNI152 pseudo-CT; all lesion crops plus as many tissue crops"
+            + (", and 24 crops of each normal head, half of them the brightest (hard negatives)"
+               if recipe.hard_negatives else "")
         )
     if torch.device(cfg.device).type != "cpu":
         train = CropSet(train.x.to(cfg.device), train.m.to(cfg.device))
