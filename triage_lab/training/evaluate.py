@@ -172,9 +172,9 @@ def tune_ich_thresholds(
     card = ModelCard.load(model_dir / "model.yaml")
     an = IchAnalyzer(card, threads=threads, precision=precision)
     sp, sy = [], []
-    for c in iter_cases(cache, seeds):
-        sp.append(aggregate(an.slice_probabilities(c.hu.astype(np.float32)), an.aggregation))
-        sy.append(c.labels.any(axis=0))
+    for case in iter_cases(cache, seeds):
+        sp.append(aggregate(an.slice_probabilities(case.hu.astype(np.float32)), an.aggregation))
+        sy.append(case.labels.any(axis=0))
     p, y = np.stack(sp), np.stack(sy).astype(np.float32)
     chosen = operating_thresholds(y, p)
     previous = {c: float(card.thresholds.get(c, 0.5)) for c in CLASSES}
