@@ -191,3 +191,24 @@ def test_a_reload_reaches_the_worker_between_jobs_only(tmp_path: Path) -> None:
     assert running.config.filter.min_brain_pct == 5.0  # the running job's config did not change under it
     assert app._next_pipeline().config.filter.min_brain_pct == 9.0  # the next job runs with the new one
     app.engine.dispose()
+
+
+def test_a_dwi_volume_carries_the_series_b0_images_at_its_kept_positions() -> None:
+    """``with_b0``: the b=0 planes at the b=1000 slices the filter kept, in the volume's order (the infarct model's ADC
+    rule reads them); a series without b=0 images gives the volume unchanged."""
+    from phantom import mr_image
+
+    from triage_node.pipeline import with_b0
+    from triage_node.series.diffusion import select_dwi
+    from triage_node.series.geometry import build_volume, pixels, plan
+
+    series = [mr_image(z, b, 10.0 * (z + 1) + b / 100.0) for z in range(3) for b in (0.0, 1000.0)]
+    slices = plan(select_dwi(series))
+    keep = np.array([False, True, True])
+    kept = [slices[i] for i in np.flatnonzero(keep)]
+    volume = build_volume(slices, np.stack([pixels(s) for s in kept]), keep, planes_are_kept=True)
+    with_partner = with_b0(volume, series, kept)
+    assert [float(p[0, 0]) for p in with_partner.companions["b0"]] == [20.0, 30.0]
+    assert with_partner.pixels is volume.pixels
+    alone = [ds for ds in series if float(ds[0x0018, 0x9087].value) > 0]
+    assert with_b0(volume, alone, kept) is volume

@@ -12,6 +12,7 @@ job). Result files are rebuilt with the UIDs stored on the job, so a rerun write
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -30,11 +31,12 @@ from triage_node.config import Config, Pipeline
 from triage_node.inference.types import Analyzer, Finding, ModelOutput
 from triage_node.notify import queue_for_job
 from triage_node.preprocess.filter import keep_slices
+from triage_node.preprocess.volume import Volume
 from triage_node.results.build import ResultFile, build_results
 from triage_node.results.identity import AlgorithmInfo, ResultIdentity
 from triage_node.results.masks import masks_path, save_masks
 from triage_node.send.outbox import enqueue
-from triage_node.series.diffusion import select_dwi
+from triage_node.series.diffusion import b0_companion, select_dwi
 from triage_node.series.domain import NOT_ASSESSED, outside_domain
 from triage_node.series.geometry import GeometryError, Slice, build_volume, pixels, plan
 from triage_node.series.routing import SeriesAttributes, describe, route, select_images
@@ -132,6 +134,16 @@ def decode_and_filter(
     return buf, keep
 
 
+def with_b0(volume: Volume, images: Sequence[Dataset], kept: Sequence[Slice]) -> Volume:
+    """``volume`` (a DWI b=1000 volume built from ``kept``) with the series' b=0 planes at the same positions as its
+    ``b0`` companion, so the infarct model can read ADC; unchanged when the series carries none."""
+    b0 = b0_companion(images, kept)
+    if b0 is None:
+        log.debug("diffusion series without b=0 images at every kept position: ADC not available")
+        return volume
+    return dataclasses.replace(volume, companions={**volume.companions, "b0": b0})
+
+
 def _priority(outputs: Sequence[ModelOutput], table: Mapping[str, str], shadow: Collection[str] = ()) -> Priority:
     """The highest priority any present finding maps to (unlisted labels: routine; ``none``: no flag); models in
     ``shadow`` set none."""
@@ -182,6 +194,8 @@ def _process(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: f
         assert job is not None
         job.pipeline, job.rule = pipeline, rule.name
 
+    # b=0 images are looked for in the whole series: a rule that matches images by b-value >= 800 drops them here.
+    diffusion_images = datasets
     datasets = select_images(rule.match, attrs, datasets)  # e.g. drop phase images, ADC maps, localizers
     if rule.pipeline == Pipeline.MR_DWI:
         datasets = select_dwi(datasets)
@@ -198,6 +212,8 @@ def _process(ctx: PipelineContext, job_id: int, timings: dict[str, float], t0: f
     volume = build_volume(slices, planes, keep, planes_are_kept=True)
     del planes
     kept_idx = np.flatnonzero(keep)
+    if rule.pipeline == Pipeline.MR_DWI:
+        volume = with_b0(volume, diffusion_images, [slices[i] for i in kept_idx])
     sources = [slices[i].dataset for i in kept_idx]
     source_frames = [slices[i].frame for i in kept_idx]
 

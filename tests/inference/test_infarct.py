@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from triage_lab.synth.mr import DwiCase, dwi_volume, make_dwi_case
 from triage_lab.training.mr_cards import write_infarct_dir
 from triage_lab.training.mr_infarct import InfarctRecipe
 from triage_node.inference.atlas import Registration
 from triage_node.inference.card import ModelCard
-from triage_node.inference.infarct import InfarctAnalyzer, locate
+from triage_node.inference.infarct import InfarctAnalyzer, adc_ratio, locate
 from triage_node.inference.nets import build_segmenter
+from triage_node.preprocess.volume import Volume
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -66,3 +69,42 @@ def test_shipped_model_reports_right_thalamus(thalamus_case: DwiCase) -> None:
     mask = out.masks["infarct"]
     # Mostly on the lesion; 2.0 (trained on randomised DWI) outlines 28% of this legacy-profile lesion, 1.1 more.
     assert (mask & thalamus_case.mask).sum() / max(thalamus_case.mask.sum(), 1) > 0.2
+
+
+def _with_b0(case: DwiCase, adc: np.ndarray) -> Volume:
+    """The case's volume with a b=0 companion that gives it the ADC map ``adc`` (1e-6 mm^2/s) at b=1000."""
+    v = dwi_volume(case)
+    return dataclasses.replace(v, companions={"b0": (v.pixels * np.exp(adc / 1000.0)).astype(np.float32)})
+
+
+def test_adc_ratio_reads_restricted_diffusion_off_b0_and_b1000() -> None:
+    rng = np.random.default_rng(0)
+    b1000 = rng.uniform(80, 120, (6, 40, 40)).astype(np.float32)
+    adc = np.full(b1000.shape, 800.0, np.float32)
+    lesion = np.zeros(b1000.shape, bool)
+    lesion[2:4, 10:20, 10:20] = True
+    adc[lesion] = 400.0  # an acute infarct: half the parenchyma's ADC
+    b0 = b1000 * np.exp(adc / 1000.0)
+    assert adc_ratio(b1000, b0, lesion) == pytest.approx(0.5, abs=0.01)
+    adc[lesion] = 1200.0  # T2 shine-through: bright on b=1000 with a raised ADC
+    assert adc_ratio(b1000, b1000 * np.exp(adc / 1000.0), lesion) == pytest.approx(1.5, abs=0.01)
+    assert adc_ratio(b1000, np.zeros_like(b1000), lesion) is None
+
+
+def test_shipped_model_drops_a_lesion_not_dark_on_adc_and_keeps_an_infarct(thalamus_case: DwiCase) -> None:
+    """With the series' b=0 images (``Volume.companions["b0"]``) an infarct is kept only where diffusion is restricted:
+    the same b=1000 image with a raised ADC under the lesion (T2 shine-through) is no infarct."""
+    an = InfarctAnalyzer(ModelCard.load(MODELS / "infarct" / "model.yaml"))
+    assert an.max_adc_ratio is not None
+    restricted = np.where(thalamus_case.mask, 450.0, 800.0).astype(np.float32)
+    kept = an.analyze(_with_b0(thalamus_case, restricted)).findings[0]
+    assert kept.present and kept.location == "right thalamus"
+    raised = np.where(ndimage.binary_dilation(thalamus_case.mask, iterations=3), 1300.0, 800.0).astype(np.float32)
+    assert not an.analyze(_with_b0(thalamus_case, raised)).findings[0].present
+
+
+def test_a_companion_must_match_the_volume() -> None:
+    v = Volume(np.zeros((2, 4, 4), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0),
+               ("1", "2"), "MR")
+    with pytest.raises(ValueError, match="companion 'b0'"):
+        dataclasses.replace(v, companions={"b0": np.zeros((2, 4, 5), np.float32)})

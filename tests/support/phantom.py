@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
 
 from triage_lab.synth.dicom import write_ct_series
 from triage_node.inference.types import Finding, ModelOutput
@@ -134,3 +135,27 @@ def identity(seed: str = "job-1") -> ResultIdentity:
         series_number=9000,
         created_at=dt.datetime(2026, 1, 1, 8, 30, 0, tzinfo=dt.UTC),
     )
+
+
+def mr_image(z: int, b: float, value: float) -> Dataset:
+    """A complete 4x4 MR image at slice z with b-value b, every pixel ``value``."""
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.ImagePositionPatient = [0, 0, z * 5.0]
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.add_new((0x0018, 0x9087), "FD", b)
+    if b:
+        ds.DiffusionDirectionality = "ISOTROPIC"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "MR"
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [1.0, 1.0]
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 0
+    ds.PixelData = np.full((4, 4), value, np.uint16).tobytes()
+    return ds

@@ -53,7 +53,7 @@ PIPELINE_OF = {"ct": Pipeline.CT_HEAD, "dwi": Pipeline.MR_DWI, "swi": Pipeline.M
 
 def decode(paths: Sequence[Path], config: Config) -> tuple[Volume, Pipeline]:
     """Files of one series -> (Volume, pipeline) exactly as ``triage_node.pipeline._process`` builds it."""
-    from triage_node.pipeline import decode_and_filter  # the daemon's decode + blank-slice filter, not a copy
+    from triage_node.pipeline import decode_and_filter, with_b0  # the daemon's decode, filter and b=0 pairing
     from triage_node.series.diffusion import select_dwi
     from triage_node.series.geometry import build_volume, plan
     from triage_node.series.routing import SeriesAttributes, describe, route, select_images
@@ -63,6 +63,7 @@ def decode(paths: Sequence[Path], config: Config) -> tuple[Volume, Pipeline]:
     rule = route(config.series.rules, attrs)
     if rule is None:
         raise ValueError(f"no routing rule matched ({describe(attrs)})")
+    diffusion_images = datasets  # the whole series, as the pipeline does (with_b0)
     datasets = select_images(rule.match, attrs, datasets)
     if rule.pipeline == Pipeline.MR_DWI:
         datasets = select_dwi(datasets)
@@ -72,7 +73,10 @@ def decode(paths: Sequence[Path], config: Config) -> tuple[Volume, Pipeline]:
     planes, keep = decode_and_filter(slices, attrs.modality, min_pct, {})
     if not keep.any():
         raise ValueError(f"none of the {len(keep)} slices holds brain or tissue")
-    return build_volume(slices, planes, keep, planes_are_kept=True), rule.pipeline
+    volume = build_volume(slices, planes, keep, planes_are_kept=True)
+    if rule.pipeline == Pipeline.MR_DWI:
+        volume = with_b0(volume, diffusion_images, [slices[i] for i in np.flatnonzero(keep)])
+    return volume, rule.pipeline
 
 
 def run_models(

@@ -60,16 +60,46 @@ def locate(volume: Volume, mask: np.ndarray, registration: Registration) -> Loca
     return Location(region, side, share)
 
 
+def adc_ratio(b1000: np.ndarray, b0: np.ndarray, mask: np.ndarray) -> float | None:
+    """The lesion's median ADC over the parenchyma's, from a b=1000 and a b=0 volume (z, y, x): ln(S0 / S1000) is
+    ADC x b, and the ratio of medians needs no b. Parenchyma: head voxels (b=0 above a tenth of its 99th percentile)
+    outside ``mask`` whose ln ratio lies in 0.1-1.5 (ADC about 100-1500 x 1e-6 mm^2/s at b=1000: brain, not CSF or
+    air). An acute infarct restricts diffusion (about half the parenchyma's ADC); T2 shine-through and most artefacts
+    do not. None when either set is empty."""
+    fg = b0[b0 > 0]
+    if fg.size == 0:
+        return None
+    head = b0 > 0.1 * float(np.percentile(fg, 99))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lr = np.log(np.clip(b0, 1e-6, None) / np.clip(b1000, 1e-6, None))
+    tissue = head & ~mask & (lr > 0.1) & (lr < 1.5)
+    lesion = head & mask & np.isfinite(lr)
+    if tissue.sum() < 100 or not lesion.any():
+        return None
+    ref = float(np.median(lr[tissue]))
+    return float(np.median(lr[lesion])) / ref if ref > 0 else None
+
+
 class InfarctAnalyzer(CardAnalyzer):
     """Analyzer for a ``models/infarct`` card (a crop-grid segmenter card with ``finding_label: infarct``)."""
 
     def __init__(self, card: ModelCard, threads: int = 1, device: str = "cpu", precision: str = "fp32") -> None:
         super().__init__(card, threads, device, precision)
         self.segmenter = CropGridSegmenter(card, threads=threads, device=device, precision=precision)
+        # A lesion whose ADC is above this share of the parenchyma's is dropped, where the series carries b=0 images.
+        limit = card.postprocess.get("max_adc_ratio")
+        self.max_adc_ratio = float(limit) if limit is not None else None
 
     def analyze(self, volume: Volume) -> ModelOutput:
         t0 = time.monotonic()
         mask, gate = self.segmenter.segment(volume.pixels, volume.spacing)
+        b0 = volume.companions.get("b0")
+        if self.max_adc_ratio is not None and b0 is not None and mask.any():
+            ratio = adc_ratio(volume.pixels, b0, mask)
+            if ratio is not None and ratio > self.max_adc_ratio:
+                # Bright on b=1000 without restricted diffusion: T2 shine-through or an artefact, not an acute infarct.
+                log.debug("infarct: lesion ADC ratio %.2f > %.2f: not restricted, dropped", ratio, self.max_adc_ratio)
+                mask = np.zeros_like(mask)
         present = bool(mask.any())
         location: Location | None = None
         if present:

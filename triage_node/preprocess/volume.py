@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,10 +27,15 @@ class Volume:
     col_direction: tuple[float, float, float]
     sop_instance_uids: tuple[str, ...]
     modality: str
+    # Images of the same series aligned with ``pixels`` slice by slice, by name: ``b0`` (a DWI volume's b=0 images).
+    companions: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.pixels.ndim != 3:
             raise ValueError(f"Volume pixels must be 3-D (z, y, x), got shape {self.pixels.shape}")
+        for name, arr in self.companions.items():
+            if arr.shape != self.pixels.shape:
+                raise ValueError(f"Volume companion {name!r} has shape {arr.shape}, pixels {self.pixels.shape}")
         if len(self.sop_instance_uids) != self.pixels.shape[0]:
             raise ValueError(
                 f"Volume needs one SOP Instance UID per slice: {len(self.sop_instance_uids)} UIDs "
