@@ -132,9 +132,22 @@ def cmd_evaluate_mr(a: argparse.Namespace) -> int:
 
 
 def cmd_tune_mr(a: argparse.Namespace) -> int:
-    from triage_lab.training.mr_infarct import OperatingGrid, split_seeds, tune_infarct, write_operating_point
+    from triage_lab.training.mr_infarct import (
+        OperatingGrid,
+        rechoose_operating_point,
+        split_seeds,
+        tune_infarct,
+        write_operating_point,
+    )
 
-    grid = OperatingGrid(max_fp_rate=a.max_fp_rate)
+    if a.from_grid is not None:  # the grid is already scored: apply the rule again, run nothing
+        tuned = rechoose_operating_point(json.loads(a.from_grid.read_text()), a.max_fp_rate)
+        if a.write:
+            write_operating_point(a.model_dir, tuned)
+        print(json.dumps({k: v for k, v in tuned.items() if k != "grid"} | {"top": tuned["grid"][:8]}, indent=1))
+        return 0
+    limits = tuple(None if v.strip().lower() == "none" else float(v) for v in a.max_adc_ratios.split(",") if v.strip())
+    grid = OperatingGrid(max_fp_rate=a.max_fp_rate, max_adc_ratios=limits or (None,))
     tuned = tune_infarct(
         a.model_dir,
         _cache(a),
@@ -223,6 +236,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-val", type=int, default=20, help="validation cases with infarct (seeds 100000..)")
     p.add_argument("--n-val-negative", type=int, default=20, help="validation cases without infarct (400000..)")
     p.add_argument("--max-fp-rate", type=float, default=0.05, help="false-positive budget on the cases without")
+    p.add_argument(
+        "--max-adc-ratios",
+        default="",
+        help="ADC-rule limits to search with the other thresholds, e.g. none,0.8,0.9,1.0 (scored on the b=0 image "
+        "the generator made); empty: leave the card's ADC rule as it is",
+    )
+    p.add_argument(
+        "--from-grid",
+        type=Path,
+        default=None,
+        help="a tune.json this command wrote: choose again from its scored grid (e.g. with another --max-fp-rate) "
+        "without running the model",
+    )
     precision_arg(p)
     p.add_argument("--write", action="store_true", help="write the chosen point into model.yaml and tune.json")
     p.set_defaults(func=cmd_tune_mr)

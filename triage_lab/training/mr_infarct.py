@@ -110,6 +110,17 @@ class DwiRecord:
     spacing: tuple[float, float, float]
     region: Region | None
     side: str | None
+    # The generator's ADC map (1e-6 mm^2/s at its b-value, 0 outside tissue): the b=0 image is
+    # dwi * exp(adc / 1000), as the generator made it (:func:`b0_image`).
+    adc: np.ndarray | None = None
+
+
+def b0_image(r: DwiRecord) -> np.ndarray | None:
+    """The case's b=0 image rebuilt from its b=1000 image and ADC map (ln(S0/S1000) = adc / 1000 in the generator's
+    units); outside tissue, where the map is 0, it equals the b=1000 image (no diffusion contrast)."""
+    if r.adc is None:
+        return None
+    return (r.dwi * np.exp(r.adc.astype(np.float32) / 1000.0)).astype(np.float32)
 
 
 def load_records(cache: Path, seeds: Sequence[int]) -> Iterator[DwiRecord]:
@@ -123,6 +134,7 @@ def load_records(cache: Path, seeds: Sequence[int]) -> Iterator[DwiRecord]:
                 spacing=tuple(float(v) for v in z["spacing"]),  # type: ignore[arg-type]
                 region=Region(reg) if reg else None,
                 side=str(z["side"]) or None,
+                adc=z["adc"].astype(np.float32) if "adc" in z.files else None,
             )
 
 
@@ -206,8 +218,7 @@ def train_infarct(
             "region and side of the atlas, 40% of them small (2.5 mm mean radius up to the region's smallest: lacunes, "
             "small embolic infarcts); random pose, size, deformation, voxel size, slices 2.5-5.5 mm, tissue "
             "contrasts, b-value, bright cortex, scalp, susceptibility pile-up/drop-out (round or band-shaped), T2 "
-            "shine-through, bias, multi-coil noise, Gibbs ringing, masked backgrounds, gain"
-            + negatives
+            "shine-through, bias, multi-coil noise, Gibbs ringing, masked backgrounds, gain" + negatives
         )
         val_desc = f"{len(va)} cases (seeds {va[0]}-{va[-1]})"
     else:
@@ -417,6 +428,8 @@ class OperatingGrid:
     gates: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99)
     segmentation: tuple[float, ...] = (0.4, 0.5, 0.6)
     min_areas_mm2: tuple[float, ...] = (8.0, 15.0, 30.0, 45.0, 60.0, 90.0)
+    # The ADC rule's limits (InfarctAnalyzer.max_adc_ratio); None: the b=1000 finding stands alone.
+    max_adc_ratios: tuple[float | None, ...] = (None,)
     max_fp_rate: float = 0.05
     tolerance: float = 0.005
 
@@ -431,18 +444,20 @@ def tune_infarct(
     workers: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Choose the gate threshold, segmentation threshold and minimum cross-section on validation cases only.
+    """Choose the gate threshold, segmentation threshold, minimum cross-section and ADC limit on validation cases only.
 
     Rule: among the points whose false-positive rate on the cases without infarct is at most ``grid.max_fp_rate``,
     the highest mean Dice over the infarct cases (a missed infarct scores 0, so Dice also carries sensitivity); within
     ``grid.tolerance`` of it, the most restrictive point (higher gate, then larger minimum size, then higher
-    segmentation threshold). The network runs once per case. Returns ``{"chosen": {...}, "grid": [...], ...}``.
+    segmentation threshold, then lower ADC limit). The ADC rule is scored as the analyzer applies it, on the b=0
+    image the generator made (:func:`b0_image`); a limit of None is the rule switched off. The network runs once per
+    case. Returns ``{"chosen": {...}, "grid": [...], ...}``.
     """
     from tqdm import tqdm
 
     from triage_node.inference.card import ModelCard
     from triage_node.inference.cropgrid import keep_components
-    from triage_node.inference.infarct import InfarctAnalyzer
+    from triage_node.inference.infarct import InfarctAnalyzer, adc_parts, adc_ratio
 
     if not pos_seeds or not neg_seeds:
         raise ValueError("tune_infarct needs validation cases with and without infarct")
@@ -451,41 +466,61 @@ def tune_infarct(
     card = ModelCard.load(model_dir / "model.yaml")
     segmenter = InfarctAnalyzer(card, precision=precision).segmenter
     generate(cache, [*pos_seeds, *neg_seeds], workers=workers, progress=progress)
-    points = [(g, t, a) for g in grid.gates for t in grid.segmentation for a in grid.min_areas_mm2]
-    dices: dict[tuple[float, float, float], list[float]] = {p: [] for p in points}
-    hits: dict[tuple[float, float, float], list[bool]] = {p: [] for p in points}
-    fps: dict[tuple[float, float, float], list[bool]] = {p: [] for p in points}
+    Point = tuple[float, float, float, float | None]
+    points: list[Point] = [
+        (g, t, a, r)
+        for g in grid.gates
+        for t in grid.segmentation
+        for a in grid.min_areas_mm2
+        for r in grid.max_adc_ratios
+    ]
+    dices: dict[Point, list[float]] = {p: [] for p in points}
+    hits: dict[Point, list[bool]] = {p: [] for p in points}
+    fps: dict[Point, list[bool]] = {p: [] for p in points}
     seeds = [*pos_seeds, *neg_seeds]
-    for r in tqdm(load_records(cache, seeds), total=len(seeds), desc="tune", disable=not progress):
-        seg, gates = ungated_probabilities(segmenter, r.dwi)
+    use_adc = any(r is not None for r in grid.max_adc_ratios)
+    for rec in tqdm(load_records(cache, seeds), total=len(seeds), desc="tune", disable=not progress):
+        seg, gates = ungated_probabilities(segmenter, rec.dwi)
+        b0 = b0_image(rec) if use_adc else None
+        if use_adc and b0 is None:
+            raise ValueError(f"tune_infarct: case {rec.seed} has no ADC map in the cache; delete it to regenerate")
+        parts = adc_parts(rec.dwi, b0) if b0 is not None else None
+        ratios: dict[bytes, float | None] = {}  # many grid points give the same mask
         for g in grid.gates:
-            prob = gated_probability(seg, gates, g, segmenter.grid, r.dwi.shape[1:])
+            prob = gated_probability(seg, gates, g, segmenter.grid, rec.dwi.shape[1:])
             for t in grid.segmentation:
                 raw = prob >= t
                 for a in grid.min_areas_mm2:
-                    m = keep_components(raw, r.spacing, a, segmenter.max_components)
-                    if r.region is None:
-                        fps[(g, t, a)].append(bool(m.any()))
-                    else:
-                        dices[(g, t, a)].append(dice(m, r.mask))
-                        hits[(g, t, a)].append(bool((m & r.mask).any()))
+                    m = keep_components(raw, rec.spacing, a, segmenter.max_components)
+                    ratio = None
+                    if b0 is not None and m.any():
+                        key = np.packbits(m).tobytes()
+                        if key not in ratios:
+                            ratios[key] = adc_ratio(rec.dwi, b0, m, parts)
+                        ratio = ratios[key]
+                    for limit in grid.max_adc_ratios:
+                        kept = m
+                        if limit is not None and ratio is not None and ratio > limit:
+                            kept = np.zeros_like(m)
+                        p = (g, t, a, limit)
+                        if rec.region is None:
+                            fps[p].append(bool(kept.any()))
+                        else:
+                            dices[p].append(dice(kept, rec.mask))
+                            hits[p].append(bool((kept & rec.mask).any()))
     rows = [
         {
             "gate": g,
             "segmentation": t,
             "min_area_mm2": a,
-            "dice_mean": round(float(np.mean(dices[(g, t, a)])), 4),
-            "detected": round(float(np.mean(hits[(g, t, a)])), 4),
-            "false_positive_rate_negatives": round(float(np.mean(fps[(g, t, a)])), 4),
+            **({"max_adc_ratio": r} if use_adc else {}),
+            "dice_mean": round(float(np.mean(dices[(g, t, a, r)])), 4),
+            "detected": round(float(np.mean(hits[(g, t, a, r)])), 4),
+            "false_positive_rate_negatives": round(float(np.mean(fps[(g, t, a, r)])), 4),
         }
-        for g, t, a in points
+        for g, t, a, r in points
     ]
-    rows.sort(key=lambda r: (-r["dice_mean"], r["false_positive_rate_negatives"]))
-    ok = [r for r in rows if r["false_positive_rate_negatives"] <= grid.max_fp_rate]
-    if not ok:
-        raise ValueError(f"no operating point has a validation false-positive rate <= {grid.max_fp_rate}")
-    near = [r for r in ok if r["dice_mean"] >= ok[0]["dice_mean"] - grid.tolerance]
-    chosen = max(near, key=lambda r: (r["gate"], r["min_area_mm2"], r["segmentation"]))
+    chosen = choose_operating_point(rows, grid.max_fp_rate, grid.tolerance)
     return {
         "positive_seeds": f"{min(pos_seeds)}-{max(pos_seeds)}",
         "negative_seeds": f"{min(neg_seeds)}-{max(neg_seeds)}",
@@ -497,6 +532,32 @@ def tune_infarct(
         "chosen": chosen,
         "grid": rows,
     }
+
+
+def choose_operating_point(rows: list[dict[str, Any]], max_fp_rate: float, tolerance: float) -> dict[str, Any]:
+    """:func:`tune_infarct`'s rule over scored grid rows (sorts ``rows`` in place, best Dice first)."""
+    rows.sort(key=lambda r: (-r["dice_mean"], r["false_positive_rate_negatives"]))
+    ok = [r for r in rows if r["false_positive_rate_negatives"] <= max_fp_rate]
+    if not ok:
+        raise ValueError(f"no operating point has a validation false-positive rate <= {max_fp_rate}")
+    near = [r for r in ok if r["dice_mean"] >= ok[0]["dice_mean"] - tolerance]
+    return max(
+        near,
+        key=lambda r: (
+            r["gate"],
+            r["min_area_mm2"],
+            r["segmentation"],
+            -(r["max_adc_ratio"] if r.get("max_adc_ratio") is not None else float("inf")),
+        ),
+    )
+
+
+def rechoose_operating_point(tuned: dict[str, Any], max_fp_rate: float) -> dict[str, Any]:
+    """Apply the rule again to a saved :func:`tune_infarct` result with another false-positive budget; the grid was
+    scored on the same validation cases, so nothing runs again."""
+    rows = [dict(r) for r in tuned["grid"]]
+    chosen = choose_operating_point(rows, max_fp_rate, tuned["tolerance"])
+    return {**tuned, "max_fp_rate": max_fp_rate, "chosen": chosen, "grid": rows}
 
 
 def write_operating_point(model_dir: Path, tuned: dict[str, Any]) -> None:
@@ -511,17 +572,24 @@ def write_operating_point(model_dir: Path, tuned: dict[str, Any]) -> None:
     card = ModelCard.load(model_dir / "model.yaml")
     training = dict(_thaw(card.training))
     training["operating_point"] = (
-        f"gate {c['gate']}, segmentation {c['segmentation']}, minimum cross-section {c['min_area_mm2']} mm^2, chosen "
-        f"by `triage-lab tune-mr infarct` on validation only ({tuned['positive_cases']} infarct cases seeds "
+        f"gate {c['gate']}, segmentation {c['segmentation']}, minimum cross-section {c['min_area_mm2']} mm^2"
+        + (f", ADC limit {c['max_adc_ratio']}" if c.get("max_adc_ratio") is not None else "")
+        + f", chosen by `triage-lab tune-mr infarct` on validation only ({tuned['positive_cases']} infarct cases seeds "
         f"{tuned['positive_seeds']}, {tuned['negative_cases']} without seeds {tuned['negative_seeds']}, precision "
         f"{tuned['precision']}): the highest mean Dice with a false-positive rate <= {tuned['max_fp_rate']} on the "
         f"cases without infarct, the most restrictive point within {tuned['tolerance']} of it; validation Dice "
         f"{c['dice_mean']}, detected {c['detected']}, false positives {c['false_positive_rate_negatives']} (tune.json)"
     )
+    postprocess = {**_thaw(card.postprocess), "min_area_mm2": c["min_area_mm2"]}
+    if "max_adc_ratio" in c:  # the ADC rule was in the grid (tune-mr --max-adc-ratios); None switches it off
+        if c["max_adc_ratio"] is None:
+            postprocess.pop("max_adc_ratio", None)
+        else:
+            postprocess["max_adc_ratio"] = c["max_adc_ratio"]
     new = dataclasses.replace(
         card,
         thresholds=MappingProxyType({**dict(card.thresholds), "gate": c["gate"], "segmentation": c["segmentation"]}),
-        postprocess=MappingProxyType({**_thaw(card.postprocess), "min_area_mm2": c["min_area_mm2"]}),
+        postprocess=MappingProxyType(postprocess),
         training=MappingProxyType(training),
         directory=model_dir,
     )

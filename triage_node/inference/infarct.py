@@ -60,18 +60,30 @@ def locate(volume: Volume, mask: np.ndarray, registration: Registration) -> Loca
     return Location(region, side, share)
 
 
-def adc_ratio(b1000: np.ndarray, b0: np.ndarray, mask: np.ndarray) -> float | None:
-    """The lesion's median ADC over the parenchyma's, from a b=1000 and a b=0 volume (z, y, x): ln(S0 / S1000) is
-    ADC x b, and the ratio of medians needs no b. Parenchyma: head voxels (b=0 above a tenth of its 99th percentile)
-    outside ``mask`` whose ln ratio lies in 0.1-1.5 (ADC about 100-1500 x 1e-6 mm^2/s at b=1000: brain, not CSF or
-    air). An acute infarct restricts diffusion (about half the parenchyma's ADC); T2 shine-through and most artefacts
-    do not. None when either set is empty."""
+def adc_parts(b1000: np.ndarray, b0: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The head mask and ln(S0 / S1000) map (both (z, y, x)) that :func:`adc_ratio` reads; None without signal.
+    Split out so that a caller scoring many masks on one series computes them once."""
     fg = b0[b0 > 0]
     if fg.size == 0:
         return None
     head = b0 > 0.1 * float(np.percentile(fg, 99))
     with np.errstate(divide="ignore", invalid="ignore"):
         lr = np.log(np.clip(b0, 1e-6, None) / np.clip(b1000, 1e-6, None))
+    return head, lr
+
+
+def adc_ratio(
+    b1000: np.ndarray, b0: np.ndarray, mask: np.ndarray, parts: tuple[np.ndarray, np.ndarray] | None = None
+) -> float | None:
+    """The lesion's median ADC over the parenchyma's, from a b=1000 and a b=0 volume (z, y, x): ln(S0 / S1000) is
+    ADC x b, and the ratio of medians needs no b. Parenchyma: head voxels (b=0 above a tenth of its 99th percentile)
+    outside ``mask`` whose ln ratio lies in 0.1-1.5 (ADC about 100-1500 x 1e-6 mm^2/s at b=1000: brain, not CSF or
+    air). An acute infarct restricts diffusion (about half the parenchyma's ADC); T2 shine-through and most artefacts
+    do not. None when either set is empty. ``parts``: :func:`adc_parts` of the same volumes, if already computed."""
+    parts = parts if parts is not None else adc_parts(b1000, b0)
+    if parts is None:
+        return None
+    head, lr = parts
     tissue = head & ~mask & (lr > 0.1) & (lr < 1.5)
     lesion = head & mask & np.isfinite(lr)
     if tissue.sum() < 100 or not lesion.any():

@@ -38,8 +38,14 @@ def test_cmb_training_runs_a_few_steps() -> None:
     def loss_fn(m: torch.nn.Module, b: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return torch.nn.functional.binary_cross_entropy_with_logits(m(b[0]).float(), b[1])
 
-    hist, best = fit(net, balanced_batches(data, 16, 0.25, augment=True), 3, loss_fn, None,
-                     TrainConfig(epochs=2, progress=False, amp=False))
+    hist, best = fit(
+        net,
+        balanced_batches(data, 16, 0.25, augment=True),
+        3,
+        loss_fn,
+        None,
+        TrainConfig(epochs=2, progress=False, amp=False),
+    )
     assert len(hist.train_loss) == 2 and all(np.isfinite(hist.train_loss))
     assert set(best) == set(net.state_dict())
 
@@ -89,8 +95,9 @@ def test_dwi_segmenter_training_runs_a_few_steps() -> None:
         seg, cls = m(b[0])
         return seg_loss(seg, cls, b[1], 0.5)
 
-    hist, _ = fit(net, crop_batches(crops, 4, SEG_AUGMENT), 2, loss_fn, None,
-                  TrainConfig(epochs=1, progress=False, amp=False))
+    hist, _ = fit(
+        net, crop_batches(crops, 4, SEG_AUGMENT), 2, loss_fn, None, TrainConfig(epochs=1, progress=False, amp=False)
+    )
     assert np.isfinite(hist.train_loss[0])
 
 
@@ -138,3 +145,76 @@ def test_operating_point_is_never_chosen_on_test_seeds(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="test seeds"):
         tune_infarct(tmp_path, tmp_path, split_seeds("test", 2), split_seeds("val_negative", 2))
+
+
+def test_operating_point_search_scores_the_adc_rule_as_the_analyzer_applies_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ADC limits in the grid, a bright b=1000 blob without restricted diffusion (a normal case's shine-through)
+    is dropped at a limit of 0.9 and kept without the rule; a true infarct (half the parenchyma's ADC) is kept at
+    both. The search then picks the limit and writes it into the card."""
+    from triage_lab.training import mr_infarct
+    from triage_lab.training.mr_cards import write_infarct_dir
+    from triage_lab.training.mr_infarct import (
+        InfarctRecipe,
+        OperatingGrid,
+        split_seeds,
+        tune_infarct,
+        write_operating_point,
+    )
+    from triage_node.inference.card import ModelCard
+    from triage_node.inference.nets import build_segmenter
+
+    torch.manual_seed(0)
+    write_infarct_dir(tmp_path / "m", build_segmenter(1, 4).state_dict(), InfarctRecipe(size=64, base=4), {}, "0")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    blob = np.zeros((4, 64, 64), bool)
+    blob[1:3, 20:30, 20:30] = True
+    rng = np.random.default_rng(0)
+    pos, neg = split_seeds("val", 2), split_seeds("val_negative", 2)
+    for seed in pos + neg:
+        dwi = rng.normal(400, 10, blob.shape).astype(np.float32)
+        dwi[blob] = 900.0
+        adc = np.full(blob.shape, 800.0, np.float32)  # parenchyma: ln(S0/S1000) = 0.8
+        adc[blob] = 400.0 if seed in pos else 1000.0  # infarct restricts; shine-through does not
+        np.savez(
+            cache / f"dwi_{seed}.npz",
+            dwi=dwi.astype(np.float16),
+            adc=adc.astype(np.float16),
+            mask=blob if seed in pos else np.zeros_like(blob),
+            spacing=np.asarray((5.0, 1.0, 1.0), np.float32),
+            region=np.int16(int(Region.THALAMUS) if seed in pos else 0),
+            side=np.asarray("left" if seed in pos else ""),
+        )
+
+    def network(_segmenter: object, pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        seg = torch.from_numpy((pixels > 700).astype(np.float32))  # the network outlines every bright blob
+        return seg, torch.ones(pixels.shape[0], 16)
+
+    monkeypatch.setattr(mr_infarct, "ungated_probabilities", network)
+    grid = OperatingGrid(gates=(0.5,), segmentation=(0.5,), min_areas_mm2=(8.0,), max_adc_ratios=(None, 0.9))
+    tuned = tune_infarct(tmp_path / "m", cache, pos, neg, grid, progress=False)
+    rows = {r["max_adc_ratio"]: r for r in tuned["grid"]}
+    assert rows[None]["false_positive_rate_negatives"] == 1.0 and rows[0.9]["false_positive_rate_negatives"] == 0.0
+    assert rows[None]["detected"] == rows[0.9]["detected"] == 1.0
+    assert tuned["chosen"]["max_adc_ratio"] == 0.9
+    write_operating_point(tmp_path / "m", tuned)
+    card = ModelCard.load(tmp_path / "m" / "model.yaml")
+    assert card.postprocess["max_adc_ratio"] == 0.9 and "ADC limit 0.9" in card.training["operating_point"]
+
+
+def test_operating_point_can_be_chosen_again_from_a_saved_grid() -> None:
+    """``tune-mr --from-grid``: the same rule over the scored rows, with another false-positive budget."""
+    from triage_lab.training.mr_infarct import rechoose_operating_point
+
+    def row(gate: float, dice: float, fp: float) -> dict[str, float | None]:
+        return {"gate": gate, "segmentation": 0.5, "min_area_mm2": 15.0, "max_adc_ratio": 0.8, "dice_mean": dice,
+                "detected": dice, "false_positive_rate_negatives": fp}  # fmt: skip
+
+    tuned = {"tolerance": 0.005, "max_fp_rate": 0.1, "grid": [row(0.7, 0.46, 0.1), row(0.8, 0.43, 0.02)]}
+    again = rechoose_operating_point(tuned, 0.05)
+    assert again["chosen"]["gate"] == 0.8 and again["max_fp_rate"] == 0.05
+    assert rechoose_operating_point(tuned, 0.1)["chosen"]["gate"] == 0.7
+    with pytest.raises(ValueError):
+        rechoose_operating_point(tuned, 0.01)
