@@ -35,6 +35,17 @@ def test_an_adult_non_contrast_5mm_head_is_inside() -> None:
     assert outside_domain(DOMAIN, [_ds(PatientAge="054Y", SeriesDescription="Head non-contrast")], _volume(150)) is None
 
 
+@pytest.mark.parametrize("thickness", [5.0, 5.0156, 5.049])
+def test_a_5mm_series_with_a_computed_thickness_is_still_inside(thickness: float) -> None:
+    """Headers of reformatted or synthesised 5 mm series say 5.0156; the limit is read at the 0.1 mm scanners show."""
+    assert outside_domain(DOMAIN, [_ds(thickness=thickness)], _volume(150)) is None
+
+
+def test_slices_just_above_the_limit_are_not_assessed() -> None:
+    reason = outside_domain(DOMAIN, [_ds(thickness=5.1)], _volume(150))
+    assert reason == "slice thickness 5.1 mm is above the 5 mm the model was trained on"
+
+
 def test_thick_slices_are_not_assessed() -> None:
     reason = outside_domain(DOMAIN, [_ds(thickness=7.0)], _volume(150))
     assert reason == "slice thickness 7.0 mm is above the 5 mm the model was trained on"

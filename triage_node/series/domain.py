@@ -27,6 +27,7 @@ from scipy import ndimage
 from triage_node.preprocess.volume import Volume
 
 NOT_ASSESSED = "not_assessed"
+THICKNESS_TOLERANCE_MM = 0.05
 
 _NEGATED = re.compile(r"non[- ]?contrast|without contrast|w/?o contrast|\bnc\b|nect|ncct|native|nativ\b|\bc-", re.I)
 _CONTRAST = re.compile(r"\bc\+|contrast|post[- ]?(gad|contrast)|\bcta\b|angio|\bkm\b|\bmit km\b|enhanced|\bce\b", re.I)
@@ -89,7 +90,9 @@ def outside_domain(domain: Mapping[str, Any], datasets: Sequence[Dataset], volum
     limit = domain.get("max_slice_thickness_mm")
     if limit is not None:
         t = slice_thickness_mm(datasets, volume)
-        if t > float(limit) + 1e-3:
+        # Compared at the 0.1 mm a scanner displays: a "5 mm" series whose header says 5.016 (a reformat, a slab
+        # computed from positions) is the 5 mm the model was trained on; 5.1 mm is not.
+        if t >= float(limit) + THICKNESS_TOLERANCE_MM:
             return f"slice thickness {t:.1f} mm is above the {float(limit):g} mm the model was trained on"
     if domain.get("contrast") is False and contrast_enhanced(first):
         return "contrast-enhanced series; the model was trained on non-contrast studies only"
