@@ -46,3 +46,22 @@ def test_keep_largest_component_and_min_area() -> None:
     # 100 px at 0.5 mm pixels is 25 mm^2: under a 30 mm^2 minimum the only kept component is dropped too.
     assert not keep_components(m, (5.0, 0.5, 0.5), min_area_mm2=30, max_components=1).any()
     assert not keep_components(np.zeros((2, 4, 4), bool), (1.0, 1.0, 1.0), 0.0).any()
+
+
+def test_a_rejected_large_component_does_not_hide_an_accepted_smaller_one() -> None:
+    m = np.zeros((3, 40, 40), bool)
+    m[1, 2:12, 2:12] = True  # 100 px: rejected (a mimic)
+    m[1, 20:25, 20:25] = True  # 25 px: accepted
+    m[1, 30:33, 30:33] = True  # 9 px: accepted, but only one component is kept
+    judged: list[int] = []
+
+    def accept(c: np.ndarray) -> bool:
+        judged.append(int(c.sum()))
+        return not c[1, 5, 5]
+
+    kept = keep_components(m, (5.0, 1.0, 1.0), min_area_mm2=5, max_components=1, accept=accept)
+    assert kept.sum() == 25 and kept[1, 22, 22]
+    assert judged == [100, 25]  # largest first, and no further than needed
+    assert keep_components(m, (5.0, 1.0, 1.0), 5, max_components=0, accept=accept).sum() == 34
+    # Without a test the rule is the old one: the largest, then the size rules.
+    assert keep_components(m, (5.0, 1.0, 1.0), 5, max_components=1).sum() == 100

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from triage_lab.synth.cases import CLASSES
+from triage_node.inference import slices
 from triage_node.inference.card import ModelCard
 from triage_node.inference.ich import IchAnalyzer, aggregate, key_slices
 from triage_node.preprocess.volume import Volume
@@ -64,3 +65,25 @@ def test_a_subtype_is_present_only_on_a_flagged_series(tiny_ich_dir: Path, phant
     out = IchAnalyzer(card).analyze(phantom_volume)
     assert not any(f.present for f in out.findings)
     assert all(f.probability > 0.0 for f in out.findings[1:])  # the scores are still recorded
+
+
+def test_a_series_noisier_than_the_training_data_is_smoothed_before_the_network(
+    tiny_ich_dir: Path, phantom_volume: Volume, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``input.noise_hu_max`` (the training cases' noise, written by ``tune-postprocess ich --noise-from-train``):
+    a series above it reaches the network smoothed back within it, one within it unchanged; no limit, no change."""
+    card = ModelCard.load(tiny_ich_dir / "model.yaml")
+    assert IchAnalyzer(card).noise_limit is None
+    hu = phantom_volume.pixels
+    assert IchAnalyzer(card).prepared(hu) is hu
+    size = int(card.input["size"])
+    noisy = hu + np.random.default_rng(0).normal(0, 60, hu.shape).astype(np.float32) * (hu > -500)
+    before = slices.noise_hu(noisy, size)
+    limit = before / 3
+    an = IchAnalyzer(dataclasses.replace(card, input=MappingProxyType({**card.input, "noise_hu_max": limit})))
+    assert an.prepared(hu) is hu or slices.noise_hu(hu, size) > limit
+    with caplog.at_level("INFO", logger="triage_node.inference.ich"):
+        smoothed = an.prepared(noisy)
+    assert slices.noise_hu(smoothed, size) <= limit < before
+    assert "above the" in caplog.text and "smoothed in-plane" in caplog.text
+    assert an.analyze(dataclasses.replace(phantom_volume, pixels=noisy)).findings[0].label == "any_hemorrhage"

@@ -103,6 +103,28 @@ def test_shipped_model_drops_a_lesion_not_dark_on_adc_and_keeps_an_infarct(thala
     assert not an.analyze(_with_b0(thalamus_case, raised)).findings[0].present
 
 
+def test_a_larger_unrestricted_bright_region_does_not_hide_the_infarct(thalamus_case: DwiCase) -> None:
+    """T2 shine-through larger than the infarct: bright on b=1000 as the infarct, but not dark on ADC. The ADC rule
+    judges every candidate before the largest is kept, so the patch is passed over and the infarct is still found
+    (the rule used to judge only the largest candidate, and the infarct went with it)."""
+    an = InfarctAnalyzer(ModelCard.load(MODELS / "infarct" / "model.yaml"))
+    v = dwi_volume(thalamus_case)
+    les = thalamus_case.mask
+    zc, yc, xc = np.argwhere(les).mean(axis=0)
+    zz, yy, xx = np.mgrid[: les.shape[0], : les.shape[1], : les.shape[2]]
+    sp = v.spacing  # a patch in the other hemisphere, 25 mm forward, about 4x the infarct
+    patch = ((zz - zc) * sp[0] / 6) ** 2 + ((yy - yc) * sp[1] + 25) ** 2 / 14**2 + (
+        (xx - (les.shape[2] - xc)) * sp[2] / 14
+    ) ** 2 < 1
+    pixels = np.where(patch, np.maximum(v.pixels, v.pixels[les].mean()), v.pixels).astype(np.float32)
+    adc = np.where(les, 450.0, np.where(patch, 1300.0, 800.0)).astype(np.float32)
+    vol = dataclasses.replace(v, pixels=pixels, companions={"b0": (pixels * np.exp(adc / 1000.0)).astype(np.float32)})
+    largest, _ = an.segmenter.segment(pixels, v.spacing)
+    assert (largest & patch).any()  # without the rule, the patch is the one lesion kept
+    f = an.analyze(vol).findings[0]
+    assert f.present and f.location == "right thalamus"
+
+
 def test_a_companion_must_match_the_volume() -> None:
     v = Volume(np.zeros((2, 4, 4), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0),
                ("1", "2"), "MR")

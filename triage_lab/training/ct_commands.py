@@ -237,6 +237,16 @@ def _tune_ich(a: argparse.Namespace) -> int:
     from triage_lab.training.evaluate import tune_ich_thresholds, write_ich_thresholds_to_card
     from triage_lab.training.synthdata import split_seeds
 
+    if a.noise_from_train:
+        from triage_lab.training.evaluate import training_noise_limit, write_noise_limit_to_card
+        from triage_node.inference.card import ModelCard
+
+        _ensure_cache(a, {"train": a.noise_from_train})
+        size = int(ModelCard.load(a.model_dir / "model.yaml").input["size"])
+        limit = training_noise_limit(a.cache, split_seeds("train", a.noise_from_train), size)
+        print(f"training noise at {size} px: {limit}")
+        if a.update_card:  # before the thresholds: they are chosen with the smoothing in place
+            write_noise_limit_to_card(a.model_dir, limit)
     tuned = tune_ich_thresholds(a.model_dir, a.cache, split_seeds("val", a.n_val), a.precision)
     print(
         f"{tuned['cases']} validation cases (seeds {tuned['seeds']}, {tuned['positive_cases']} with hemorrhage), "
@@ -318,6 +328,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="write the whole grid as JSON here")
     p.add_argument("--update-card", action="store_true", help="write the chosen values into model.yaml")
     p.add_argument("--version", default=None, help="ich, with --update-card: the card's new version")
+    p.add_argument(
+        "--noise-from-train", type=int, default=0, metavar="N",
+        help="ich: measure the noise of the first N training cases and, with --update-card, write its 95th "
+        "percentile as input.noise_hu_max (a noisier series is smoothed back to it) before choosing thresholds",
+    )
     precision_arg(p)
     p.set_defaults(func=cmd_tune_postprocess)
 

@@ -157,6 +157,46 @@ def evaluate_ich(
     return report
 
 
+NOISE_PERCENTILE = 95.0
+
+
+def training_noise_limit(
+    cache: Path, seeds: Sequence[int], size: int, percentile: float = NOISE_PERCENTILE
+) -> dict[str, Any]:
+    """The noise (HU at the network's input ``size``, :func:`~triage_node.inference.slices.noise_hu`) that bounds
+    ``percentile`` % of the training cases ``seeds``: the card's ``input.noise_hu_max``, above which the analyzer
+    smooths a series back into what the network has seen. Read from the training cases only."""
+    from triage_lab.training.synthdata import iter_cases
+    from triage_node.inference.slices import noise_hu, noise_sample
+
+    values = np.array([noise_hu(noise_sample(c.hu.astype(np.float32)), size) for c in iter_cases(cache, seeds)])
+    values = values[np.isfinite(values)]
+    return {
+        "noise_hu_max": round(float(np.percentile(values, percentile)), 2),
+        "percentile": percentile,
+        "cases": int(values.size),
+        "seeds": f"{min(seeds)}-{max(seeds)}",
+        "median": round(float(np.median(values)), 2),
+        "max": round(float(values.max()), 2),
+    }
+
+
+def write_noise_limit_to_card(model_dir: Path, limit: dict[str, Any]) -> None:
+    """Write a :func:`training_noise_limit` result into ``model.yaml``'s ``input`` (weights untouched)."""
+    path = model_dir / "model.yaml"
+    d = ModelCard.load(path).to_dict()
+    d["input"] = {
+        **d["input"],
+        "noise_hu_max": limit["noise_hu_max"],
+        "noise_from": (
+            f"the {limit['percentile']:g}th percentile of the training cases' soft-tissue pixel noise at the input "
+            f"size (seeds {limit['seeds']}, {limit['cases']} cases; median {limit['median']}, highest "
+            f"{limit['max']} HU); a noisier series is smoothed in-plane until it is within it (slices.match_noise)"
+        ),
+    }
+    ModelCard.from_dict(d, path).save(path)
+
+
 def tune_ich_thresholds(
     model_dir: Path, cache: Path, seeds: Sequence[int], precision: str = "auto", threads: int = 1
 ) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import logging
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -434,6 +434,29 @@ class OperatingGrid:
     tolerance: float = 0.005
 
 
+class _AdcJudge:
+    """The ADC rule for one case, with each component's ratio computed once however many grid points judge it."""
+
+    def __init__(self, dwi: np.ndarray, b0: np.ndarray, parts: tuple[np.ndarray, np.ndarray]) -> None:
+        self.dwi, self.b0, self.parts = dwi, b0, parts
+        self.ratios: dict[bytes, float | None] = {}
+
+    def ratio(self, component: np.ndarray) -> float | None:
+        from triage_node.inference.infarct import adc_ratio
+
+        key = np.packbits(component).tobytes()
+        if key not in self.ratios:
+            self.ratios[key] = adc_ratio(self.dwi, self.b0, component, self.parts)
+        return self.ratios[key]
+
+    def accept(self, limit: float) -> Callable[[np.ndarray], bool]:
+        def test(component: np.ndarray) -> bool:
+            r = self.ratio(component)
+            return r is None or r <= limit
+
+        return test
+
+
 def tune_infarct(
     model_dir: Path,
     cache: Path,
@@ -457,7 +480,7 @@ def tune_infarct(
 
     from triage_node.inference.card import ModelCard
     from triage_node.inference.cropgrid import keep_components
-    from triage_node.inference.infarct import InfarctAnalyzer, adc_parts, adc_ratio
+    from triage_node.inference.infarct import InfarctAnalyzer, adc_parts
 
     if not pos_seeds or not neg_seeds:
         raise ValueError("tune_infarct needs validation cases with and without infarct")
@@ -485,23 +508,17 @@ def tune_infarct(
         if use_adc and b0 is None:
             raise ValueError(f"tune_infarct: case {rec.seed} has no ADC map in the cache; delete it to regenerate")
         parts = adc_parts(rec.dwi, b0) if b0 is not None else None
-        ratios: dict[bytes, float | None] = {}  # many grid points give the same mask
+        judge = _AdcJudge(rec.dwi, b0, parts) if b0 is not None and parts is not None else None
         for g in grid.gates:
             prob = gated_probability(seg, gates, g, segmenter.grid, rec.dwi.shape[1:])
             for t in grid.segmentation:
                 raw = prob >= t
                 for a in grid.min_areas_mm2:
-                    m = keep_components(raw, rec.spacing, a, segmenter.max_components)
-                    ratio = None
-                    if b0 is not None and m.any():
-                        key = np.packbits(m).tobytes()
-                        if key not in ratios:
-                            ratios[key] = adc_ratio(rec.dwi, b0, m, parts)
-                        ratio = ratios[key]
                     for limit in grid.max_adc_ratios:
-                        kept = m
-                        if limit is not None and ratio is not None and ratio > limit:
-                            kept = np.zeros_like(m)
+                        # As InfarctAnalyzer applies the rule (infarct.restricted): every candidate component is
+                        # judged before the largest is kept.
+                        accept = judge.accept(limit) if judge is not None and limit is not None else None
+                        kept = keep_components(raw, rec.spacing, a, segmenter.max_components, accept=accept)
                         p = (g, t, a, limit)
                         if rec.region is None:
                             fps[p].append(bool(kept.any()))

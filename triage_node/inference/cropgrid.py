@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import ndimage
 
@@ -42,11 +44,16 @@ def keep_components(
     min_area_mm2: float,
     max_components: int = 1,
     min_extent_mm: float = 0.0,
+    accept: Callable[[np.ndarray], bool] | None = None,
 ) -> np.ndarray:
     """Keep the ``max_components`` largest 3-D connected components of ``mask`` (bool (z, y, x)), then drop any kept
     component whose largest in-plane cross-section is under ``min_area_mm2`` (the source study's minimum size, made
     independent of resolution) or whose through-plane extent (slices it spans x slice spacing) is under
-    ``min_extent_mm``. ``max_components=0`` keeps all. Returns bool (z, y, x)."""
+    ``min_extent_mm``. ``max_components=0`` keeps all. Returns bool (z, y, x).
+
+    ``accept`` judges each candidate (its bool mask) before the largest are taken: the components that pass the size
+    rules and ``accept`` compete, largest first, so a large rejected component (an artefact or a mimic) never hides a
+    smaller accepted one. It is called in size order and no more than needed."""
     lab, n = ndimage.label(mask)
     if n == 0:
         return np.zeros_like(mask, dtype=bool)
@@ -54,7 +61,7 @@ def keep_components(
     sizes[0] = 0
     order = np.argsort(sizes)[::-1]
     order = order[sizes[order] > 0]
-    if max_components > 0:
+    if max_components > 0 and accept is None:
         order = order[:max_components]
     # Voxels of every component on every slice, (n + 1, z), in one pass per slice (not one pass over the volume per
     # component: a noisy mask has hundreds).
@@ -62,4 +69,12 @@ def keep_components(
     area_ok = per_slice.max(axis=1) * (spacing[1] * spacing[2]) >= min_area_mm2
     extent_ok = (per_slice > 0).sum(axis=1) * spacing[0] >= min_extent_mm
     keep = order[area_ok[order] & extent_ok[order]]
+    if accept is not None:
+        accepted = []
+        for c in keep:
+            if accept(lab == c):
+                accepted.append(c)
+                if len(accepted) == max_components:
+                    break
+        keep = np.asarray(accepted, dtype=keep.dtype)
     return np.isin(lab, keep)

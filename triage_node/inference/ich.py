@@ -16,7 +16,7 @@ from triage_node.inference.card import ModelCard
 from triage_node.inference.nets import build_classifier, gradcam_layer
 from triage_node.inference.onnxrt import network
 from triage_node.inference.precision import autocast
-from triage_node.inference.slices import context_rows, window_resize, with_context
+from triage_node.inference.slices import context_rows, match_noise, window_resize, with_context
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
 
@@ -60,6 +60,10 @@ class IchAnalyzer(CardAnalyzer):
         self.thresholds = np.array([card.thresholds.get(c, 0.5) for c in self.classes], np.float32)
         self.aggregation = str(card.postprocess.get("aggregation", "top2_mean"))
         self.gradcam_max_slices = int(card.postprocess.get("gradcam_max_slices", 12))
+        # The noisiest series (HU at the input size, slices.noise_hu) the network was trained on; a noisier one is
+        # smoothed back to it (slices.match_noise). Absent on cards written before ich 2.4.0: nothing is smoothed.
+        limit = card.input.get("noise_hu_max")
+        self.noise_limit = None if limit is None else float(limit)
         self.batch = 32
         # Denormal floats in trained weights and activations slow CPU inference several-fold; flush them to zero.
         torch.set_flush_denormal(True)
@@ -78,13 +82,25 @@ class IchAnalyzer(CardAnalyzer):
             self._cam = GradCAM(nn_module=copy.deepcopy(self.torch_net), target_layers=gradcam_layer(self.arch))
         return self._cam
 
+    def prepared(self, hu: np.ndarray) -> np.ndarray:
+        """``hu`` brought within the noise the network was trained on (``input.noise_hu_max``; unchanged if none)."""
+        out, noise, sigma = match_noise(hu, self.size, self.noise_limit)
+        if sigma:
+            log.info(
+                "ich: series noise %.1f HU at %d px is above the %.1f HU the model was trained on; smoothed in-plane"
+                " (sigma %.2f px at %d px)", noise, self.size, self.noise_limit, sigma, self.size,
+            )
+        return out
+
     def inputs(self, hu: np.ndarray) -> torch.Tensor:
         """HU (z, y, x) -> network input (z, C, size, size)."""
-        return with_context(window_resize(hu, self.size), self.context)
+        return with_context(window_resize(self.prepared(hu), self.size), self.context)
 
-    def slice_probabilities(self, hu: np.ndarray) -> np.ndarray:
-        """Sigmoid probabilities float32 (z, 6) for each slice of ``hu`` (z, y, x)."""
-        win = window_resize(hu, self.size)  # the 2.5-D stack is built per batch: a long series never holds it whole
+    def slice_probabilities(self, hu: np.ndarray, prepared: bool = False) -> np.ndarray:
+        """Sigmoid probabilities float32 (z, 6) for each slice of ``hu`` (z, y, x); ``prepared``: ``hu`` already went
+        through :meth:`prepared`."""
+        # The 2.5-D stack is built per batch: a long series never holds it whole.
+        win = window_resize(hu if prepared else self.prepared(hu), self.size)
         out = []
         with torch.inference_mode(), autocast(self.precision, self.device.type):
             for i in range(0, win.shape[0], self.batch):
@@ -93,7 +109,8 @@ class IchAnalyzer(CardAnalyzer):
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), np.float32)
 
     def gradcam(self, hu: np.ndarray, slices: tuple[int, ...]) -> np.ndarray:
-        """Grad-CAM of ``any_hemorrhage`` on ``slices``: float32 (z, y, x) in [0, 1], zero on other slices."""
+        """Grad-CAM of ``any_hemorrhage`` on ``slices``: float32 (z, y, x) in [0, 1], zero on other slices. ``hu``:
+        as the network saw it (:meth:`prepared`)."""
         z, h, w = hu.shape
         heat = np.zeros((z, h, w), np.float32)
         if not slices:
@@ -111,7 +128,8 @@ class IchAnalyzer(CardAnalyzer):
 
     def analyze(self, volume: Volume) -> ModelOutput:
         t0 = time.monotonic()
-        p = self.slice_probabilities(volume.pixels)
+        hu = self.prepared(volume.pixels)
+        p = self.slice_probabilities(hu, prepared=True)
         series = aggregate(p, self.aggregation)
         findings = []
         any_present = bool(series[0] >= self.thresholds[0])
@@ -131,6 +149,6 @@ class IchAnalyzer(CardAnalyzer):
             )
         heatmaps: dict[str, np.ndarray] = {}
         if findings[0].present:
-            heatmaps["any_hemorrhage"] = self.gradcam(volume.pixels, findings[0].key_slices[: self.gradcam_max_slices])
+            heatmaps["any_hemorrhage"] = self.gradcam(hu, findings[0].key_slices[: self.gradcam_max_slices])
         log.debug("ich: %d slices in %.2fs", p.shape[0], time.monotonic() - t0)
         return ModelOutput(self.name, self.version, tuple(findings), heatmaps=heatmaps, seconds=time.monotonic() - t0)

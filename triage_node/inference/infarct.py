@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,29 @@ def adc_ratio(
     return float(np.median(lr[lesion])) / ref if ref > 0 else None
 
 
+def restricted(
+    b1000: np.ndarray, b0: np.ndarray, max_adc_ratio: float | None
+) -> Callable[[np.ndarray], bool] | None:
+    """The ADC rule as a test of one candidate lesion (bool (z, y, x)): True when its :func:`adc_ratio` is at most
+    ``max_adc_ratio`` or cannot be measured. Each candidate is judged before the largest is kept, so a large bright
+    region without restricted diffusion (T2 shine-through, an artefact) cannot hide a small true infarct. None when
+    there is no rule (``max_adc_ratio`` None) or no signal."""
+    if max_adc_ratio is None:
+        return None
+    parts = adc_parts(b1000, b0)
+    if parts is None:
+        return None
+
+    def accept(component: np.ndarray) -> bool:
+        ratio = adc_ratio(b1000, b0, component, parts)
+        if ratio is not None and ratio > max_adc_ratio:
+            log.debug("infarct: candidate ADC ratio %.2f > %.2f: not restricted, passed over", ratio, max_adc_ratio)
+            return False
+        return True
+
+    return accept
+
+
 class InfarctAnalyzer(CardAnalyzer):
     """Analyzer for a ``models/infarct`` card (a crop-grid segmenter card with ``finding_label: infarct``)."""
 
@@ -104,14 +128,9 @@ class InfarctAnalyzer(CardAnalyzer):
 
     def analyze(self, volume: Volume) -> ModelOutput:
         t0 = time.monotonic()
-        mask, gate = self.segmenter.segment(volume.pixels, volume.spacing)
         b0 = volume.companions.get("b0")
-        if self.max_adc_ratio is not None and b0 is not None and mask.any():
-            ratio = adc_ratio(volume.pixels, b0, mask)
-            if ratio is not None and ratio > self.max_adc_ratio:
-                # Bright on b=1000 without restricted diffusion: T2 shine-through or an artefact, not an acute infarct.
-                log.debug("infarct: lesion ADC ratio %.2f > %.2f: not restricted, dropped", ratio, self.max_adc_ratio)
-                mask = np.zeros_like(mask)
+        accept = restricted(volume.pixels, b0, self.max_adc_ratio) if b0 is not None else None
+        mask, gate = self.segmenter.segment(volume.pixels, volume.spacing, accept)
         present = bool(mask.any())
         location: Location | None = None
         if present:

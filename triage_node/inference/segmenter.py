@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -148,11 +149,17 @@ class CropGridSegmenter(CardAnalyzer):
         y0, x0 = (s - h) // 2, (s - w) // 2
         return seg[:, 0, y0 : y0 + h, x0 : x0 + w].numpy(), torch.cat(gates).numpy()
 
-    def segment(self, pixels: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, float]:
-        """Post-processed mask bool (z, y, x) and the gate probability backing it (max over the crops it touches)."""
+    def segment(
+        self,
+        pixels: np.ndarray,
+        spacing: tuple[float, float, float],
+        accept: Callable[[np.ndarray], bool] | None = None,
+    ) -> tuple[np.ndarray, float]:
+        """Post-processed mask bool (z, y, x) and the gate probability backing it (max over the crops it touches).
+        ``accept``: a test each candidate component must pass before the largest are kept (:func:`keep_components`)."""
         prob, gates = self.probabilities(pixels)
         mask = keep_components(
-            prob >= self.seg_threshold, spacing, self.min_area_mm2, self.max_components, self.min_extent_mm
+            prob >= self.seg_threshold, spacing, self.min_area_mm2, self.max_components, self.min_extent_mm, accept
         )
         z, h, w = pixels.shape
         if mask.any():

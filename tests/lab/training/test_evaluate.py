@@ -17,10 +17,12 @@ from triage_lab.training.evaluate import (
     PostprocessGrid,
     evaluate_ich,
     evaluate_segmenter,
+    training_noise_limit,
     tune_ich_thresholds,
     tune_segmenter_postprocess,
     write_ich_thresholds_to_card,
     write_metrics_to_card,
+    write_noise_limit_to_card,
     write_postprocess_to_card,
 )
 from triage_lab.training.ich_train import IchRecipe
@@ -254,6 +256,30 @@ def test_ich_thresholds_are_chosen_again_from_the_analyzers_scores(ich_dir: Path
     assert dict(card.thresholds) == tuned["chosen"]
     assert "500000-500001" in card.training["thresholds_from"]
     assert json.loads((ich_dir / "tune_thresholds.json").read_text())["chosen"] == tuned["chosen"]
+
+
+def test_the_noise_limit_is_read_off_the_training_cases_and_written_into_the_card(
+    ich_dir: Path, test_cache: Path
+) -> None:
+    """``tune-postprocess ich --noise-from-train``: the card's ``input.noise_hu_max`` is a percentile of the cases'
+    own noise at the network's input size, and the analyzer then smooths only what lies above it."""
+    from triage_lab.training.synthdata import load
+    from triage_node.inference.ich import IchAnalyzer
+    from triage_node.inference.slices import noise_hu, noise_sample
+
+    size = int(ModelCard.load(ich_dir / "model.yaml").input["size"])
+    limit = training_noise_limit(test_cache, TEST_SEEDS, size, percentile=100.0)
+    values = [noise_hu(noise_sample(load(test_cache, s).hu.astype(np.float32)), size) for s in TEST_SEEDS]
+    assert limit["noise_hu_max"] == pytest.approx(max(values), abs=0.01) and limit["cases"] == 3
+    sha = ModelCard.load(ich_dir / "model.yaml").sha256
+    write_noise_limit_to_card(ich_dir, limit)
+    card = ModelCard.load(ich_dir / "model.yaml")
+    assert card.input["noise_hu_max"] == limit["noise_hu_max"] and card.sha256 == sha
+    assert "900000-900002" in card.input["noise_from"]
+    an = IchAnalyzer(card)
+    for s in TEST_SEEDS:  # every case it was read off is within it: nothing the network was shown is smoothed
+        hu = load(test_cache, s).hu.astype(np.float32)
+        assert an.prepared(hu) is hu
 
 
 def test_tune_respects_the_false_positive_budget(seg_dir: Path, val_cache: Path) -> None:
