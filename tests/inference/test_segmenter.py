@@ -58,3 +58,26 @@ def test_laterality_follows_patient_axes() -> None:
     assert laterality(flipped, mask) == "right"
     mask[:, 15:20, 8:15] = True
     assert laterality(vol, mask) == "bilateral"
+
+
+def test_a_ct_series_noisier_than_the_training_data_is_smoothed_first(
+    tiny_seg_dir: Path, phantom_volume: Volume
+) -> None:
+    """``input.noise_hu_max`` on a CT segmenter card: a noisier series is segmented as ``slices.match_noise`` leaves
+    it, so the outline of a flagged noisy series comes from the same smoothed pixels the ich flag saw."""
+    from triage_node.inference.slices import match_noise, noise_hu
+
+    card = ModelCard.load(tiny_seg_dir / "model.yaml")
+    card = dataclasses.replace(card, thresholds=MappingProxyType({**card.thresholds, "gate": 0.0}))  # every crop
+    size = int(card.input["size"])
+    hu = phantom_volume.pixels
+    noisy = hu + np.random.default_rng(1).normal(0, 60, hu.shape).astype(np.float32) * (hu > -500)
+    limit = noise_hu(noisy, size) / 3
+    plain = CropGridSegmenter(card)
+    limited = CropGridSegmenter(
+        dataclasses.replace(card, input=MappingProxyType({**card.input, "noise_hu_max": limit}))
+    )
+    assert plain.noise_limit is None and limited.noise_limit == limit
+    expected = plain.probabilities(match_noise(noisy, size, limit)[0])[0]
+    np.testing.assert_allclose(limited.probabilities(noisy)[0], expected, atol=1e-6)
+    assert not np.allclose(plain.probabilities(noisy)[0], expected, atol=1e-6)

@@ -208,6 +208,8 @@ def cmd_tune_postprocess(a: argparse.Namespace) -> int:
     from triage_lab.training.synthdata import split_seeds
 
     _ensure_cache(a, {"val": a.n_val})
+    if a.noise_from_train:
+        _noise_limit(a)
     if a.model == "ich":
         return _tune_ich(a)
     grid = PostprocessGrid(max_fp_rate=a.max_fp_rate, tolerance=a.tolerance)
@@ -233,20 +235,26 @@ def cmd_tune_postprocess(a: argparse.Namespace) -> int:
     return 0
 
 
+def _noise_limit(a: argparse.Namespace) -> None:
+    """``--noise-from-train N``: the noise of the first N training cases at the model's input size; with
+    ``--update-card`` its 95th percentile goes into the card before anything is chosen, so the thresholds are chosen
+    with the smoothing in place."""
+    from triage_lab.training.evaluate import training_noise_limit, write_noise_limit_to_card
+    from triage_lab.training.synthdata import split_seeds
+    from triage_node.inference.card import ModelCard
+
+    _ensure_cache(a, {"train": a.noise_from_train})
+    size = int(ModelCard.load(a.model_dir / "model.yaml").input["size"])
+    limit = training_noise_limit(a.cache, split_seeds("train", a.noise_from_train), size)
+    print(f"training noise at {size} px: {limit}")
+    if a.update_card:
+        write_noise_limit_to_card(a.model_dir, limit)
+
+
 def _tune_ich(a: argparse.Namespace) -> int:
     from triage_lab.training.evaluate import tune_ich_thresholds, write_ich_thresholds_to_card
     from triage_lab.training.synthdata import split_seeds
 
-    if a.noise_from_train:
-        from triage_lab.training.evaluate import training_noise_limit, write_noise_limit_to_card
-        from triage_node.inference.card import ModelCard
-
-        _ensure_cache(a, {"train": a.noise_from_train})
-        size = int(ModelCard.load(a.model_dir / "model.yaml").input["size"])
-        limit = training_noise_limit(a.cache, split_seeds("train", a.noise_from_train), size)
-        print(f"training noise at {size} px: {limit}")
-        if a.update_card:  # before the thresholds: they are chosen with the smoothing in place
-            write_noise_limit_to_card(a.model_dir, limit)
     tuned = tune_ich_thresholds(a.model_dir, a.cache, split_seeds("val", a.n_val), a.precision)
     print(
         f"{tuned['cases']} validation cases (seeds {tuned['seeds']}, {tuned['positive_cases']} with hemorrhage), "
@@ -330,8 +338,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default=None, help="ich, with --update-card: the card's new version")
     p.add_argument(
         "--noise-from-train", type=int, default=0, metavar="N",
-        help="ich: measure the noise of the first N training cases and, with --update-card, write its 95th "
-        "percentile as input.noise_hu_max (a noisier series is smoothed back to it) before choosing thresholds",
+        help="measure the noise of the first N training cases at the model's input size and, with --update-card, "
+        "write its 95th percentile as input.noise_hu_max (a noisier CT series is smoothed back to it) before the "
+        "thresholds are chosen",
     )
     precision_arg(p)
     p.set_defaults(func=cmd_tune_postprocess)
