@@ -479,7 +479,7 @@ def tune_infarct(
     from tqdm import tqdm
 
     from triage_node.inference.card import ModelCard
-    from triage_node.inference.cropgrid import keep_components
+    from triage_node.inference.cropgrid import Components, keep_components
     from triage_node.inference.infarct import InfarctAnalyzer, adc_parts
 
     if not pos_seeds or not neg_seeds:
@@ -514,11 +514,14 @@ def tune_infarct(
             for t in grid.segmentation:
                 raw = prob >= t
                 for a in grid.min_areas_mm2:
+                    plain = keep_components(raw, rec.spacing, a, segmenter.max_components)
+                    judged = Components.of(raw, rec.spacing, a) if judge is not None else None
                     for limit in grid.max_adc_ratios:
                         # As InfarctAnalyzer applies the rule (infarct.restricted): every candidate component is
                         # judged before the largest is kept.
-                        accept = judge.accept(limit) if judge is not None and limit is not None else None
-                        kept = keep_components(raw, rec.spacing, a, segmenter.max_components, accept=accept)
+                        kept = plain
+                        if judged is not None and judge is not None and limit is not None:
+                            kept = judged.keep(segmenter.max_components, judge.accept(limit))
                         p = (g, t, a, limit)
                         if rec.region is None:
                             fps[p].append(bool(kept.any()))

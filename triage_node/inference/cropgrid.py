@@ -54,27 +54,56 @@ def keep_components(
     ``accept`` judges each candidate (its bool mask) before the largest are taken: the components that pass the size
     rules and ``accept`` compete, largest first, so a large rejected component (an artefact or a mimic) never hides a
     smaller accepted one. It is called in size order and no more than needed."""
-    lab, n = ndimage.label(mask)
-    if n == 0:
-        return np.zeros_like(mask, dtype=bool)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    order = np.argsort(sizes)[::-1]
-    order = order[sizes[order] > 0]
-    if max_components > 0 and accept is None:
-        order = order[:max_components]
-    # Voxels of every component on every slice, (n + 1, z), in one pass per slice (not one pass over the volume per
-    # component: a noisy mask has hundreds).
-    per_slice = np.stack([np.bincount(plane.ravel(), minlength=n + 1) for plane in lab], axis=1)
-    area_ok = per_slice.max(axis=1) * (spacing[1] * spacing[2]) >= min_area_mm2
-    extent_ok = (per_slice > 0).sum(axis=1) * spacing[0] >= min_extent_mm
-    keep = order[area_ok[order] & extent_ok[order]]
-    if accept is not None:
-        accepted = []
-        for c in keep:
-            if accept(lab == c):
-                accepted.append(c)
-                if len(accepted) == max_components:
-                    break
-        keep = np.asarray(accepted, dtype=keep.dtype)
-    return np.isin(lab, keep)
+    return Components.of(mask, spacing, min_area_mm2, min_extent_mm, max_components if accept is None else 0).keep(
+        max_components, accept
+    )
+
+
+class Components:
+    """The labelled components of a mask, largest first, that pass the size rules (:func:`keep_components`); split
+    out so that one labelling serves several selections (``tune-mr`` tries several ADC limits on one mask)."""
+
+    def __init__(self, lab: np.ndarray, order: np.ndarray) -> None:
+        self.lab, self.order = lab, order
+
+    @classmethod
+    def of(
+        cls,
+        mask: np.ndarray,
+        spacing: tuple[float, float, float],
+        min_area_mm2: float,
+        min_extent_mm: float = 0.0,
+        largest: int = 0,
+    ) -> Components:
+        """``largest`` > 0: only the ``largest`` biggest components are candidates, before the size rules (the rule
+        without an ``accept`` test)."""
+        lab, n = ndimage.label(mask)
+        if n == 0:
+            return cls(lab, np.zeros(0, np.int64))
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        order = np.argsort(sizes)[::-1]
+        order = order[sizes[order] > 0]
+        if largest > 0:
+            order = order[:largest]
+        # Voxels of every component on every slice, (n + 1, z), in one pass per slice (not one pass over the volume
+        # per component: a noisy mask has hundreds).
+        per_slice = np.stack([np.bincount(plane.ravel(), minlength=n + 1) for plane in lab], axis=1)
+        area_ok = per_slice.max(axis=1) * (spacing[1] * spacing[2]) >= min_area_mm2
+        extent_ok = (per_slice > 0).sum(axis=1) * spacing[0] >= min_extent_mm
+        return cls(lab, order[area_ok[order] & extent_ok[order]])
+
+    def keep(self, max_components: int = 0, accept: Callable[[np.ndarray], bool] | None = None) -> np.ndarray:
+        """bool mask of the first ``max_components`` candidates (0: all) that ``accept`` passes (all when None)."""
+        keep = self.order
+        if accept is not None:
+            accepted = []
+            for c in keep:
+                if accept(self.lab == c):
+                    accepted.append(c)
+                    if len(accepted) == max_components:
+                        break
+            keep = np.asarray(accepted, dtype=np.int64)
+        elif max_components > 0:
+            keep = keep[:max_components]
+        return np.isin(self.lab, keep)
