@@ -210,6 +210,8 @@ def cmd_tune_postprocess(a: argparse.Namespace) -> int:
     _ensure_cache(a, {"val": a.n_val})
     if a.noise_from_train:
         _noise_limit(a)
+        if a.noise_only:
+            return 0
     if a.model == "ich":
         return _tune_ich(a)
     grid = PostprocessGrid(max_fp_rate=a.max_fp_rate, tolerance=a.tolerance)
@@ -341,6 +343,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="measure the noise of the first N training cases at the model's input size and, with --update-card, "
         "write its 95th percentile as input.noise_hu_max (a noisier CT series is smoothed back to it) before the "
         "thresholds are chosen",
+    )
+    p.add_argument(
+        "--noise-only", action="store_true",
+        help="with --noise-from-train: write the noise limit and choose nothing else (the thresholds stay as they are)",
     )
     precision_arg(p)
     p.set_defaults(func=cmd_tune_postprocess)
