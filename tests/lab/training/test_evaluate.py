@@ -349,3 +349,16 @@ def test_shifted_settings_figures_live_beside_the_test_figures(ich_dir: Path, te
     write_metrics_to_card(ich_dir, report)  # a new test-split evaluation keeps the shifted figures
     card = ModelCard.load(ich_dir / "model.yaml")
     assert SHIFTED_KEY in card.metrics and card.metrics["held_out"]["seeds"] == "900000-900002"
+
+
+def test_tune_postprocess_noise_only_writes_the_limit_and_nothing_else(ich_dir: Path, tmp_path: Path) -> None:
+    """``triage-lab tune-postprocess ich --noise-from-train N --noise-only --update-card``: the card gets the training
+    cases' noise limit, and its thresholds are left as they were."""
+    from triage_lab.cli import main
+
+    before = ModelCard.load(ich_dir / "model.yaml")
+    rc = main(["tune-postprocess", "ich", "--model-dir", str(ich_dir), "--cache", str(tmp_path / "cache"),
+               "--n-val", "1", "--noise-from-train", "1", "--noise-only", "--update-card"])
+    after = ModelCard.load(ich_dir / "model.yaml")
+    assert rc == 0 and after.input["noise_hu_max"] > 0 and "seeds 0-0" in after.input["noise_from"]
+    assert dict(after.thresholds) == dict(before.thresholds) and after.version == before.version
