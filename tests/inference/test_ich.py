@@ -82,7 +82,7 @@ def test_a_series_noisier_than_the_training_data_is_smoothed_before_the_network(
     limit = before / 3
     an = IchAnalyzer(dataclasses.replace(card, input=MappingProxyType({**card.input, "noise_hu_max": limit})))
     assert an.prepared(hu) is hu or slices.noise_hu(hu, size) > limit
-    with caplog.at_level("INFO", logger="triage_node.inference.ich"):
+    with caplog.at_level("INFO", logger="triage_node.inference.slices"):
         smoothed = an.prepared(noisy)
     assert slices.noise_hu(smoothed, size) <= limit < before
     assert "above the" in caplog.text and "smoothed in-plane" in caplog.text

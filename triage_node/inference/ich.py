@@ -16,7 +16,7 @@ from triage_node.inference.card import ModelCard
 from triage_node.inference.nets import build_classifier, gradcam_layer
 from triage_node.inference.onnxrt import network
 from triage_node.inference.precision import autocast
-from triage_node.inference.slices import context_rows, match_noise, window_resize, with_context
+from triage_node.inference.slices import context_rows, noise_limit, window_resize, with_context, within_noise
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
 
@@ -62,8 +62,7 @@ class IchAnalyzer(CardAnalyzer):
         self.gradcam_max_slices = int(card.postprocess.get("gradcam_max_slices", 12))
         # The noisiest series (HU at the input size, slices.noise_hu) the network was trained on; a noisier one is
         # smoothed back to it (slices.match_noise). Absent on cards written before ich 2.4.0: nothing is smoothed.
-        limit = card.input.get("noise_hu_max")
-        self.noise_limit = None if limit is None else float(limit)
+        self.noise_limit = noise_limit(card.input)
         self.batch = 32
         # Denormal floats in trained weights and activations slow CPU inference several-fold; flush them to zero.
         torch.set_flush_denormal(True)
@@ -84,13 +83,7 @@ class IchAnalyzer(CardAnalyzer):
 
     def prepared(self, hu: np.ndarray) -> np.ndarray:
         """``hu`` brought within the noise the network was trained on (``input.noise_hu_max``; unchanged if none)."""
-        out, noise, sigma = match_noise(hu, self.size, self.noise_limit)
-        if sigma:
-            log.info(
-                "ich: series noise %.1f HU at %d px is above the %.1f HU the model was trained on; smoothed in-plane"
-                " (sigma %.2f px at %d px)", noise, self.size, self.noise_limit, sigma, self.size,
-            )
-        return out
+        return within_noise(hu, self.size, self.noise_limit, self.name)
 
     def inputs(self, hu: np.ndarray) -> torch.Tensor:
         """HU (z, y, x) -> network input (z, C, size, size)."""

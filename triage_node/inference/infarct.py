@@ -99,15 +99,15 @@ def restricted(
     """The ADC rule as a test of one candidate lesion (bool (z, y, x)): True when its :func:`adc_ratio` is at most
     ``max_adc_ratio`` or cannot be measured. Each candidate is judged before the largest is kept, so a large bright
     region without restricted diffusion (T2 shine-through, an artefact) cannot hide a small true infarct. None when
-    there is no rule (``max_adc_ratio`` None) or no signal."""
+    there is no rule (``max_adc_ratio`` None). The ln(S0/S1000) map is computed only once a candidate exists."""
     if max_adc_ratio is None:
         return None
-    parts = adc_parts(b1000, b0)
-    if parts is None:
-        return None
+    cached: list[tuple[np.ndarray, np.ndarray] | None] = []  # adc_parts, computed when a candidate is first judged
 
     def accept(component: np.ndarray) -> bool:
-        ratio = adc_ratio(b1000, b0, component, parts)
+        if not cached:
+            cached.append(adc_parts(b1000, b0))
+        ratio = adc_ratio(b1000, b0, component, cached[0]) if cached[0] is not None else None
         if ratio is not None and ratio > max_adc_ratio:
             log.debug("infarct: candidate ADC ratio %.2f > %.2f: not restricted, passed over", ratio, max_adc_ratio)
             return False

@@ -24,7 +24,7 @@ from triage_node.inference.cropgrid import keep_components
 from triage_node.inference.nets import build_segmenter
 from triage_node.inference.onnxrt import network
 from triage_node.inference.precision import autocast
-from triage_node.inference.slices import match_noise, square_pad, window_resize
+from triage_node.inference.slices import noise_limit, square_pad, window_resize, within_noise
 from triage_node.inference.types import Finding, ModelOutput
 from triage_node.preprocess.volume import Volume
 
@@ -109,8 +109,7 @@ class CropGridSegmenter(CardAnalyzer):
         self.seg_threshold = float(card.thresholds.get("segmentation", 0.5))
         # CT only: the noisiest series (HU at the input size) the network was trained on; a noisier one is smoothed
         # back to it first (slices.match_noise), as the ich analyzer does. Absent: nothing is smoothed.
-        limit = card.input.get("noise_hu_max") if self.kind == "ct_windows" else None
-        self.noise_limit = None if limit is None else float(limit)
+        self.noise_limit = noise_limit(card.input) if self.kind == "ct_windows" else None
         self.batch = 8  # slices per forward pass (x 16 crops)
         torch.set_flush_denormal(True)  # see IchAnalyzer: denormals slow CPU inference several-fold
         net = build_segmenter(int(arch["in_channels"]), int(arch.get("base", 16)))
@@ -139,12 +138,7 @@ class CropGridSegmenter(CardAnalyzer):
     def probabilities(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Gated segmentation probability float32 (z, y, x) aligned with ``pixels`` and gate probabilities (z, n*n)."""
         z, h, w = pixels.shape
-        pixels, noise, sigma = match_noise(pixels, self.size, self.noise_limit)
-        if sigma:
-            log.info(
-                "%s: series noise %.1f HU at %d px is above the %.1f HU the model was trained on; smoothed in-plane",
-                self.name, noise, self.size, self.noise_limit,
-            )
+        pixels = within_noise(pixels, self.size, self.noise_limit, self.name)
         x = normalise(pixels, self.kind, self.size)
         segs, gates = [], []
         with torch.inference_mode(), autocast(self.precision, self.device.type):

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
 from triage_node.preprocess.windows import three_windows
+
+log = logging.getLogger(__name__)
 
 
 def square_pad(hu: np.ndarray, fill: float = -1024.0) -> np.ndarray:
@@ -124,3 +130,20 @@ def match_noise(hu: np.ndarray, size: int, limit: float | None) -> tuple[np.ndar
             break
     out = ndimage.gaussian_filter(np.asarray(hu, np.float32), (0.0, chosen * scale, chosen * scale))
     return out, before, chosen
+
+
+def noise_limit(card_input: Mapping[str, Any]) -> float | None:
+    """A CT card's ``input.noise_hu_max`` (the noisiest series its network was trained on), or None when absent."""
+    limit = card_input.get("noise_hu_max")
+    return None if limit is None else float(limit)
+
+
+def within_noise(hu: np.ndarray, size: int, limit: float | None, model: str) -> np.ndarray:
+    """:func:`match_noise` for an analyzer: the pixels to use, and one INFO line (no patient data) when smoothed."""
+    out, noise, sigma = match_noise(hu, size, limit)
+    if sigma:
+        log.info(
+            "%s: series noise %.1f HU at %d px is above the %.1f HU the model was trained on; smoothed in-plane"
+            " (sigma %.2f px at %d px)", model, noise, size, limit, sigma, size,
+        )
+    return out
