@@ -218,7 +218,11 @@ class StorageSCP:
         self.server.shutdown()
         self.server.server_close()
         for assoc in list(self.ae.active_associations):
-            assoc.join(timeout=timeout_s)
+            # Only an established association can have a C-STORE in flight. One that never got there (a peer that
+            # sent garbage or half a request) waits in pynetdicom for scp.acse_timeout_s; its thread is a daemon
+            # thread, and an instance that arrives on it after this point is refused by the stopped committer.
+            if assoc.is_established:
+                assoc.join(timeout=timeout_s)
         self.committer.stop(timeout_s)
         self.server = None
 
