@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from triage_node.inference.card import ModelCard, sha256_file
 from triage_node.inference.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class OrtNet:
         return self
 
     def __call__(self, x: torch.Tensor) -> Any:
+        import torch
+
         outs = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})
         tensors = tuple(torch.from_numpy(o) for o in outs)
         return tensors[0] if len(tensors) == 1 else tensors

@@ -15,20 +15,28 @@ changes results more than bf16 does, so ``auto`` never picks it: each card state
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside each function: a node that runs no model (a receive or send node, a work node whose
+# pipelines are empty) never loads it.
 
 Precision = Literal["auto", "fp32", "bf16", "int8"]
 
 
 def native_bf16() -> bool:
     """True when this CPU has bf16 matrix instructions (AMX tiles or AVX512-BF16)."""
+    import torch
+
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
 def cuda_bf16() -> bool:
     """True when the current CUDA device computes bf16 natively (compute capability 8.0 and later: A100, H100, ...)."""
+    import torch
+
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
 
 
@@ -37,6 +45,8 @@ def resolve(precision: str, device: str = "cpu") -> str:
     (int8: CPU only)."""
     if precision not in ("auto", "fp32", "bf16", "int8"):
         raise ValueError(f"precision must be auto, fp32, bf16 or int8, got {precision!r}")
+    import torch
+
     kind = torch.device(device).type
     if precision == "int8" and kind != "cpu":
         raise ValueError(f"precision int8 runs on the CPU (ONNX Runtime), not on device {device!r}")
@@ -50,6 +60,8 @@ def resolve(precision: str, device: str = "cpu") -> str:
 def check_device(device: str) -> torch.device:
     """The torch device for ``models.device``; raise ValueError saying why it cannot be used (a CUDA device on a
     torch built without CUDA, or with no GPU visible, or an index past the last GPU)."""
+    import torch
+
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
@@ -71,6 +83,8 @@ def set_tf32_policy() -> None:
     """TF32, set explicitly rather than left to torch's defaults: off. ``fp32`` means float32 matmuls and
     convolutions on a GPU too (the precision the cards' evaluations were run in); the fast GPU path is ``bf16``
     (``auto`` picks it where the GPU computes bf16 natively)."""
+    import torch
+
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
@@ -80,4 +94,6 @@ def autocast(precision: str, device: str = "cpu") -> AbstractContextManager[obje
     """The context a network's forward pass runs in for a resolved ``precision`` (``fp32`` | ``bf16`` | ``int8``)."""
     if precision in ("fp32", "int8"):
         return nullcontext()
+    import torch
+
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)

@@ -182,7 +182,10 @@ class StorageSCP:
             server_class=ReusePortServer if self.cfg.reuse_port else NoDelayServer,
             request_handler=self._request_handler(),
         )
-        self._thread = threading.Thread(target=self.server.serve_forever, name="scp-acceptor", daemon=True)
+        # socketserver checks for shutdown() once per poll interval (0.5 s by default): a stop waits at most 0.1 s.
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, name="scp-acceptor", daemon=True
+        )
         self._thread.start()
         log.info(
             "SCP %s listening on %s:%d (max %d associations, %s, %s transport)",
