@@ -24,6 +24,7 @@ NO_MODELS = {"TRIAGE_NODE__MODELS__PIPELINES": json.dumps({"ct_head": [], "mr_sw
 def _send_all(port: int, paths: list[Path], acked: list[str]) -> None:
     """Send with pynetdicom, recording each SOP Instance UID the SCP answered with success; stops when the peer dies."""
     ae = AE("PARALLEL")
+    ae.dimse_timeout = 10  # a sender the kill leaves waiting for a response gives up after this (the default is 30 s)
     ae.add_requested_context(CT, "1.2.840.10008.1.2.1")
     assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE_NODE")
     if not assoc.is_established:

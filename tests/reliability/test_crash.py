@@ -65,7 +65,9 @@ def _kill_in_phase(d: Daemon, phase: str, paths: list[Path], series_uid: str, rn
     seen = {p.parent for p in results.glob("job-*/masks.npz")} if results.exists() else set()
     if phase == "receive":
         k = rng.randint(1, len(paths) - 2)
-        sender = threading.Thread(target=send_files, args=(d.port, paths, sent), daemon=True)
+        # 10 s: a C-STORE is answered in milliseconds, and the sender the kill leaves waiting gives up sooner.
+        sender = threading.Thread(target=send_files, args=(d.port, paths, sent), kwargs={"timeout_s": 10},
+                                  daemon=True)
         sender.start()
         hit = _poll(lambda: len(sent.acked) >= k, timeout=60, interval=0.001)
         d.kill()

@@ -131,8 +131,13 @@ class SendLog:
 
 def send_files(port: int, paths: Sequence[Path], log: SendLog | None = None, calling: str = "MODALITY",
                called: str = "TRIAGE_NODE", sop_class: str = CTImageStorage,
-               transfer_syntaxes: Sequence[str] = ("1.2.840.10008.1.2.1",), tls: Any = None) -> SendLog:
-    """Send files over one association with pynetdicom (raw bytes, as stored); record every status."""
+               transfer_syntaxes: Sequence[str] = ("1.2.840.10008.1.2.1",), tls: Any = None,
+               timeout_s: float = 30) -> SendLog:
+    """Send files over one association with pynetdicom (raw bytes, as stored); record every status.
+
+    ``timeout_s``: pynetdicom's ACSE, DIMSE and network timeouts. A sender whose peer is killed while it waits for a
+    C-STORE response waits out the DIMSE timeout before it gives up (pynetdicom is not woken by the closed
+    connection there), so a test that kills the daemon under a sender passes a shorter one."""
     from pydicom.filereader import read_file_meta_info
     from pynetdicom import _config
 
@@ -140,7 +145,7 @@ def send_files(port: int, paths: Sequence[Path], log: SendLog | None = None, cal
     _config.STORE_SEND_CHUNKED_DATASET = True
     log = log if log is not None else SendLog()
     ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context(sop_class, list(transfer_syntaxes))
     assoc = ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls)
     if not assoc.is_established:
