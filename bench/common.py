@@ -84,8 +84,8 @@ def machine() -> dict[str, Any]:
         "load_avg_1m_at_start": os.getloadavg()[0],
         "dcmtk": version(["storescu", "--version"]).strip("$ "),
         "orthanc": version(["/usr/sbin/Orthanc", "--version"]),
-        "note": "2 cores shared with model trainings running in the background: figures are noisy; peers measured "
-        "in the same run",
+        "note": "a virtual machine whose disk and cores are shared with other tenants: single runs move by up to 2x "
+        "(a flush can stall for seconds); peers are measured in the same run, interleaved, and medians reported",
     }
 
 
