@@ -36,7 +36,7 @@ peers:
 	fi
 
 test: $(STAMP) peers lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)  # the slowest tests, for the 20-minute CI budget
 
 lint: $(STAMP)
 	$(BIN)/ruff check triage_node triage_lab tests bench
