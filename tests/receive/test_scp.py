@@ -321,11 +321,10 @@ def test_a_peer_that_never_completes_negotiation_does_not_hold_up_the_stop(tmp_p
     """Garbage instead of an A-ASSOCIATE-RQ gets an A-ABORT at once; it and a request cut off halfway leave threads
     that pynetdicom keeps for the ACSE timeout, and the stop must not wait for them (a stop waits only for
     established associations, which can have a C-STORE in flight)."""
-    import socket
-    import struct
     import time
 
     from peers import free_port
+    from reliability_support import garbage_association, half_association
 
     from triage_node.worklist.db import make_engine, migrate, session_factory
 
@@ -335,11 +334,8 @@ def test_a_peer_that_never_completes_negotiation_does_not_hold_up_the_stop(tmp_p
     scp = StorageSCP(cfg, Spool(tmp_path / "spool"), session_factory(engine), ReceiveHooks())
     scp.start()
     try:
-        with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as garbage:
-            garbage.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)) * 8)
-            assert garbage.recv(10)[:1] == b"\x07"  # A-ABORT
-        with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as half:
-            half.sendall(struct.pack(">BBL", 0x01, 0x00, 4096) + b"\x00\x01\x00\x00" + b"TRIAGE_NODE     ")
+        assert garbage_association(scp.port)[:1] == b"\x07"  # A-ABORT
+        half_association(scp.port)
         assert echoscu(scp.port).returncode == 0
     finally:
         started = time.monotonic()

@@ -3,8 +3,6 @@ skipped job with its reason; raw garbage on the port does no harm; a normal stud
 
 from __future__ import annotations
 
-import socket
-import struct
 from pathlib import Path
 
 import pytest
@@ -12,29 +10,22 @@ from hostile_corpus import ENHANCED_CT, Case, build_corpus, enhanced_ct
 from peers import wait_for
 from pydicom import dcmread
 from pynetdicom import AE
-from reliability_support import Figures, echo, job_rows, new_daemon, phantom_series, send_files, stub_models
+from reliability_support import (
+    Figures,
+    echo,
+    garbage_association,
+    half_association,
+    job_rows,
+    new_daemon,
+    phantom_series,
+    send_files,
+    stub_models,
+)
 
 # SQLite only: fault injection, doubled by transport already; PostgreSQL's is test_multinode.py
 pytestmark = pytest.mark.reliability
 
 TERMINAL = {"delivered", "rejected", "skipped", "dead_letter", "failed"}
-
-
-def _garbage_association(port: int) -> None:
-    """Garbage instead of an A-ASSOCIATE-RQ: the node answers with an A-ABORT (or closes) at once."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)) * 8)
-        try:
-            answer = s.recv(4096)
-        except ConnectionResetError:
-            answer = b""
-        assert answer[:1] in (b"", b"\x07"), answer[:16]
-
-
-def _half_association(port: int) -> None:
-    # An A-ASSOCIATE-RQ header that promises 4096 bytes, 20 of them sent, then the peer vanishes.
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(struct.pack(">BBL", 0x01, 0x00, 4096) + b"\x00\x01\x00\x00" + b"TRIAGE_NODE     ")
 
 
 def _context_rejected(port: int, case: Case) -> bool:
@@ -63,8 +54,8 @@ def test_hostile_corpus_gets_the_right_answers_and_a_normal_study_still_goes_thr
     try:
         for i, case in enumerate(cases):
             if i == len(cases) // 2:  # the normal study arrives in the middle of the hostile traffic
-                _garbage_association(d.port)
-                _half_association(d.port)
+                garbage_association(d.port)
+                half_association(d.port)
                 assert send_files(d.port, normal).acked == {str(dcmread(p).SOPInstanceUID) for p in normal}
             if case.expect == "context":
                 assert _context_rejected(d.port, case), case.name

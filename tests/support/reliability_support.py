@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import re
+import socket
+import struct
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -199,6 +201,25 @@ def results_in_orthanc(orthanc: Any) -> dict[str, Counter[str]]:
         study = orthanc.get(f"/studies/{series['ParentStudy']}")["MainDicomTags"]["StudyInstanceUID"]
         out.setdefault(study, Counter())[modality] += len(series["Instances"])
     return out
+
+
+def garbage_association(port: int) -> bytes:
+    """Garbage instead of an A-ASSOCIATE-RQ: the node answers with an A-ABORT (or closes) at once; returns the
+    answer's first bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)) * 8)
+        try:
+            answer = s.recv(4096)
+        except ConnectionResetError:
+            answer = b""
+        assert answer[:1] in (b"", b"\x07"), answer[:16]
+        return answer[:16]
+
+
+def half_association(port: int) -> None:
+    # An A-ASSOCIATE-RQ header that promises 4096 bytes, 20 of them sent, then the peer vanishes.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(struct.pack(">BBL", 0x01, 0x00, 4096) + b"\x00\x01\x00\x00" + b"TRIAGE_NODE     ")
 
 
 __all__ = ["ROOT", "MRImageStorage"]
