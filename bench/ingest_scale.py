@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--associations", type=int, default=4)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated substrings of the settings to run, e.g. dcmtk,postgresql")
     args = ap.parse_args(argv)
     from common import ct_series
     from pgserver import start_server
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     for backend in ("postgresql", "sqlite"):
         for processes in (1, 2):
             settings[f"triage-node {backend} x{processes}"] = triage(backend, processes)
+    if args.only:
+        keep = args.only.split(",")
+        settings = {k: v for k, v in settings.items() if any(w in k for w in keep)}
     times: dict[str, list[float]] = {k: [] for k in settings}
     skipped: dict[str, str] = {}
     try:
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(pg, str):
             pg.stop("immediate")
             shutil.rmtree(pg.folder, ignore_errors=True)
-    dc = median(times["dcmtk"])
+    dc = median(times["dcmtk"]) if times.get("dcmtk") else float("nan")
     rows: list[dict[str, Any]] = []
     for name in settings:
         if name in skipped:
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{row['receiver']:28s} {row['images_per_s']:8.1f} images/s {row['mb_per_s']:7.1f} MB/s "
                   f"{row['ratio_to_dcmtk']:6.3f} x DCMTK")
-    if not args.no_write:
+    if not args.no_write and not args.only:  # a partial run never replaces the full record
         path = write_result("ingest_scale", {
             "slices": n, "matrix": args.size, "megabytes": round(total_mb, 1), "repeats": args.repeats,
             "associations": args.associations,

@@ -13,7 +13,7 @@ from triage_lab.synth.dicom import write_series
 from triage_lab.synth.phantom import phantom_head
 from triage_node.receive import precompiled_sql
 from triage_node.receive.header import parse_header
-from triage_node.receive.records import StudyIds, record_instance
+from triage_node.receive.records import RowIds, record_instance
 from triage_node.receive.spool import sha256
 from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
 from triage_node.worklist.models import Instance, Series
@@ -31,7 +31,7 @@ def _engine(path: Path) -> Engine:
 
 def _receive_all(engine: Engine, data: list[bytes]) -> dict[str, list[tuple[object, ...]]]:
     sessions = session_factory(engine)
-    cache = StudyIds()
+    cache = RowIds()
     headers = [parse_header(d, CT, None) for d in data]
     changed = data[0][:-2] + b"\x01\x00"  # same SOP Instance UID, different bytes: a new version
     steps = [(h, d) for h, d in zip(headers, data, strict=True)] + [(headers[0], data[0]), (headers[0], changed)]

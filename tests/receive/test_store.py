@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from triage_lab.synth.dicom import write_series
 from triage_lab.synth.phantom import phantom_head
 from triage_node.receive.header import Refused, parse_header
-from triage_node.receive.records import GroupCommitter, Pending, StudyIds, record_instance
+from triage_node.receive.records import GroupCommitter, Pending, RowIds, record_instance
 from triage_node.receive.spool import Spool, sha256
 from triage_node.worklist.db import make_engine, migrate, session_factory, transaction
 from triage_node.worklist.models import Instance, Job, Series, Study
@@ -58,7 +58,7 @@ def test_pixel_bytes_cut_short_in_the_stream_are_refused(series4) -> None:  # ty
 
 
 def test_record_instance_counts_dedups_versions_and_reopens(sessions, series4) -> None:  # type: ignore[no-untyped-def]
-    cache = StudyIds()
+    cache = RowIds()
     headers = [parse_header(d, CT, None) for d in series4]
 
     def record(i: int, sha: str | None = None):  # type: ignore[no-untyped-def]
@@ -84,7 +84,7 @@ def test_record_instance_counts_dedups_versions_and_reopens(sessions, series4) -
 
 def test_a_stale_study_id_in_the_cache_is_looked_up_again(sessions, series4) -> None:  # type: ignore[no-untyped-def]
     header = parse_header(series4[0], CT, None)
-    cache = StudyIds()
+    cache = RowIds()
     cache.put(header.study_uid, 999)  # no such row
     with transaction(sessions) as s:
         record_instance(s, header, "p0", 1, "a" * 64, "AE", NOW, cache)

@@ -117,3 +117,33 @@ class PrecompiledConnection:
             value = params[name] if name in params else compiled.fixed[name]
             out.append(proc(value) if proc is not None else value)
         return out
+
+
+@dataclass(frozen=True)
+class PgCompiled:
+    """A Core statement compiled once for psycopg (``%(name)s`` parameters), to run on psycopg's own cursor, e.g. in
+    a pipeline, which SQLAlchemy does not offer. ``params`` applies SQLAlchemy's bind processors (``UTCDateTime``)
+    and the values bound in the statement itself."""
+
+    sql: str
+    compiled: Any
+
+    def params(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        procs = self.compiled._bind_processors
+        out = self.compiled.construct_params(dict(values), _check=False)
+        return {k: procs[k](v) if k in procs else v for k, v in out.items()}
+
+
+_PG_COMPILED: dict[tuple[int, int, tuple[str, ...]], PgCompiled] = {}
+
+
+def pg_compiled(stmt: Executable, dialect: Dialect, keys: Sequence[str] = ()) -> PgCompiled:
+    """``stmt`` compiled for ``dialect`` (a psycopg dialect); ``keys``: the columns an INSERT gives values for."""
+    key = (id(stmt), id(dialect), tuple(keys))
+    found = _PG_COMPILED.get(key)
+    if found is None:
+        compiled = stmt.compile(dialect=dialect, column_keys=list(keys) if keys else None)  # type: ignore[attr-defined]
+        if getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None):
+            raise ValueError("a statement with Python-side defaults cannot run outside SQLAlchemy")
+        found = _PG_COMPILED[key] = PgCompiled(compiled.string, compiled)
+    return found
