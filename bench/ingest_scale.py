@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--associations", type=int, default=4)
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated substrings of the settings to run, e.g. dcmtk,postgresql")
+    ap.add_argument("--only", default="", help="run only the settings that contain one of these (comma-separated)")
     args = ap.parse_args(argv)
     from common import ct_series
     from pgserver import start_server
