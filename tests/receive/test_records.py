@@ -258,3 +258,14 @@ def test_two_receivers_store_one_series_at_once_and_count_each_instance_once(pos
             assert s.scalars(select(Job.instances)).all() == [24]
         for c in committers:
             c.stop()
+
+
+def test_a_single_instance_with_a_remembered_series_row_that_is_gone_is_stored(postgres, headers) -> None:  # type: ignore[no-untyped-def]
+    with postgres.database() as url:
+        committer = GroupCommitter(_sessions(url), lambda: NOW)
+        committer.start()
+        committer.series_ids.put(headers[0].series_uid, 999)  # no such row
+        item = _pending((headers[0], "a" * 64))
+        committer._commit_group([item])
+        assert item.error is None and item.result is not None and not item.result.duplicate
+        committer.stop()
