@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,35 @@ from common import (
     storescu_folders,
     write_result,
 )
+
+SPLITS: dict[str, list[list[int]]] = {}  # setting -> per round, how many associations each receive process held
+
+
+def association_split(port: int, after_s: float = 0.7) -> Callable[[], list[int]]:
+    """Starts watching ``port``; the returned call gives how many established associations each process held
+    ``after_s`` into the run (``ss``), largest first: how SO_REUSEPORT spread them."""
+    import re
+    import subprocess
+    import threading
+    from collections import Counter
+
+    found: list[int] = []
+
+    def sample() -> None:
+        time.sleep(after_s)
+        out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+                             capture_output=True, text=True).stdout
+        found.extend(sorted(Counter(re.findall(r"pid=(\d+)", out)).values(), reverse=True))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+
+    def result() -> list[int]:
+        thread.join()
+        return found
+
+    return result
+
 
 INGEST_ENV = {**NO_MODELS, "TRIAGE_NODE__SERIES__QUIET_PERIOD_S": "3600", "TRIAGE_NODE__WEB__ENABLED": "false"}
 
@@ -93,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 db = contextlib.nullcontext(f"sqlite:///{work / 'db' / 'triage.db'}")
             with db as url, receivers(work, url, processes) as nodes:
+                split = association_split(nodes[0].port)
                 s = storescu_folders(nodes[0].port, folders, "TRIAGE_NODE")
+                SPLITS.setdefault(f"triage-node {backend} x{processes}", []).append(split())
                 stored = nodes[0].sql("select count(*) from instances")[0][0]
             shutil.rmtree(work, ignore_errors=True)
             if stored != n:
@@ -120,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                 except PeerMissing as exc:
                     skipped[name] = str(exc)
                     continue
-                print(f"  {name:28s} run {rep + 1}: {n / times[name][-1]:7.1f} images/s", flush=True)
+                split = f"  associations per process {SPLITS[name][-1]}" if name in SPLITS else ""
+                print(f"  {name:28s} run {rep + 1}: {n / times[name][-1]:7.1f} images/s{split}", flush=True)
     finally:
         if not isinstance(pg, str):
             pg.stop("immediate")
@@ -134,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         s = median(times[name])
         rows.append({"receiver": name, "associations": args.associations, "seconds_median": round(s, 3),
                      "seconds_all": [round(t, 3) for t in times[name]], "images_per_s": round(n / s, 1),
-                     "mb_per_s": round(total_mb / s, 1), "ratio_to_dcmtk": round(dc / s, 3)})
+                     "mb_per_s": round(total_mb / s, 1), "ratio_to_dcmtk": round(dc / s, 3),
+                     **({"associations_per_process": SPLITS[name]} if name in SPLITS else {})})
     print(f"\ningest, {args.associations} associations: {n} slices of {args.size}x{args.size} ({total_mb:.0f} MB), "
           f"median of {args.repeats}")
     for row in rows:
