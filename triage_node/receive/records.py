@@ -330,8 +330,8 @@ def record_group_pg(
     series_ids: RowIds[int],
 ) -> None:
     """Record every instance of ``group`` in the caller's transaction in two round trips to the server (and the
-    commit's), whatever its size, and set each item's ``result`` as ``record_instance`` one after the other would (duplicates, new versions,
-    a completed series reopened, the declared size reached).
+    commit's), whatever its size, and set each item's ``result`` as ``record_instance`` one after the other would
+    (duplicates, new versions, a completed series reopened, the declared size reached).
 
     On PostgreSQL each statement is a round trip to a server that the other receive processes share, and
     ``record_instance`` takes eight per instance. Here they go out in two psycopg pipelines. The first locks the
