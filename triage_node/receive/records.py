@@ -118,9 +118,10 @@ _INSERT_SERIES_PG = (
     pg_insert(_series).on_conflict_do_nothing(index_elements=[_series.c.series_instance_uid]).returning(_series.c.id)
 )
 
-# A whole group at once (PostgreSQL, ``record_group_pg``): the study and series rows are upserted, which locks them
-# and returns them whether this transaction inserted them or not (the series finds its study's id by a subquery, so
-# both go out in one pipeline), and the group's earlier versions are read in one statement under those locks.
+# A whole group at once (PostgreSQL, ``record_group_pg``): study and series rows the process does not know yet are
+# upserted, which locks them and returns them whether this transaction inserted them or not (the series finds its
+# study's id by a subquery, so both go out in one pipeline), and the group's earlier versions are read in one
+# statement under those locks.
 _study_row, _series_row = pg_insert(_studies), pg_insert(_series)
 _UPSERT_STUDY_PG = _study_row.on_conflict_do_update(
     index_elements=[_studies.c.study_instance_uid],
@@ -136,11 +137,6 @@ _UPSERT_SERIES_PG = _series_row.on_conflict_do_update(
 _SELECT_GROUP_VERSIONS = select(
     _instances.c.id, _instances.c.series_id, _instances.c.sha256, _instances.c.sop_instance_uid
 ).where(_instances.c.sop_instance_uid == any_(bindparam("p_sops", type_=ARRAY(String))))
-_TOUCH_STUDY_PG = (
-    update(_studies)
-    .where(_studies.c.id == bindparam("p_id"))
-    .values(last_received_at=func.greatest(_studies.c.last_received_at, bindparam("p_now", type_=UTCDateTime)))
-)
 _LOCK_SERIES_PG = (
     select(_series.c.id, _series.c.state, _series.c.expected_instances, _series.c.received_instances)
     .where(_series.c.id == bindparam("p_id"))
@@ -373,7 +369,7 @@ def record_group_pg(
                     new_studies[p.header.study_uid] = cursor = raw.cursor()
                     run(cursor, _UPSERT_STUDY_PG, values, list(values))
                 elif now - known[1] >= STUDY_TOUCH_INTERVAL:
-                    run(raw.cursor(), _TOUCH_STUDY_PG, {"p_id": known[0], "p_now": now})
+                    run(raw.cursor(), _TOUCH_STUDY, {"p_id": known[0], "p_now": now})
                     studies.put(p.header.study_uid, (known[0], now))
             series_cursors = {}
             for uid in sorted(first):
