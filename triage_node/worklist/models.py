@@ -137,7 +137,9 @@ class Series(Base):
     expected_instances: Mapped[int | None] = mapped_column(Integer)
     received_instances: Mapped[int] = mapped_column(Integer, default=0)
     first_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # Not indexed: no query needs it, and an unindexed column keeps each receive group's update of this row a
+    # heap-only (HOT) update on PostgreSQL (migration 0006).
+    last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING.value, index=True)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # Incremented each time a late instance reopens a completed series; each completion makes a job of that version.
@@ -154,7 +156,8 @@ class Instance(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
-    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    # Looked up through the unique (sop_instance_uid, sha256) index, which starts with it.
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     instance_number: Mapped[int | None] = mapped_column(Integer)
