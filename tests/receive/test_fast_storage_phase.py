@@ -188,6 +188,7 @@ def test_a_write_error_while_receiving_gives_out_of_resources_and_no_partial_fil
 
     monkeypatch.setattr(os, "write", full_disk)
     assert int(assoc.send_c_store(dcmread(series[0])).Status) == 0xA700
+    assert scp.committer._arriving == 0  # its announcement to the committer was withdrawn
     monkeypatch.undo()
     assert int(assoc.send_c_store(dcmread(series[1])).Status) == 0
     assoc.release()

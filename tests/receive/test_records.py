@@ -269,3 +269,62 @@ def test_a_single_instance_with_a_remembered_series_row_that_is_gone_is_stored(p
         committer._commit_group([item])
         assert item.error is None and item.result is not None and not item.result.duplicate
         committer.stop()
+
+
+def _leader(committer: GroupCommitter, item: Pending) -> threading.Thread:
+    """A thread that hands ``item`` in and so leads the next group; returned once it waits for joiners."""
+    import time
+
+    leader = threading.Thread(target=committer.commit, args=(item,))
+    leader.start()
+    deadline = time.monotonic() + 30
+    while not committer._joining and leader.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return leader
+
+
+def _waits_long(committer: GroupCommitter) -> None:
+    # The wait then ends by what the test does, never by its bound.
+    committer.JOIN_WAIT_MAX_S = committer._commit_s = 60.0
+
+
+def test_on_postgresql_an_instance_being_made_durable_joins_the_group_that_starts_meanwhile(postgres, headers) -> None:  # type: ignore[no-untyped-def]
+    with postgres.database() as url:
+        committer = GroupCommitter(_sessions(url), lambda: NOW)
+        committer.start()
+        _waits_long(committer)
+        committer.announce()  # another association is fsyncing its file
+        leader = _leader(committer, _pending((headers[0], "a" * 64)))
+        assert committer._joining and leader.is_alive()  # the leader waits for it
+        joiner = _pending((headers[1], "b" * 64))
+        committer.commit(joiner, announced=True)
+        leader.join(timeout=30)
+        assert not leader.is_alive() and joiner.error is None
+        assert (committer.groups, committer.committed) == (1, 2)  # one commit for both
+        committer.stop()
+
+
+def test_a_withdrawn_instance_releases_the_waiting_leader(postgres, headers) -> None:  # type: ignore[no-untyped-def]
+    with postgres.database() as url:
+        committer = GroupCommitter(_sessions(url), lambda: NOW)
+        committer.start()
+        _waits_long(committer)
+        committer.announce()
+        leader = _leader(committer, _pending((headers[0], "a" * 64)))
+        assert committer._joining
+        committer.withdraw()  # its file could not be written
+        leader.join(timeout=30)
+        assert not leader.is_alive() and (committer.groups, committer.committed) == (1, 1)
+        committer.stop()
+
+
+def test_on_sqlite_the_leader_commits_at_once(tmp_path, headers) -> None:  # type: ignore[no-untyped-def]
+    committer = GroupCommitter(_sessions(f"sqlite:///{tmp_path / 'db.sqlite'}"), lambda: NOW)
+    committer.start()
+    _waits_long(committer)
+    committer.announce()
+    item = _pending((headers[0], "a" * 64))
+    committer.commit(item)  # returns without waiting for the announced instance
+    assert item.error is None and committer.groups == 1
+    committer.withdraw()
+    committer.stop()

@@ -319,9 +319,14 @@ class StorageSCP:
             rel = self.spool.relative_path(header, digest)
             # The file and its folder entry are made durable here, in this association's thread (in parallel with
             # other associations); the committer commits its row, shared with whatever else is waiting.
-            incoming.keep(rel)
+            self.committer.announce()
+            try:
+                incoming.keep(rel)
+            except BaseException:
+                self.committer.withdraw()
+                raise
             incoming = None
-            rec = self.committer.commit(Pending(header, rel, len(data), digest, calling))
+            rec = self.committer.commit(Pending(header, rel, len(data), digest, calling), announced=True)
             self._log_stored(rec, header.sop_instance_uid, header.series_uid)
             self.hooks.on_stored(len(data), rec.series_id)
             if rec.complete_by_count:
