@@ -6,6 +6,10 @@ fsync file + folder and the database commit before each success status.
 Prints images/s and the ratio to DCMTK; writes bench/results/ingest_scale.json.
 
     .venv/bin/python bench/ingest_scale.py [--slices 1000] [--repeats 3] [--associations 4]
+                                           [--work DIR --label NAME]
+
+``--work`` puts every receiver's folders (DCMTK's and triage-node's spools and SQLite files) on another file system,
+e.g. a journaled ext4 when the checkout's has none; ``--label`` then writes results/ingest_scale_NAME.json.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from common import (
     WORK,
     Daemon,
     PeerMissing,
+    filesystem,
     free_port,
     fresh,
     make_daemon,
@@ -93,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--associations", type=int, default=4)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--only", default="", help="run only the settings that contain one of these (comma-separated)")
+    ap.add_argument("--work", type=Path, default=WORK / "ingest_scale", help="where the receivers write")
+    ap.add_argument("--label", default="", help="results/ingest_scale_LABEL.json instead of ingest_scale.json")
     args = ap.parse_args(argv)
     from common import ct_series
     from pgserver import start_server
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     settings: dict[str, Callable[[str], float]] = {}
 
     def dcmtk(tag: str) -> float:
-        work = WORK / "ingest_scale" / f"dcmtk-{tag}"
+        work = args.work / f"dcmtk-{tag}"
         with storescp(work) as scp:
             s = storescu_folders(scp.port, folders, "STORESCP")
             stored = scp.count()
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def triage(backend: str, processes: int) -> Callable[[str], float]:
         def run(tag: str) -> float:
-            work = WORK / "ingest_scale" / f"{backend}-{processes}-{tag}"
+            work = args.work / f"{backend}-{processes}-{tag}"
             if backend == "postgresql":
                 if isinstance(pg, str):
                     raise PeerMissing(pg)
@@ -178,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['receiver']:28s} {row['images_per_s']:8.1f} images/s {row['mb_per_s']:7.1f} MB/s "
                   f"{row['ratio_to_dcmtk']:6.3f} x DCMTK")
     if not args.no_write and not args.only:  # a partial run never replaces the full record
-        path = write_result("ingest_scale", {
+        path = write_result("ingest_scale" + (f"_{args.label}" if args.label else ""), {
+            "work_filesystem": filesystem(args.work),
             "slices": n, "matrix": args.size, "megabytes": round(total_mb, 1), "repeats": args.repeats,
             "associations": args.associations,
             "sender": "TCP_NODELAY=1 storescu +sd (one process per association)",

@@ -21,6 +21,22 @@ BEGIN, END = "<!-- bench-table -->", "<!-- /bench-table -->"
 SCRIPTS = ("ingest", "ingest_scale", "time_to_flag", "flag_first", "inference", "memory")
 
 
+def _other_filesystem(scale: dict[str, Any], other: dict[str, Any]) -> str:
+    """One sentence for an ``ingest_scale.py --work DIR --label NAME`` run: the same bench on another file system."""
+    def dcmtk(result: dict[str, Any]) -> float | None:
+        return next((r["images_per_s"] for r in result["rows"] if r["receiver"] == "dcmtk"), None)
+
+    rates = "; ".join(f"{r['receiver'].removeprefix('triage-node ')} {_fmt(r['ratio_to_dcmtk'])}x"
+                      for r in other["rows"] if "ratio_to_dcmtk" in r and r["receiver"] != "dcmtk")
+    here, there = dcmtk(scale), dcmtk(other)
+    speed = f", {there / here:.1f} times its rate above" if here and there else ""
+    return (f"The same bench with the receivers on {other.get('work_filesystem', '?')} instead of "
+            f"{scale.get('work_filesystem', scale['machine'].get('filesystem', '?'))} (`--work`, "
+            f"`bench/results/{other['benchmark']}.json`, measured {other['when'][:10]}, median of {other['repeats']}):"
+            f" DCMTK {_fmt(there)} images/s{speed}; triage-node {rates}. Why the file system moves DCMTK so much, "
+            "and why 0.5x is out of reach on two cores there, is in `bench/README.md`.")
+
+
 def _load(name: str) -> dict[str, Any] | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -107,6 +123,8 @@ def table() -> str:
                        "image than it frees (`bench/README.md`).")
             lines += ["", f"The issue-17 target (0.5x with two receive processes) is {', and '.join(verdicts)}, on "
                       f"this {scale['machine']['cores']}-core machine ({scale['machine'].get('cpu', '?')}){why}"]
+        for other in sorted(RESULTS.glob("ingest_scale_*.json")):
+            lines += ["", _other_filesystem(scale, json.loads(other.read_text()))]
         lines.append("")
     ttf = _load("time_to_flag")
     if ttf:
