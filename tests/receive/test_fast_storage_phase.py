@@ -23,7 +23,7 @@ from triage_node.receive.fast import storage_phase
 from triage_node.receive.fast.associations import SelectDUL
 from triage_node.receive.fast.storage_phase import C_STORE_RQ, encode_response, p_data_pdus, parse_command
 from triage_node.receive.scp import ReceiveHooks, StorageSCP
-from triage_node.receive.spool import Spool
+from triage_node.receive.spool import Incoming, Spool
 from triage_node.worklist.db import make_engine, migrate, session_factory
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -187,8 +187,16 @@ def test_a_write_error_while_receiving_gives_out_of_resources_and_no_partial_fil
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", full_disk)
+    announced = []
+    real_keep = Incoming.keep
+
+    def keep(self: Incoming, rel: str) -> Path:
+        announced.append(scp.committer._arriving)
+        return real_keep(self, rel)
+
+    monkeypatch.setattr(Incoming, "keep", keep)
     assert int(assoc.send_c_store(dcmread(series[0])).Status) == 0xA700
-    assert scp.committer._arriving == 0  # its announcement to the committer was withdrawn
+    assert announced == [1] and scp.committer._arriving == 0  # announced to the committer, then withdrawn
     monkeypatch.undo()
     assert int(assoc.send_c_store(dcmread(series[1])).Status) == 0
     assoc.release()

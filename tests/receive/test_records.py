@@ -324,7 +324,10 @@ def test_on_sqlite_the_leader_commits_at_once(tmp_path, headers) -> None:  # typ
     _waits_long(committer)
     committer.announce()
     item = _pending((headers[0], "a" * 64))
-    committer.commit(item)  # returns without waiting for the announced instance
+    thread = threading.Thread(target=committer.commit, args=(item,))
+    thread.start()
+    thread.join(timeout=20)  # far below the 60 s the leader would wait if it waited
+    assert not thread.is_alive() and not committer.join_arrivals
     assert item.error is None and committer.groups == 1
     committer.withdraw()
     committer.stop()

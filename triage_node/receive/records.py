@@ -515,7 +515,9 @@ class GroupCommitter:
         # PostgreSQL's group path only: study UID -> (row id, last touched), series UID -> row id
         self.pg_studies: RowIds[tuple[int, dt.datetime]] = RowIds()
         self.series_ids: RowIds[int] = RowIds()
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._joined = threading.Condition(lock)  # only a leader waiting for joiners waits on it
         self._pending: list[Pending] = []
         self._leading = False
         self._arriving = 0  # instances between their file's fsync and commit()
@@ -547,7 +549,7 @@ class GroupCommitter:
         with self._cond:
             self._arriving -= 1
             if self._joining:
-                self._cond.notify_all()
+                self._joined.notify()
 
     def commit(self, item: Pending, announced: bool = False) -> Recorded:
         """Make ``item`` durable (leading a group or waiting in one); raises what recording it raised."""
@@ -555,7 +557,7 @@ class GroupCommitter:
             if announced:
                 self._arriving -= 1
                 if self._joining:
-                    self._cond.notify_all()
+                    self._joined.notify()
             if not self._running:
                 raise OSError("the receive committer is not running")
             self._pending.append(item)
@@ -564,30 +566,38 @@ class GroupCommitter:
                     self._cond.wait()
                     continue
                 self._leading = True
-                if self._arriving and self.join_arrivals:
-                    self._joining = True
-                    deadline = time.monotonic() + min(self._commit_s, self.JOIN_WAIT_MAX_S)
-                    while self._arriving and len(self._pending) < self.MAX_GROUP:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._cond.wait(left)
-                    self._joining = False
-                group = self._pending[: self.MAX_GROUP]
-                del self._pending[: self.MAX_GROUP]
-                self._cond.release()
-                started = time.monotonic()
                 try:
-                    self._commit_group(group)
-                    self._commit_s += (time.monotonic() - started - self._commit_s) / 8
+                    self._wait_for_joiners()
+                    group = self._pending[: self.MAX_GROUP]
+                    del self._pending[: self.MAX_GROUP]
+                    self._cond.release()
+                    try:
+                        started = time.monotonic()
+                        self._commit_group(group)
+                        self._commit_s += (time.monotonic() - started - self._commit_s) / 8
+                    finally:
+                        self._cond.acquire()
                 finally:
-                    self._cond.acquire()
-                    self._leading = False
+                    self._leading = self._joining = False
                     self._cond.notify_all()
         if item.error is not None:
             raise item.error
         assert item.result is not None
         return item.result
+
+    def _wait_for_joiners(self) -> None:
+        """The leader, holding the lock: wait for announced instances (PostgreSQL), at most ``_commit_s`` and never
+        longer than ``JOIN_WAIT_MAX_S``."""
+        if not (self._arriving and self.join_arrivals):
+            return
+        self._joining = True
+        deadline = time.monotonic() + min(self._commit_s, self.JOIN_WAIT_MAX_S)
+        while self._arriving and len(self._pending) < self.MAX_GROUP:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._joined.wait(left)
+        self._joining = False
 
     def _forget(self) -> None:
         """Drop the remembered row ids: a rolled-back transaction may have inserted some of them."""
