@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -523,7 +524,6 @@ class GroupCommitter:
         self._arriving = 0  # instances between their file's fsync and commit()
         self._joining = False  # a leader waits for them
         self._commit_s = 0.0  # how long a group's commit takes, a running average
-        self.join_arrivals = cast(Engine, sessions.kw["bind"]).dialect.name == "postgresql"
         self._running = False
         self.groups = 0  # how many commits, for the bench and tests
         self.committed = 0
@@ -584,6 +584,11 @@ class GroupCommitter:
             raise item.error
         assert item.result is not None
         return item.result
+
+    @functools.cached_property
+    def join_arrivals(self) -> bool:
+        """Whether a leader waits for announced instances: on PostgreSQL only."""
+        return cast(Engine, self.sessions.kw["bind"]).dialect.name == "postgresql"
 
     def _wait_for_joiners(self) -> None:
         """The leader, holding the lock: wait for announced instances (PostgreSQL), at most ``_commit_s`` and never
